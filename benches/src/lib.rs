@@ -1,0 +1,1 @@
+//! See `benches/benches/` and `benches/load.sh`.

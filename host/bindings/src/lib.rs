@@ -1,0 +1,36 @@
+//! Host-side bindings for the `sluice:plugin` WIT world in `wit/`.
+//!
+//! This crate holds the single `bindgen!` call, so that ordinary edits to the gateway do not
+//! re-expand it (it costs tens of seconds). The host re-exports only what it needs.
+
+/// The marker behind a `request` resource handle.
+///
+/// The request itself lives in the host's per-call state, not in the resource table: a
+/// plugin only ever borrows the request of the call it is in, so the handle needs no data.
+pub struct RequestHandle;
+
+/// The marker behind a `response` resource handle; see [`RequestHandle`].
+pub struct ResponseHandle;
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "plugin",
+    imports: {
+        // Reading a body waits for the peer; everything else answers from memory.
+        "sluice:plugin/http.[method]request.body": async | trappable,
+        "sluice:plugin/http.[method]response.body": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
+    with: {
+        "sluice:plugin/http.request": crate::RequestHandle,
+        "sluice:plugin/http.response": crate::ResponseHandle,
+    },
+});
+
+/// The world's version this host implements; the component must export
+/// [`FILTER_INTERFACE`].
+pub const WORLD_VERSION: &str = "0.1.0";
+
+/// The fully-qualified name of the interface every plugin exports.
+pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.1.0";

@@ -1,0 +1,352 @@
+//! Gateway configuration: TOML text in, a validated [`Config`] out.
+//!
+//! Loading has two steps. The serde schema (`schema`, `deny_unknown_fields`) catches shape
+//! errors; validation then resolves names, parses durations and finds plugin modules,
+//! collecting every problem rather than stopping at the first. Each error names its TOML
+//! path (`routes[1].plugins[0]: unknown plugin "jwt"`) and, for shape errors, the line.
+//! Checks that need the plugin runtime (compiling a module, its `init`) happen when the
+//! gateway is built from the config, and are reported the same way.
+
+mod error;
+mod model;
+mod schema;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use error::Errors;
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(100);
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_MAX_INSTANCES: u32 = 512;
+pub const DEFAULT_MAX_MEMORY_MIB: u32 = 64;
+
+/// Reads and validates the config file at `path`. Relative paths inside it are resolved
+/// against the file's folder.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source_name: name.clone(),
+        errors: vec![ConfigError::new("", format!("cannot read config: {e}"))],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &name, &base)
+}
+
+/// Validates config `text`; `source_name` is used in messages and `base_dir` anchors
+/// relative paths.
+pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        source_name: source_name.to_owned(),
+        errors,
+    };
+    let file = deserialize(text).map_err(|e| fail(vec![e]))?;
+    let mut errors = Errors::default();
+    let config = validate(file, base_dir, &mut errors);
+    match config {
+        Some(config) if errors.0.is_empty() => Ok(config),
+        _ => Err(fail(errors.0)),
+    }
+}
+
+fn deserialize(text: &str) -> Result<schema::File, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error("", &e, text))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        toml_error(if path == "." { "" } else { &path }, e.inner(), text)
+    })
+}
+
+fn toml_error(path: &str, e: &toml::de::Error, text: &str) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+    ConfigError {
+        path: path.to_owned(),
+        line,
+        message: e.message().trim().to_owned(),
+    }
+}
+
+fn validate(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config> {
+    let server = validate_server(&file.server, errors);
+    let runtime = validate_runtime(&file.runtime, base, errors);
+    let upstreams = file
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| Some((name.clone(), validate_upstream(name, u, errors)?)))
+        .collect::<BTreeMap<_, _>>();
+    let plugins = file
+        .plugins
+        .iter()
+        .filter_map(|(name, p)| {
+            Some((
+                name.clone(),
+                validate_plugin(name, p, &runtime, base, errors)?,
+            ))
+        })
+        .collect::<BTreeMap<_, _>>();
+    let routes = validate_routes(&file, server.as_ref(), errors);
+    Some(Config {
+        server: server?.0,
+        runtime,
+        upstreams,
+        plugins,
+        routes,
+    })
+}
+
+/// The server section, plus the default body limit that routes inherit.
+fn validate_server(s: &schema::Server, errors: &mut Errors) -> Option<(Server, u64)> {
+    let listen = errors.check(
+        "server.listen",
+        s.listen
+            .parse()
+            .map_err(|_| format!("not an address:port: {:?}", s.listen)),
+    );
+    if s.workers == Some(0) {
+        errors.push(
+            "server.workers",
+            "must be at least 1 (leave it out for one per core)",
+        );
+    }
+    let connect = duration(errors, "server.connect_timeout", &s.connect_timeout);
+    let request = duration(errors, "server.request_timeout", &s.request_timeout);
+    let shutdown = duration(errors, "server.shutdown_timeout", &s.shutdown_timeout);
+    let server = Server {
+        listen: listen?,
+        workers: s.workers,
+        connect_timeout: connect?.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        request_timeout: request?.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        shutdown_timeout: shutdown?.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+    };
+    Some((server, s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)))
+}
+
+fn validate_runtime(r: &schema::Runtime, base: &Path, errors: &mut Errors) -> Runtime {
+    let plugin_dirs = match &r.plugin_dir {
+        Some(dir) => vec![base.join(dir)],
+        None => default_plugin_dirs(),
+    };
+    let cache_dir = match (r.cache, &r.cache_dir) {
+        (Some(false), _) => None,
+        (_, Some(dir)) => Some(base.join(dir)),
+        (_, None) => default_cache_dir(),
+    };
+    let max_instances = r.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+    if max_instances == 0 {
+        errors.push("runtime.max_instances", "must be at least 1");
+    }
+    let max_memory_mib = r.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
+    if !(1..=4096).contains(&max_memory_mib) {
+        errors.push("runtime.max_memory_mib", "must be between 1 and 4096");
+    }
+    Runtime {
+        plugin_dirs,
+        cache_dir,
+        max_instances,
+        max_memory_bytes: max_memory_mib as usize * 1024 * 1024,
+    }
+}
+
+/// `$SLUICE_PLUGIN_DIR`, then next to the binary: `plugins/` for an installed layout, and
+/// the cargo layout (`target/release/sluice` -> `target/wasm32-wasip2/release/`).
+pub fn default_plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("SLUICE_PLUGIN_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.to_owned()))
+    {
+        dirs.push(exe_dir.join("plugins"));
+        dirs.push(exe_dir.join("../wasm32-wasip2/release"));
+    }
+    dirs
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sluice"))
+}
+
+fn validate_upstream(name: &str, u: &schema::Upstream, errors: &mut Errors) -> Option<Upstream> {
+    if u.endpoints.is_empty() {
+        errors.push(
+            format!("upstreams.{name}.endpoints"),
+            "needs at least one endpoint",
+        );
+    }
+    let mut endpoints = Vec::with_capacity(u.endpoints.len());
+    for (i, e) in u.endpoints.iter().enumerate() {
+        let parsed = e
+            .parse::<http::uri::Authority>()
+            .ok()
+            .filter(|a| a.port_u16().is_some() && !e.contains('@'))
+            .ok_or_else(|| format!("not a host:port endpoint: {e:?}"));
+        endpoints.extend(errors.check(format!("upstreams.{name}.endpoints[{i}]"), parsed));
+    }
+    (endpoints.len() == u.endpoints.len()).then_some(Upstream { endpoints })
+}
+
+fn validate_plugin(
+    name: &str,
+    p: &schema::Plugin,
+    runtime: &Runtime,
+    base: &Path,
+    errors: &mut Errors,
+) -> Option<Plugin> {
+    let at = |field: &str| format!("plugins.{name}.{field}");
+    let module = errors.check(
+        at("module"),
+        resolve_module(&p.module, &runtime.plugin_dirs, base),
+    );
+    let instances = match p.instances.as_deref() {
+        None | Some("reuse") => Some(InstanceModel::Reuse),
+        Some("fresh") => Some(InstanceModel::Fresh),
+        Some(other) => {
+            errors.push(
+                at("instances"),
+                format!("expected \"reuse\" or \"fresh\", got {other:?}"),
+            );
+            None
+        }
+    };
+    let on_error = match p.on_error.as_deref() {
+        None | Some("fail") => Some(FailPolicy::Fail),
+        Some("continue") => Some(FailPolicy::Continue),
+        Some(other) => {
+            let msg = format!("expected \"fail\" or \"continue\", got {other:?}");
+            errors.push(at("on_error"), msg);
+            None
+        }
+    };
+    let timeout = duration(errors, &at("timeout"), &p.timeout);
+    if p.max_instances == Some(0) {
+        errors.push(at("max_instances"), "must be at least 1");
+    }
+    let config = p.config.clone().unwrap_or_default();
+    let config_json = serde_json::to_string(&config).expect("a TOML table is valid JSON");
+    Some(Plugin {
+        name: Arc::from(name),
+        module: module?,
+        config_json,
+        instances: instances?,
+        on_error: on_error?,
+        timeout: timeout?.unwrap_or(DEFAULT_PLUGIN_TIMEOUT),
+        max_instances: p.max_instances.unwrap_or(runtime.max_instances),
+    })
+}
+
+/// A module is a file path (it has a `/` or ends in `.wasm`) or the name of a shipped
+/// plugin, looked up in the plugin folders.
+fn resolve_module(module: &str, dirs: &[PathBuf], base: &Path) -> Result<PathBuf, String> {
+    if module.contains('/') || module.ends_with(".wasm") {
+        let path = base.join(module);
+        return match path.is_file() {
+            true => Ok(path),
+            false => Err(format!("no such file: {}", path.display())),
+        };
+    }
+    // Cargo names a crate's output with underscores, and the shipped crates are
+    // `sluice-plugin-NAME`.
+    let snake = module.replace('-', "_");
+    let file_names = [
+        format!("{module}.wasm"),
+        format!("{snake}.wasm"),
+        format!("sluice_plugin_{snake}.wasm"),
+    ];
+    for dir in dirs {
+        for f in &file_names {
+            let path = dir.join(f);
+            if path.is_file() {
+                return Ok(path.canonicalize().unwrap_or(path));
+            }
+        }
+    }
+    let looked: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(format!(
+        "no shipped plugin {module:?} (looked in: {}); give a path to a .wasm file, or build \
+         the shipped plugins with `./dev build`",
+        looked.join(", ")
+    ))
+}
+
+fn validate_routes(
+    file: &schema::File,
+    server: Option<&(Server, u64)>,
+    errors: &mut Errors,
+) -> Vec<Route> {
+    let default_body = server.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.1);
+    let mut seen_paths = BTreeMap::new();
+    let mut seen_names = HashSet::new();
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        if !r.path.starts_with('/') {
+            errors.push(at("path"), format!("must start with '/': {:?}", r.path));
+        } else if let Some(first) = seen_paths.insert(normalize_prefix(&r.path), i) {
+            errors.push(
+                at("path"),
+                format!("{:?} is already routed by routes[{first}]", r.path),
+            );
+        }
+        let name = r.name.clone().unwrap_or_else(|| r.path.clone());
+        if !seen_names.insert(name.clone()) {
+            errors.push(at("name"), format!("duplicate route name {name:?}"));
+        }
+        if !file.upstreams.contains_key(&r.upstream) {
+            errors.push(at("upstream"), format!("unknown upstream {:?}", r.upstream));
+        }
+        for (j, p) in r.plugins.iter().enumerate() {
+            if !file.plugins.contains_key(p) {
+                errors.push(
+                    format!("routes[{i}].plugins[{j}]"),
+                    format!("unknown plugin {p:?}"),
+                );
+            }
+        }
+        routes.push(Route {
+            name: Arc::from(name),
+            path: r.path.clone(),
+            upstream: r.upstream.clone(),
+            plugins: r.plugins.clone(),
+            max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
+        });
+    }
+    routes
+}
+
+/// `/api/` and `/api` route the same requests.
+fn normalize_prefix(p: &str) -> &str {
+    match p.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    }
+}
+
+/// Parses an optional humane duration (`"250ms"`, `"2s"`, `"1m 30s"`); `Some(None)` when
+/// absent, `None` (with an error recorded) when malformed.
+fn duration(errors: &mut Errors, path: &str, v: &Option<String>) -> Option<Option<Duration>> {
+    let Some(text) = v else { return Some(None) };
+    let parsed = humantime::parse_duration(text)
+        .map_err(|e| format!("not a duration ({e}): {text:?}; write e.g. \"250ms\" or \"2s\""))
+        .and_then(|d| match d.is_zero() {
+            true => Err("must be greater than zero".to_owned()),
+            false => Ok(d),
+        });
+    errors.check(path, parsed).map(Some)
+}
+
+#[cfg(test)]
+mod tests;

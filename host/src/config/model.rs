@@ -1,0 +1,90 @@
+//! The validated config: every name resolved, every duration parsed, every path absolute.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A whole, checked gateway config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub runtime: Runtime,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub plugins: BTreeMap<String, Plugin>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Tokio worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    pub connect_timeout: Duration,
+    /// From sending the request upstream until the response headers arrive.
+    pub request_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM / Ctrl-C.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Where shipped plugins (`module = "header-transform"`) are looked up.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Compiled-module cache; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Instance slots in the pooling allocator, shared by all plugins.
+    pub max_instances: u32,
+    pub max_memory_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` authorities.
+    pub endpoints: Vec<http::uri::Authority>,
+}
+
+/// How instances of a plugin are used across requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceModel {
+    /// Instances are pooled and reused across requests (fast; state may persist).
+    Reuse,
+    /// Every hook call gets a freshly instantiated and initialised instance (isolated).
+    Fresh,
+}
+
+/// What a failing plugin does to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// The request fails with a 500 (fail closed).
+    Fail,
+    /// The plugin is skipped and the request goes on (fail open).
+    Continue,
+}
+
+/// A named plugin instance: a module plus its config.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub module: PathBuf,
+    /// The `config` table, as the JSON text handed to the plugin's `init`.
+    pub config_json: String,
+    pub instances: InstanceModel,
+    pub on_error: FailPolicy,
+    /// The longest one hook call may run before it is stopped (a trap).
+    pub timeout: Duration,
+    /// At most this many live instances of this plugin; further calls wait.
+    pub max_instances: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// A path prefix, matched on segment boundaries.
+    pub path: String,
+    pub upstream: String,
+    pub plugins: Vec<String>,
+    /// The most a plugin may buffer when it reads a body.
+    pub max_body_bytes: u64,
+}

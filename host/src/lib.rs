@@ -1,0 +1,81 @@
+//! Sluice: a programmable HTTP proxy and API gateway whose behaviour is extended by
+//! WebAssembly component plugins.
+//!
+//! The request path, module by module:
+//!
+//! ```text
+//! server (listener, graceful shutdown)
+//!   -> router (path prefix -> route)
+//!   -> plugin::Chain request phases (Wasm components, in route order)
+//!   -> upstream (endpoint choice, pooled keep-alive client)
+//!   -> plugin::Chain response phases (reverse order)
+//!   -> client
+//! ```
+//!
+//! `config` turns TOML into a validated model, `gateway` builds routes, chains and
+//! upstreams from it, and `proxy` runs one request through them.
+
+pub mod config;
+pub mod echo;
+pub mod gateway;
+pub mod message;
+pub mod plugin;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use config::Config;
+pub use gateway::Gateway;
+pub use plugin::Runtime;
+pub use server::Running;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] plugin::RuntimeError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigErrors),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the gateway for `config`, reporting every problem, without serving anything.
+/// This is what `sluice check` runs.
+pub async fn build(config: Config) -> Result<(Arc<Runtime>, Gateway), StartError> {
+    let runtime = Runtime::new(&config.runtime)?;
+    let gateway = Gateway::build(config, &runtime).await?;
+    Ok((runtime, gateway))
+}
+
+/// Builds the gateway, binds `server.listen` and serves in a background task.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let addr = config.server.listen;
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let (_runtime, gateway) = build(config).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let shared: server::Shared = Arc::new(ArcSwap::from_pointee(gateway));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(
+        listener,
+        shared.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        shutdown_timeout,
+    ));
+    Ok(Running::new(local, shared, stop, task))
+}

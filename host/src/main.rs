@@ -1,0 +1,202 @@
+//! The `sluice` command: `run`, `check`, `demo` and `echo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A programmable HTTP gateway extended by Wasm component plugins"
+)]
+struct Cli {
+    /// Log line format. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic as the config file says, until SIGTERM or Ctrl-C.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config without serving: schema, names, plugin modules and their init.
+    /// Exits 1 and prints every error, each with its TOML path.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the demo: config/demo.toml in front of a built-in echo upstream.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run only the echo upstream (answers with what it received, as JSON).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+}
+
+/// The demo config, built into the binary; `sluice demo` points its `echo` upstream at a
+/// built-in echo server.
+const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => {
+            let config = match sluice::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(report(&e.to_string())),
+            };
+            let summary = format!(
+                "{} routes, {} plugins, {} upstreams",
+                config.routes.len(),
+                config.plugins.len(),
+                config.upstreams.len()
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match rt.block_on(sluice::build(config)) {
+                Ok(_) => {
+                    println!("config ok: {summary}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report(&e.to_string())),
+            }
+        }
+        Command::Run { config } => {
+            let config = match sluice::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(report(&e.to_string())),
+            };
+            serve(config, None)
+        }
+        Command::Demo { listen } => {
+            let base = std::env::current_dir()?;
+            let mut config =
+                sluice::config::parse(DEMO_CONFIG, "config/demo.toml", Path::new(&base))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            config.server.listen = listen;
+            serve(config, Some(()))
+        }
+        Command::Echo { listen } => {
+            let rt = runtime(None)?;
+            rt.block_on(async {
+                let addr = sluice::echo::spawn(listen)
+                    .await
+                    .context("starting the echo server")?;
+                tracing::info!("echo upstream listening on {addr}");
+                shutdown_signal().await;
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn report(errors: &str) -> ExitCode {
+    eprintln!("{errors}");
+    ExitCode::FAILURE
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().thread_name("sluice-worker").build()?)
+}
+
+/// Serves until a signal; with `demo`, first starts the echo upstream and points the
+/// config's `echo` upstream at it.
+fn serve(mut config: sluice::Config, demo: Option<()>) -> anyhow::Result<ExitCode> {
+    let workers = config.server.workers;
+    let rt = runtime(workers)?;
+    rt.block_on(async move {
+        if demo.is_some() {
+            let echo = sluice::echo::spawn("127.0.0.1:0".parse()?).await?;
+            let upstream = config
+                .upstreams
+                .get_mut("echo")
+                .context("demo config has no `echo` upstream")?;
+            upstream.endpoints = vec![echo.to_string().parse()?];
+            tracing::info!("demo: built-in echo upstream on {echo}");
+        }
+        let running = match sluice::start(config).await {
+            Ok(r) => r,
+            Err(sluice::StartError::Config(e)) => return Ok(report(&e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        running.gateway.load().log_summary();
+        let workers =
+            workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        tracing::info!(
+            "sluice listening on http://{} ({workers} worker threads)",
+            running.addr
+        );
+        shutdown_signal().await;
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,57 @@
+//! The HTTP messages that flow through the gateway and that plugins read and change.
+//!
+//! A message keeps its body as a stream until a plugin asks for it (`body()` in WIT); only
+//! then is it buffered, up to the route's limit. A body over the limit is not lost: what was
+//! read is put back in front of the rest of the stream.
+
+mod body;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use body::{Body, BodyError, BoxBody, BoxError};
+
+/// A request on its way upstream.
+pub struct RequestMsg {
+    pub parts: http::request::Parts,
+    pub body: Body,
+    pub meta: Arc<RequestMeta>,
+}
+
+/// Facts about a request that no plugin can change.
+#[derive(Debug)]
+pub struct RequestMeta {
+    pub id: String,
+    pub client_ip: IpAddr,
+    pub route: Arc<str>,
+    /// The most a plugin may buffer when it reads a body.
+    pub max_body_bytes: u64,
+}
+
+/// A response on its way to the client.
+pub struct ResponseMsg {
+    pub parts: http::response::Parts,
+    pub body: Body,
+}
+
+impl ResponseMsg {
+    pub fn into_http(self) -> http::Response<BoxBody> {
+        http::Response::from_parts(self.parts, self.body.into_box())
+    }
+}
+
+/// Headers the host owns: hop-by-hop headers (RFC 9110 section 7.6.1) and `content-length`.
+pub fn is_host_owned_header(name: &http::HeaderName) -> bool {
+    use http::header::*;
+    matches!(
+        *name,
+        CONNECTION | TRANSFER_ENCODING | TE | TRAILER | UPGRADE | CONTENT_LENGTH
+    ) || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+/// Sets the framing headers for a body replaced by a plugin or built by the host.
+pub fn set_fixed_length(headers: &mut http::HeaderMap, len: usize) {
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+}

@@ -1,0 +1,24 @@
+//! The Wasm plugin runtime: compiling and caching modules, pooling instances, running a
+//! route's chain of hook calls, and the host API plugins call.
+//!
+//! ```text
+//! Runtime (one engine, pooling allocator, epoch ticker, compiled-module cache)
+//!   └─ Module (compiled once per content hash, world version checked, InstancePre)
+//!        └─ NamedPlugin (a module + its config from [plugins.NAME]; pool of instances)
+//!             └─ Chain (a route's ordered plugins; runs the phases)
+//! ```
+
+mod chain;
+mod error;
+mod host_api;
+mod module;
+mod named;
+mod runtime;
+mod state;
+mod stderr;
+
+pub use chain::{Chain, RequestPhase};
+pub use error::{FailureKind, Phase, PluginError};
+pub use module::{CodeSource, Module, ModuleError};
+pub use named::{Decision, LoadError, NamedPlugin};
+pub use runtime::{EPOCH_TICK, Runtime, RuntimeError};

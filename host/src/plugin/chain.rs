@@ -1,0 +1,111 @@
+//! A route's plugin chain, and the phase contract (drawn in docs/phases.md):
+//!
+//! 1. Request phases run in the order the route lists its plugins.
+//! 2. A plugin that responds locally ends the request phase: later plugins and the upstream
+//!    are skipped.
+//! 3. Response phases run in reverse order, for the plugins whose request phase was reached
+//!    (all of them when the upstream answered; those before the responder otherwise).
+//! 4. A failed call follows the plugin's fail policy: `fail` ends the request with a 500,
+//!    `continue` logs and skips that plugin for this phase.
+
+use std::sync::Arc;
+
+use super::error::PluginError;
+use super::named::{Decision, NamedPlugin};
+use crate::config::FailPolicy;
+use crate::message::{RequestMsg, ResponseMsg};
+
+/// The outcome of a chain's request phases.
+pub struct RequestPhase {
+    pub request: RequestMsg,
+    /// A plugin's local response, if one answered.
+    pub local: Option<ResponseMsg>,
+    /// How many plugins' response phases are due: the prefix of the chain that was reached.
+    pub reached: usize,
+}
+
+#[derive(Clone, Default)]
+pub struct Chain {
+    plugins: Arc<[Arc<NamedPlugin>]>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<NamedPlugin>>) -> Self {
+        Self {
+            plugins: plugins.into(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Whether any plugin takes part in the response phase (so the request head must be
+    /// kept while the upstream answers).
+    pub fn has_response_hooks(&self) -> bool {
+        self.plugins.iter().any(|p| p.has_response_hook())
+    }
+
+    pub fn plugins(&self) -> &[Arc<NamedPlugin>] {
+        &self.plugins
+    }
+
+    pub async fn run_request(&self, mut request: RequestMsg) -> Result<RequestPhase, PluginError> {
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            if !plugin.has_request_hook() {
+                continue;
+            }
+            let (req, result) = plugin.on_request(request).await;
+            request = req;
+            match result {
+                Ok(Decision::Continue) => {}
+                Ok(Decision::Respond(local)) => {
+                    return Ok(RequestPhase {
+                        request,
+                        local: Some(local),
+                        reached: i,
+                    });
+                }
+                Err(e) => fail_or_skip(plugin, e, &request)?,
+            }
+        }
+        Ok(RequestPhase {
+            request,
+            local: None,
+            reached: self.plugins.len(),
+        })
+    }
+
+    pub async fn run_response(
+        &self,
+        reached: usize,
+        mut request: RequestMsg,
+        mut response: ResponseMsg,
+    ) -> Result<ResponseMsg, PluginError> {
+        for plugin in self.plugins[..reached].iter().rev() {
+            if !plugin.has_response_hook() {
+                continue;
+            }
+            let (req, resp, result) = plugin.on_response(request, response).await;
+            (request, response) = (req, resp);
+            if let Err(e) = result {
+                fail_or_skip(plugin, e, &request)?;
+            }
+        }
+        Ok(response)
+    }
+}
+
+fn fail_or_skip(plugin: &NamedPlugin, e: PluginError, req: &RequestMsg) -> Result<(), PluginError> {
+    match plugin.spec.on_error {
+        FailPolicy::Fail => Err(e),
+        FailPolicy::Continue => {
+            tracing::warn!(
+                route = %req.meta.route,
+                request_id = %req.meta.id,
+                "{e}; skipped (on_error = \"continue\")"
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Why a plugin call failed. Every failure is about one plugin and one request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Init,
+    Request,
+    Response,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Init => "init",
+            Phase::Request => "on-request",
+            Phase::Response => "on-response",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailureKind {
+    /// A trap or panic; `message` carries wasmtime's backtrace with the plugin's function
+    /// names, `stderr` the plugin's last output (where a panic message lands).
+    #[error("trapped: {message}{}", stderr.as_deref().map(|s| format!("\nplugin stderr: {s}")).unwrap_or_default())]
+    Trap {
+        message: String,
+        stderr: Option<String>,
+    },
+    #[error("did not return within {0:?}")]
+    Timeout(Duration),
+    #[error("returned an invalid result: {0}")]
+    BadReturn(String),
+    #[error("no free instance within {0:?}")]
+    Overloaded(Duration),
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+}
+
+/// A plugin failed one call of one request.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin:?} failed in {phase}: {kind}")]
+pub struct PluginError {
+    pub plugin: Arc<str>,
+    pub phase: Phase,
+    #[source]
+    pub kind: FailureKind,
+}

@@ -1,0 +1,358 @@
+//! The host side of the WIT imports (`http`, `log`, `clock`): what a plugin can call.
+//!
+//! Every function answers from the message of the call in progress; only reading a body
+//! waits (for the peer). Errors a plugin can handle are WIT results; a call outside a hook
+//! is a broken invariant and traps.
+
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_bindings::sluice::plugin::{clock, http as wit_http, log};
+use sluice_bindings::{RequestHandle, ResponseHandle};
+use wasmtime::component::Resource;
+use wit_http::{BodyError, FieldError};
+
+use super::state::PluginState;
+use crate::message::{self, Body, BodyError as MsgBodyError};
+
+/// A host call's own outcome: `Err` traps the plugin.
+type HostResult<T> = wasmtime::Result<T>;
+
+impl wit_http::Host for PluginState {}
+
+impl wit_http::HostRequest for PluginState {
+    fn method(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
+        Ok(self.request()?.parts.method.as_str().to_owned())
+    }
+
+    fn set_method(
+        &mut self,
+        _: Resource<RequestHandle>,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        let req = self.request()?;
+        Ok(match http::Method::from_bytes(value.as_bytes()) {
+            Ok(m) => {
+                req.parts.method = m;
+                Ok(())
+            }
+            Err(_) => Err(FieldError::InvalidValue),
+        })
+    }
+
+    fn path(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
+        Ok(self.request()?.parts.uri.path().to_owned())
+    }
+
+    fn set_path(
+        &mut self,
+        _: Resource<RequestHandle>,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        let uri = &mut self.request()?.parts.uri;
+        if !value.starts_with('/') || value.contains('?') {
+            return Ok(Err(FieldError::InvalidValue));
+        }
+        let pq = match uri.query() {
+            Some(q) => format!("{value}?{q}"),
+            None => value,
+        };
+        Ok(replace_path_and_query(uri, pq))
+    }
+
+    fn query(&mut self, _: Resource<RequestHandle>) -> HostResult<Option<String>> {
+        Ok(self.request()?.parts.uri.query().map(str::to_owned))
+    }
+
+    fn set_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        value: Option<String>,
+    ) -> HostResult<Result<(), FieldError>> {
+        let uri = &mut self.request()?.parts.uri;
+        let pq = match value {
+            Some(q) if q.contains('#') => return Ok(Err(FieldError::InvalidValue)),
+            Some(q) => format!("{}?{q}", uri.path()),
+            None => uri.path().to_owned(),
+        };
+        Ok(replace_path_and_query(uri, pq))
+    }
+
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> HostResult<Option<String>> {
+        Ok(get(&self.request()?.parts.headers, &name))
+    }
+
+    fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> HostResult<Vec<String>> {
+        Ok(get_all(&self.request()?.parts.headers, &name))
+    }
+
+    fn header_names(&mut self, _: Resource<RequestHandle>) -> HostResult<Vec<String>> {
+        Ok(names(&self.request()?.parts.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        Ok(set(
+            &mut self.request()?.parts.headers,
+            &name,
+            &value,
+            false,
+        ))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        Ok(set(&mut self.request()?.parts.headers, &name, &value, true))
+    }
+
+    fn remove_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        Ok(remove(&mut self.request()?.parts.headers, &name))
+    }
+
+    async fn body(&mut self, _: Resource<RequestHandle>) -> HostResult<Result<Vec<u8>, BodyError>> {
+        let req = self.request()?;
+        let limit = req.meta.max_body_bytes;
+        Ok(read_body(&mut req.body, limit).await)
+    }
+
+    fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) -> HostResult<()> {
+        let req = self.request()?;
+        message::set_fixed_length(&mut req.parts.headers, body.len());
+        req.body = Body::Full(body.into());
+        Ok(())
+    }
+
+    fn client_ip(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
+        Ok(self.request()?.meta.client_ip.to_string())
+    }
+
+    fn request_id(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
+        Ok(self.request()?.meta.id.clone())
+    }
+
+    fn route(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
+        Ok(self.request()?.meta.route.to_string())
+    }
+
+    fn drop(&mut self, _: Resource<RequestHandle>) -> HostResult<()> {
+        // Plugins only ever borrow the request; there is nothing to free.
+        Ok(())
+    }
+}
+
+impl wit_http::HostResponse for PluginState {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> HostResult<u16> {
+        Ok(self.response()?.parts.status.as_u16())
+    }
+
+    fn set_status(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        code: u16,
+    ) -> HostResult<Result<(), FieldError>> {
+        let resp = self.response()?;
+        Ok(match http::StatusCode::from_u16(code) {
+            Ok(status) => {
+                resp.parts.status = status;
+                Ok(())
+            }
+            Err(_) => Err(FieldError::InvalidValue),
+        })
+    }
+
+    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> HostResult<Option<String>> {
+        Ok(get(&self.response()?.parts.headers, &name))
+    }
+
+    fn header_all(&mut self, _: Resource<ResponseHandle>, name: String) -> HostResult<Vec<String>> {
+        Ok(get_all(&self.response()?.parts.headers, &name))
+    }
+
+    fn header_names(&mut self, _: Resource<ResponseHandle>) -> HostResult<Vec<String>> {
+        Ok(names(&self.response()?.parts.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        Ok(set(
+            &mut self.response()?.parts.headers,
+            &name,
+            &value,
+            false,
+        ))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        Ok(set(
+            &mut self.response()?.parts.headers,
+            &name,
+            &value,
+            true,
+        ))
+    }
+
+    fn remove_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        Ok(remove(&mut self.response()?.parts.headers, &name))
+    }
+
+    async fn body(
+        &mut self,
+        _: Resource<ResponseHandle>,
+    ) -> HostResult<Result<Vec<u8>, BodyError>> {
+        let limit = self.request()?.meta.max_body_bytes;
+        Ok(read_body(&mut self.response()?.body, limit).await)
+    }
+
+    fn set_body(&mut self, _: Resource<ResponseHandle>, body: Vec<u8>) -> HostResult<()> {
+        let resp = self.response()?;
+        message::set_fixed_length(&mut resp.parts.headers, body.len());
+        resp.body = Body::Full(body.into());
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<ResponseHandle>) -> HostResult<()> {
+        Ok(())
+    }
+}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: log::Level, message: String) -> HostResult<()> {
+        let mut message = message;
+        if message.len() > 4096 {
+            let mut cut = 4096;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let (request_id, route) = match &self.call {
+            Some(call) => (call.request.meta.id.as_str(), &*call.request.meta.route),
+            None => ("", ""),
+        };
+        let plugin = &*self.plugin;
+        macro_rules! emit {
+            ($level:expr) => {
+                tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}")
+            };
+        }
+        match level {
+            log::Level::Trace => emit!(tracing::Level::TRACE),
+            log::Level::Debug => emit!(tracing::Level::DEBUG),
+            log::Level::Info => emit!(tracing::Level::INFO),
+            log::Level::Warn => emit!(tracing::Level::WARN),
+            log::Level::Error => emit!(tracing::Level::ERROR),
+        }
+        Ok(())
+    }
+
+    fn enabled(&mut self, level: log::Level) -> HostResult<bool> {
+        Ok(match level {
+            log::Level::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(target: "plugin", tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(target: "plugin", tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(target: "plugin", tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(target: "plugin", tracing::Level::ERROR),
+        })
+    }
+}
+
+impl clock::Host for PluginState {
+    fn now_ms(&mut self) -> HostResult<u64> {
+        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+        Ok(since_epoch.map_or(0, |d| d.as_millis() as u64))
+    }
+
+    fn monotonic_ns(&mut self) -> HostResult<u64> {
+        static START: OnceLock<Instant> = OnceLock::new();
+        Ok(START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    }
+}
+
+async fn read_body(body: &mut Body, limit: u64) -> Result<Vec<u8>, BodyError> {
+    match body.buffer(limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(MsgBodyError::TooLarge(limit)) => Err(BodyError::TooLarge(limit)),
+        Err(MsgBodyError::ReadFailed(why)) => Err(BodyError::ReadFailed(why)),
+    }
+}
+
+fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), FieldError> {
+    let Ok(pq) = http::uri::PathAndQuery::try_from(pq) else {
+        return Err(FieldError::InvalidValue);
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(pq);
+    match http::Uri::from_parts(parts) {
+        Ok(new) => {
+            *uri = new;
+            Ok(())
+        }
+        Err(_) => Err(FieldError::InvalidValue),
+    }
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
+}
+
+fn get(map: &HeaderMap, name: &str) -> Option<String> {
+    map.get(name).map(lossy)
+}
+
+fn get_all(map: &HeaderMap, name: &str) -> Vec<String> {
+    map.get_all(name).iter().map(lossy).collect()
+}
+
+fn names(map: &HeaderMap) -> Vec<String> {
+    map.keys().map(|k| k.as_str().to_owned()).collect()
+}
+
+fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FieldError::InvalidName)?;
+    match message::is_host_owned_header(&name) {
+        true => Err(FieldError::Forbidden),
+        false => Ok(name),
+    }
+}
+
+fn set(map: &mut HeaderMap, name: &str, value: &str, append: bool) -> Result<(), FieldError> {
+    let name = writable_name(name)?;
+    let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| FieldError::InvalidValue)?;
+    if append {
+        map.append(name, value);
+    } else {
+        map.insert(name, value);
+    }
+    Ok(())
+}
+
+fn remove(map: &mut HeaderMap, name: &str) -> Result<(), FieldError> {
+    map.remove(writable_name(name)?);
+    Ok(())
+}

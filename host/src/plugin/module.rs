@@ -1,0 +1,190 @@
+//! A compiled plugin module: compiled once per content hash, cached on disk across restarts,
+//! checked to implement the `sluice:plugin` world, and pre-linked (`InstancePre`).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use sluice_bindings::{FILTER_INTERFACE, PluginPre, WORLD_VERSION};
+use wasmtime::component::Component;
+
+use super::runtime::Runtime;
+use super::state::PluginState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a valid Wasm component: {0}")]
+    Compile(String),
+    #[error(
+        "built for sluice:plugin@{found}, but this Sluice implements @{WORLD_VERSION}; \
+         rebuild the plugin against this release's wit/ (sluice-pdk {WORLD_VERSION})"
+    )]
+    WrongVersion { found: String },
+    #[error(
+        "not a Sluice plugin: it does not export `{FILTER_INTERFACE}` (it exports: {exports}); \
+         build it against wit/ with a Sluice plugin SDK"
+    )]
+    NotAPlugin { exports: String },
+    #[error("imports something Sluice does not provide: {0}")]
+    Link(String),
+}
+
+/// Where a module's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeSource {
+    Compiled,
+    DiskCache,
+}
+
+/// One compiled, checked, pre-linked plugin module.
+pub struct Module {
+    pub path: PathBuf,
+    /// Hex SHA-256 of the `.wasm` file.
+    pub hash: String,
+    pub source: CodeSource,
+    /// Compiling, or loading from the cache, took this long.
+    pub load_time: Duration,
+    pub(crate) pre: PluginPre<PluginState>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("path", &self.path)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+pub(crate) fn content_hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Module {
+    /// Blocking: compiles or deserializes, then checks and links.
+    pub(crate) fn build(
+        rt: &Runtime,
+        path: PathBuf,
+        bytes: &[u8],
+        hash: [u8; 32],
+    ) -> Result<Self, ModuleError> {
+        let started = Instant::now();
+        let hash = hex(&hash);
+        let cached = rt
+            .cache_dir()
+            .map(|dir| dir.join(cache_file_name(rt, &hash)));
+        let (component, source) = match cached.as_deref().and_then(|f| load_cached(rt, f)) {
+            Some(component) => (component, CodeSource::DiskCache),
+            None => {
+                let component = Component::new(rt.engine(), bytes)
+                    .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+                if let Some(file) = &cached {
+                    store_cached(&component, file);
+                }
+                (component, CodeSource::Compiled)
+            }
+        };
+        check_world(rt, &component)?;
+        let pre = rt
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| ModuleError::Link(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
+        Ok(Self {
+            path,
+            hash,
+            source,
+            load_time: started.elapsed(),
+            pre,
+        })
+    }
+
+    /// The first 12 hex digits of the hash, for logs.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12]
+    }
+}
+
+/// The file name embeds the engine's compatibility hash (wasmtime version and settings),
+/// so an upgrade never loads stale machine code.
+fn cache_file_name(rt: &Runtime, hash: &str) -> String {
+    let mut h = DefaultHasher::new();
+    rt.engine().precompile_compatibility_hash().hash(&mut h);
+    format!("{hash}-{:016x}.cwasm", h.finish())
+}
+
+fn load_cached(rt: &Runtime, file: &Path) -> Option<Component> {
+    if !file.is_file() {
+        return None;
+    }
+    // SAFETY: the cache folder holds only artifacts this process or an earlier Sluice wrote
+    // with `Component::serialize` for a compatible engine (the file name says which), and is
+    // as trusted as the binary. wasmtime still checks the header and engine compatibility;
+    // any failure falls back to compiling.
+    match unsafe { Component::deserialize_file(rt.engine(), file) } {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), "ignoring unusable compiled cache entry: {e:#}");
+            None
+        }
+    }
+}
+
+/// Best effort: a cache that cannot be written only costs a compile next time.
+fn store_cached(component: &Component, file: &Path) {
+    let write = || -> std::io::Result<()> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let bytes = component
+            .serialize()
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let tmp = dir.join(format!(".{}.tmp{}", std::process::id(), rand_suffix()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, file)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(file = %file.display(), "cannot write compiled cache entry: {e}");
+    }
+}
+
+fn rand_suffix() -> u64 {
+    let mut h = DefaultHasher::new();
+    Instant::now().hash(&mut h);
+    std::thread::current().id().hash(&mut h);
+    h.finish()
+}
+
+/// Gives a clear error for components built against another world version, or not for
+/// Sluice at all, instead of wasmtime's generic "missing export".
+fn check_world(rt: &Runtime, component: &Component) -> Result<(), ModuleError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(rt.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if exports.iter().any(|e| e == FILTER_INTERFACE) {
+        return Ok(());
+    }
+    let prefix = "sluice:plugin/filter@";
+    if let Some(found) = exports.iter().find_map(|e| e.strip_prefix(prefix)) {
+        return Err(ModuleError::WrongVersion {
+            found: found.to_owned(),
+        });
+    }
+    let exports = if exports.is_empty() {
+        "nothing".to_owned()
+    } else {
+        exports.join(", ")
+    };
+    Err(ModuleError::NotAPlugin { exports })
+}

@@ -1,0 +1,300 @@
+//! A named plugin from the config: a module, its config, and the pool of instances that
+//! serve its hook calls.
+//!
+//! Instances are shared by every worker thread and checked out per hook call (not per
+//! request), so the number of live instances follows the calls running at once, not
+//! plugins x workers x connections. An instance that traps, times out or returns something
+//! invalid is dropped, never reused; its pool slot is recycled by wasmtime.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_bindings::Plugin as World;
+use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+
+use super::error::{FailureKind, Phase, PluginError};
+use super::module::Module;
+use super::runtime::Runtime;
+use super::state::{Call, PluginState};
+use crate::config::{self, InstanceModel};
+use crate::message::{self, Body, RequestMsg, ResponseMsg};
+
+/// Idle instances kept per plugin; more than this are dropped when returned.
+const MAX_IDLE: usize = 64;
+
+/// One instance with its own store.
+struct Instance {
+    store: Store<PluginState>,
+    world: World,
+}
+
+/// What the request phase decided.
+pub enum Decision {
+    Continue,
+    Respond(ResponseMsg),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("plugin rejected its config: {0}")]
+    ConfigRejected(String),
+}
+
+pub struct NamedPlugin {
+    pub spec: config::Plugin,
+    pub module: Arc<Module>,
+    hooks: Hooks,
+    runtime: Arc<Runtime>,
+    idle: Mutex<Vec<Instance>>,
+    permits: Arc<Semaphore>,
+    /// How long a call waits for a free instance before the request fails with 503.
+    queue_timeout: Duration,
+}
+
+impl NamedPlugin {
+    /// Instantiates the plugin once and runs `init` with its config, so a bad config is
+    /// reported now, at load, and never at request time.
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        module: Arc<Module>,
+        spec: config::Plugin,
+        queue_timeout: Duration,
+    ) -> Result<Self, LoadError> {
+        let (first, hooks) = instantiate(&runtime, &module, &spec)
+            .await
+            .map_err(|e| match e {
+                InitError::Rejected(msg) => LoadError::ConfigRejected(msg),
+                InitError::Failed(kind) => LoadError::Failed(kind.to_string()),
+            })?;
+        let idle = match spec.instances {
+            InstanceModel::Reuse => vec![first],
+            InstanceModel::Fresh => Vec::new(),
+        };
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(spec.max_instances as usize)),
+            spec,
+            module,
+            hooks,
+            runtime,
+            idle: Mutex::new(idle),
+            queue_timeout,
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.spec.name
+    }
+
+    pub fn has_request_hook(&self) -> bool {
+        self.hooks.contains(Hooks::ON_REQUEST)
+    }
+
+    pub fn has_response_hook(&self) -> bool {
+        self.hooks.contains(Hooks::ON_RESPONSE)
+    }
+
+    /// Runs the request phase. The request is handed back whatever happens.
+    pub async fn on_request(&self, req: RequestMsg) -> (RequestMsg, Result<Decision, PluginError>) {
+        let (call, result) = self
+            .call(
+                Phase::Request,
+                Call {
+                    request: req,
+                    response: None,
+                },
+            )
+            .await;
+        (call.request, result)
+    }
+
+    /// Runs the response phase. Both messages are handed back whatever happens.
+    pub async fn on_response(
+        &self,
+        req: RequestMsg,
+        resp: ResponseMsg,
+    ) -> (RequestMsg, ResponseMsg, Result<(), PluginError>) {
+        let call = Call {
+            request: req,
+            response: Some(resp),
+        };
+        let (call, result) = self.call(Phase::Response, call).await;
+        let resp = call
+            .response
+            .expect("the response phase keeps its response");
+        (call.request, resp, result.map(|_| ()))
+    }
+
+    async fn call(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
+        let fail = |kind| PluginError {
+            plugin: self.spec.name.clone(),
+            phase,
+            kind,
+        };
+        let (mut instance, permit) = match self.checkout().await {
+            Ok(lease) => lease,
+            Err(kind) => return (call, Err(fail(kind))),
+        };
+        let store = &mut instance.store;
+        store.data_mut().call = Some(call);
+        arm_deadline(store, self.spec.timeout);
+        let filter = instance.world.sluice_plugin_filter();
+        let outcome = match phase {
+            Phase::Request => {
+                let req = Resource::new_borrow(0);
+                filter.call_on_request(&mut *store, req).await.map(Some)
+            }
+            Phase::Response => {
+                let (req, resp) = (Resource::new_borrow(0), Resource::new_borrow(0));
+                filter
+                    .call_on_response(&mut *store, req, resp)
+                    .await
+                    .map(|()| None)
+            }
+            Phase::Init => unreachable!("init is not a hook call"),
+        };
+        let call = store
+            .data_mut()
+            .call
+            .take()
+            .expect("the call is put back by no one else");
+        let result = match outcome {
+            Ok(None) => Ok(Decision::Continue),
+            Ok(Some(Action::Continue)) => Ok(Decision::Continue),
+            Ok(Some(Action::Respond(local))) => local_response(local).map(Decision::Respond),
+            Err(e) => Err(classify(&e, store, self.spec.timeout)),
+        };
+        match &result {
+            Ok(_) => self.checkin(instance, permit),
+            // The instance may be in any state now: drop it, never reuse it.
+            Err(_) => drop((instance, permit)),
+        }
+        (call, result.map_err(fail))
+    }
+
+    async fn checkout(&self) -> Result<(Instance, OwnedSemaphorePermit), FailureKind> {
+        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
+            .expect("the semaphore is never closed");
+        if self.spec.instances == InstanceModel::Reuse {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(instance) = idle {
+                return Ok((instance, permit));
+            }
+        }
+        match instantiate(&self.runtime, &self.module, &self.spec).await {
+            Ok((instance, _)) => Ok((instance, permit)),
+            Err(InitError::Failed(kind)) => Err(kind),
+            // The same config was accepted at load; refusing it now is a plugin bug.
+            Err(InitError::Rejected(msg)) => Err(FailureKind::BadReturn(format!(
+                "init rejected the config it accepted at load: {msg}"
+            ))),
+        }
+    }
+
+    fn checkin(&self, instance: Instance, permit: OwnedSemaphorePermit) {
+        if self.spec.instances == InstanceModel::Reuse {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(instance);
+            }
+        }
+        drop(permit);
+    }
+
+    /// Idle instances right now (for tests and metrics).
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+enum InitError {
+    Rejected(String),
+    Failed(FailureKind),
+}
+
+/// A new instance, `init`ialised with the plugin's config.
+async fn instantiate(
+    runtime: &Runtime,
+    module: &Module,
+    spec: &config::Plugin,
+) -> Result<(Instance, Hooks), InitError> {
+    let mut store = runtime.new_store(spec.name.clone());
+    // `init` may parse keys or compile patterns: give it ten hook budgets.
+    let budget = spec.timeout * 10;
+    arm_deadline(&mut store, budget);
+    let world = match module.pre.instantiate_async(&mut store).await {
+        Ok(world) => world,
+        Err(e) => {
+            return Err(InitError::Failed(FailureKind::Instantiate(format!(
+                "{e:#}"
+            ))));
+        }
+    };
+    let init = world
+        .sluice_plugin_filter()
+        .call_init(&mut store, &spec.config_json)
+        .await;
+    match init {
+        Ok(Ok(hooks)) => Ok((Instance { store, world }, hooks)),
+        Ok(Err(msg)) => Err(InitError::Rejected(msg)),
+        Err(e) => Err(InitError::Failed(classify(&e, &mut store, budget))),
+    }
+}
+
+fn arm_deadline(store: &mut Store<PluginState>, budget: Duration) {
+    store.data_mut().deadline = Instant::now() + budget;
+    store.set_epoch_deadline(1);
+}
+
+/// Names what went wrong, with the plugin's last stderr lines (a Rust panic message lands
+/// there) and wasmtime's backtrace, which carries the plugin's function names.
+fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duration) -> FailureKind {
+    let stderr = store.data().stderr.take_recent();
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FailureKind::Timeout(budget),
+        _ => FailureKind::Trap {
+            message: format!("{e:?}"),
+            stderr,
+        },
+    }
+}
+
+/// Turns a plugin's local reply into a response, refusing what HTTP would not allow.
+fn local_response(local: LocalResponse) -> Result<ResponseMsg, FailureKind> {
+    let bad = |what: String| FailureKind::BadReturn(what);
+    let status = http::StatusCode::from_u16(local.status).map_err(|_| {
+        bad(format!(
+            "local response status {} is not 100-999",
+            local.status
+        ))
+    })?;
+    let mut builder = http::Response::builder().status(status);
+    let headers = builder.headers_mut().expect("a fresh builder has headers");
+    for (name, value) in local.headers {
+        let n = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(format!("local response header name {name:?} is invalid")))?;
+        let v = http::HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+            bad(format!(
+                "local response header {name:?} has an invalid value"
+            ))
+        })?;
+        if !message::is_host_owned_header(&n) {
+            headers.append(n, v);
+        }
+    }
+    message::set_fixed_length(headers, local.body.len());
+    let (parts, ()) = builder
+        .body(())
+        .expect("status and headers were checked")
+        .into_parts();
+    Ok(ResponseMsg {
+        parts,
+        body: Body::Full(local.body.into()),
+    })
+}

@@ -1,0 +1,163 @@
+//! The one wasmtime engine: pooling allocator, epoch deadlines, and the linker every plugin
+//! is instantiated against.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
+    StoreLimitsBuilder, UpdateDeadline,
+};
+
+use super::module::{Module, ModuleError};
+use super::state::PluginState;
+use crate::config;
+
+/// How often the engine's epoch advances; a hook's deadline is checked at this granularity,
+/// and a long-running hook yields to other requests this often.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the plugin runtime: {0}")]
+pub struct RuntimeError(String);
+
+/// Compiles, caches and instantiates plugins. One per gateway process; shared by every
+/// config generation so compiled modules and pool slots survive reloads.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: Option<PathBuf>,
+    max_memory_bytes: usize,
+    /// Compiled modules by content hash: a module used by several named plugins (or
+    /// unchanged across reloads) is compiled once.
+    modules: Mutex<HashMap<[u8; 32], Weak<Module>>>,
+}
+
+impl Runtime {
+    pub fn new(cfg: &config::Runtime) -> Result<Arc<Self>, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(cfg.max_instances)
+            .total_core_instances(cfg.max_instances.saturating_mul(8))
+            .total_memories(cfg.max_instances.saturating_mul(2))
+            .total_tables(cfg.max_instances.saturating_mul(8))
+            .total_stacks(cfg.max_instances)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(8)
+            .max_tables_per_component(32)
+            .max_memory_size(cfg.max_memory_bytes)
+            // Reset reused slots by copy-on-write page scans instead of re-zeroing them:
+            // this is what makes a fresh instance per request cheap.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16)
+            .pagemap_scan(Enabled::Auto);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .parallel_compilation(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError(format!("linking WASI: {e:#}")))?;
+        sluice_bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError(format!("linking the host API: {e:#}")))?;
+
+        spawn_epoch_ticker(&engine);
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cache_dir: cfg.cache_dir.clone(),
+            max_memory_bytes: cfg.max_memory_bytes,
+            modules: Mutex::default(),
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<PluginState> {
+        &self.linker
+    }
+
+    pub(crate) fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    /// Compiles (or fetches from memory or the disk cache) the module at `path`. Compiling
+    /// runs on a blocking thread, never on the request path.
+    pub async fn load_module(self: &Arc<Self>, path: &Path) -> Result<Arc<Module>, ModuleError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| ModuleError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        let hash = super::module::content_hash(&bytes);
+        if let Some(module) = self.memoized(&hash) {
+            return Ok(module);
+        }
+        let this = self.clone();
+        let path = path.to_owned();
+        let module = tokio::task::spawn_blocking(move || Module::build(&this, path, &bytes, hash))
+            .await
+            .map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
+        let module = Arc::new(module);
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules.retain(|_, m| m.strong_count() > 0);
+        modules.insert(hash, Arc::downgrade(&module));
+        Ok(module)
+    }
+
+    fn memoized(&self, hash: &[u8; 32]) -> Option<Arc<Module>> {
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)?
+            .upgrade()
+    }
+
+    /// A store for one instance of plugin `name`: memory capped, and every hook call bounded
+    /// by the deadline in its state (see [`PluginState`]).
+    pub(crate) fn new_store(&self, name: Arc<str>) -> Store<PluginState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.max_memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, PluginState::new(name, limits));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match Instant::now() >= ctx.data().deadline {
+                true => UpdateDeadline::Interrupt,
+                false => UpdateDeadline::Yield(1),
+            })
+        });
+        store
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without a ticker deadlines never fire; say so loudly rather than fail to start.
+        tracing::error!("cannot start the epoch ticker, plugin timeouts are off: {e}");
+    }
+}

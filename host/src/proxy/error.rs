@@ -1,0 +1,100 @@
+//! Every way a request can fail, and the one place where failures become HTTP responses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use crate::message::BoxBody;
+use crate::plugin::{FailureKind, PluginError};
+
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Downstream,
+    Upstream,
+    Plugin,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this path")]
+    NoRoute,
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("cannot connect to upstream {endpoint}: {reason}")]
+    UpstreamConnect { endpoint: String, reason: String },
+    #[error("upstream {endpoint} did not answer within {timeout:?}")]
+    UpstreamTimeout { endpoint: String, timeout: Duration },
+    #[error("upstream {endpoint} failed: {reason}")]
+    Upstream { endpoint: String, reason: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ProxyError::NoRoute => S::NOT_FOUND,
+            ProxyError::Plugin(e) => match e.kind {
+                FailureKind::Overloaded(_) => S::SERVICE_UNAVAILABLE,
+                _ => S::INTERNAL_SERVER_ERROR,
+            },
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => S::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => S::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::NoRoute => Origin::Downstream,
+            ProxyError::Plugin(_) => Origin::Plugin,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::Upstream { .. } => Origin::Upstream,
+        }
+    }
+
+    /// Whether sending the same request again (elsewhere) may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect { .. }
+                | ProxyError::Plugin(PluginError {
+                    kind: FailureKind::Overloaded(_),
+                    ..
+                })
+        )
+    }
+
+    /// The client sees a short plain-text reason; details go to the log, not to the client.
+    pub fn into_response(self, request_id: &str) -> http::Response<BoxBody> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::NoRoute => "no route",
+            ProxyError::Plugin(_) if status == http::StatusCode::SERVICE_UNAVAILABLE => {
+                "plugin overloaded"
+            }
+            ProxyError::Plugin(_) => "plugin failed",
+            ProxyError::UpstreamConnect { .. } => "upstream unavailable",
+            ProxyError::UpstreamTimeout { .. } => "upstream timed out",
+            ProxyError::Upstream { .. } => "upstream failed",
+        };
+        let body = Bytes::from(format!("{text}\n"));
+        let mut resp = http::Response::new(
+            http_body_util::Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        if let Ok(id) = http::HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", id);
+        }
+        resp
+    }
+}

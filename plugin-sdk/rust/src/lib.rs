@@ -1,0 +1,246 @@
+//! # sluice-pdk: write Sluice gateway plugins in Rust
+//!
+//! A plugin is a type that implements [`Plugin`], exported with [`export_plugin!`], built
+//! to a WebAssembly component:
+//!
+//! ```ignore
+//! use sluice_pdk::{Action, Plugin, Request, Response};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { greeting: String }
+//!
+//! struct Hello { greeting: String }
+//!
+//! impl Plugin for Hello {
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         Ok(Hello { greeting: config.greeting })
+//!     }
+//!
+//!     fn on_response(&self, _req: &Request, resp: &Response) {
+//!         let _ = resp.set_header("x-greeting", &self.greeting);
+//!     }
+//! }
+//!
+//! sluice_pdk::export_plugin!(Hello);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
+//! `target/wasm32-wasip2/release/` is the plugin. The crate type must be `cdylib`.
+//!
+//! ## The contract
+//! - [`Plugin::new`] runs once per instance with the `config` table from the gateway's TOML.
+//!   An `Err` rejects the config: the gateway refuses to start and prints your message.
+//! - [`Plugin::on_request`] runs before the upstream is called, in route order.
+//!   Return [`Action::Continue`] or answer locally with [`Action::respond`].
+//! - [`Plugin::on_response`] runs after the upstream (or a local response), in reverse order.
+//! - An instance may serve many requests (the default) or one hook call
+//!   (`instances = "fresh"`). Do not keep per-request state in `self` between the two phases:
+//!   the response phase may run in another instance.
+//! - A panic fails only the current request (with a 500, or skipping the plugin if it is
+//!   configured `on_error = "continue"`); the gateway logs the panic message.
+
+extern crate self as sluice_pdk;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "sluice_pdk::bindings",
+        runtime_path: "sluice_pdk::__private::wit_bindgen::rt",
+        bitflags_path: "sluice_pdk::__private::wit_bindgen::rt::bitflags",
+    });
+}
+
+pub use bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
+pub use bindings::sluice::plugin::http::{BodyError, FieldError, Request, Response};
+
+/// Time, from the host.
+pub mod clock {
+    pub use crate::bindings::sluice::plugin::clock::{monotonic_ns, now_ms};
+}
+
+/// Logging through the gateway's log; lines are tagged with the plugin, route and request id.
+pub mod log {
+    pub use crate::bindings::sluice::plugin::log::{Level, enabled, log};
+
+    /// Logs at `level` if the gateway would keep it; `args` are only formatted then.
+    pub fn log_fmt(level: Level, args: std::fmt::Arguments<'_>) {
+        if enabled(level) {
+            log(level, &args.to_string());
+        }
+    }
+}
+
+/// `sluice_pdk::info!("user {}", id)`; likewise `trace!`, `debug!`, `warn!`, `error!`.
+#[macro_export]
+macro_rules! info {
+    ($($t:tt)*) => { $crate::log::log_fmt($crate::log::Level::Info, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! debug {
+    ($($t:tt)*) => { $crate::log::log_fmt($crate::log::Level::Debug, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! trace {
+    ($($t:tt)*) => { $crate::log::log_fmt($crate::log::Level::Trace, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::log::log_fmt($crate::log::Level::Warn, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! error {
+    ($($t:tt)*) => { $crate::log::log_fmt($crate::log::Level::Error, format_args!($($t)*)) };
+}
+
+/// A Sluice plugin. Both phases are optional; leave out the one you do not need and narrow
+/// [`Plugin::hooks`] so the gateway never calls it.
+pub trait Plugin: Sized + 'static {
+    /// The shape of the `config` table; `()`-like configs can use
+    /// `serde::de::IgnoredAny`.
+    type Config: serde::de::DeserializeOwned;
+
+    /// The phases this plugin takes part in, decided after `new`. The default is both;
+    /// the gateway never calls a phase left out here.
+    fn hooks(&self) -> Hooks {
+        Hooks::all()
+    }
+
+    /// Builds the plugin from its config. `Err` rejects the config with that message.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// The request phase: inspect or change `req`, then continue or respond locally.
+    fn on_request(&self, req: &Request) -> Action {
+        let _ = req;
+        Action::Continue
+    }
+
+    /// The response phase: inspect or change `resp` before the client gets it.
+    fn on_response(&self, req: &Request, resp: &Response) {
+        let _ = (req, resp);
+    }
+}
+
+impl Action {
+    /// A local response with a `text/plain` body.
+    pub fn respond(status: u16, body: impl Into<Vec<u8>>) -> Action {
+        Action::Respond(
+            LocalResponse::new(status)
+                .header("content-type", "text/plain")
+                .body(body),
+        )
+    }
+}
+
+impl LocalResponse {
+    pub fn new(status: u16) -> Self {
+        LocalResponse {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header (repeat a name to send it several times).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        if name.eq_ignore_ascii_case("content-type") {
+            self.headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+        }
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// Parses a plugin's JSON config, naming the offending field on error, e.g.
+/// `config.response.set: invalid type: integer, expected a string`.
+pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_json appends " at line L column C", meaningless for a TOML author.
+        let msg = inner.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+        match path.as_str() {
+            "." => format!("config: {msg}"),
+            p => format!("config.{p}: {msg}"),
+        }
+    })
+}
+
+/// Exports a [`Plugin`] implementation as the component's `sluice:plugin/filter`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            static SLOT: $crate::__private::Slot<$plugin> = $crate::__private::Slot::new();
+
+            struct Export;
+
+            impl $crate::__private::Guest for Export {
+                fn init(config: String) -> Result<$crate::Hooks, String> {
+                    SLOT.init(&config)
+                }
+                fn on_request(req: &$crate::Request) -> $crate::Action {
+                    <$plugin as $crate::Plugin>::on_request(SLOT.get(), req)
+                }
+                fn on_response(req: &$crate::Request, resp: &$crate::Response) {
+                    <$plugin as $crate::Plugin>::on_response(SLOT.get(), req, resp)
+                }
+            }
+
+    $crate::bindings::__export_world!(Export with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use std::cell::UnsafeCell;
+
+    pub use crate::bindings::exports::sluice::plugin::filter::Guest;
+    pub use wit_bindgen;
+
+    /// The plugin value of this instance.
+    pub struct Slot<P>(UnsafeCell<Option<P>>);
+
+    // SAFETY: a component instance runs on one thread and is never re-entered (the
+    // component model forbids it), so there is never concurrent access to the slot.
+    unsafe impl<P> Sync for Slot<P> {}
+
+    impl<P: crate::Plugin> Slot<P> {
+        #[allow(clippy::new_without_default)]
+        pub const fn new() -> Self {
+            Slot(UnsafeCell::new(None))
+        }
+
+        pub fn init(&self, config: &str) -> Result<crate::Hooks, String> {
+            let config = crate::parse_config::<P::Config>(config)?;
+            let plugin = P::new(config)?;
+            let hooks = plugin.hooks();
+            // SAFETY: see `Sync` above; no reference into the slot outlives a call.
+            unsafe { *self.0.get() = Some(plugin) };
+            Ok(hooks)
+        }
+
+        pub fn get(&self) -> &P {
+            // SAFETY: see `Sync` above.
+            match unsafe { &*self.0.get() } {
+                Some(p) => p,
+                None => panic!("the host called a hook before init"),
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! A test-only plugin that misbehaves on demand, so the tests can prove that a failing
+//! plugin fails only its own request.
+//!
+//! The request header `x-fault` picks the fault in the request phase, and
+//! `x-fault-response` in the response phase: `panic`, `trap`, `loop` (never returns),
+//! `oom` (allocates until the memory cap), `bad-status` (a local response with status 42),
+//! `stderr` (writes a line, then continues). With no fault the plugin counts the calls this
+//! instance has served and sends the count upstream as `x-instance-calls`.
+//! Config: `{ reject = "why" }` makes `init` refuse the config.
+
+use std::cell::Cell;
+
+use serde::Deserialize;
+use sluice_pdk::{Action, LocalResponse, Plugin, Request, Response};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    reject: Option<String>,
+}
+
+struct Faults {
+    calls: Cell<u64>,
+}
+
+fn fault(kind: Option<String>) -> Option<Action> {
+    match kind.as_deref()? {
+        "panic" => panic!("fault injected: panic"),
+        "trap" => core::arch::wasm32::unreachable(),
+        "loop" => loop {
+            std::hint::black_box(0u8);
+        },
+        "oom" => {
+            let mut hog = Vec::new();
+            loop {
+                hog.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+        }
+        "bad-status" => Some(Action::Respond(LocalResponse::new(42))),
+        "stderr" => {
+            eprintln!("fault injected: a line on stderr");
+            None
+        }
+        _ => None,
+    }
+}
+
+impl Plugin for Faults {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
+        match c.reject {
+            Some(why) => Err(format!("config.reject: {why}")),
+            None => Ok(Faults {
+                calls: Cell::new(0),
+            }),
+        }
+    }
+
+    fn on_request(&self, req: &Request) -> Action {
+        if let Some(action) = fault(req.header("x-fault")) {
+            return action;
+        }
+        self.calls.set(self.calls.get() + 1);
+        let _ = req.set_header("x-instance-calls", &self.calls.get().to_string());
+        Action::Continue
+    }
+
+    fn on_response(&self, req: &Request, _resp: &Response) {
+        let _ = fault(req.header("x-fault-response"));
+    }
+}
+
+sluice_pdk::export_plugin!(Faults);

@@ -1,0 +1,1 @@
+//! Shared pieces for the end-to-end tests live in `tests/common`.
