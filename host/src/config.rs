@@ -43,13 +43,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates config `text`; `source_name` is used in messages and `base_dir` anchors
 /// relative paths.
 pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-    let fail = |errors| ConfigErrors {
-        source_name: source_name.to_owned(),
-        errors,
-    };
+    let fail = |errors| ConfigErrors { source_name: source_name.to_owned(), errors };
     let file = deserialize(text).map_err(|e| fail(vec![e]))?;
     let mut errors = Errors::default();
-    let config = validate(file, base_dir, &mut errors);
+    let config = validate(file, source_name, base_dir, &mut errors);
     match config {
         Some(config) if errors.0.is_empty() => Ok(config),
         _ => Err(fail(errors.0)),
@@ -65,17 +62,16 @@ fn deserialize(text: &str) -> Result<schema::File, ConfigError> {
 }
 
 fn toml_error(path: &str, e: &toml::de::Error, text: &str) -> ConfigError {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-    ConfigError {
-        path: path.to_owned(),
-        line,
-        message: e.message().trim().to_owned(),
-    }
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError { path: path.to_owned(), line, message: e.message().trim().to_owned() }
 }
 
-fn validate(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config> {
+fn validate(
+    file: schema::File,
+    source_name: &str,
+    base: &Path,
+    errors: &mut Errors,
+) -> Option<Config> {
     let server = validate_server(&file.server, errors);
     let runtime = validate_runtime(&file.runtime, base, errors);
     let upstreams = file
@@ -87,14 +83,12 @@ fn validate(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Conf
         .plugins
         .iter()
         .filter_map(|(name, p)| {
-            Some((
-                name.clone(),
-                validate_plugin(name, p, &runtime, base, errors)?,
-            ))
+            Some((name.clone(), validate_plugin(name, p, &runtime, base, errors)?))
         })
         .collect::<BTreeMap<_, _>>();
     let routes = validate_routes(&file, server.as_ref(), errors);
     Some(Config {
+        source_name: source_name.to_owned(),
         server: server?.0,
         runtime,
         upstreams,
@@ -107,15 +101,10 @@ fn validate(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Conf
 fn validate_server(s: &schema::Server, errors: &mut Errors) -> Option<(Server, u64)> {
     let listen = errors.check(
         "server.listen",
-        s.listen
-            .parse()
-            .map_err(|_| format!("not an address:port: {:?}", s.listen)),
+        s.listen.parse().map_err(|_| format!("not an address:port: {:?}", s.listen)),
     );
     if s.workers == Some(0) {
-        errors.push(
-            "server.workers",
-            "must be at least 1 (leave it out for one per core)",
-        );
+        errors.push("server.workers", "must be at least 1 (leave it out for one per core)");
     }
     let connect = duration(errors, "server.connect_timeout", &s.connect_timeout);
     let request = duration(errors, "server.request_timeout", &s.request_timeout);
@@ -163,13 +152,14 @@ pub fn default_plugin_dirs() -> Vec<PathBuf> {
     if let Some(dir) = std::env::var_os("SLUICE_PLUGIN_DIR") {
         dirs.push(PathBuf::from(dir));
     }
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.to_owned()))
-    {
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.to_owned())) {
         dirs.push(exe_dir.join("plugins"));
-        dirs.push(exe_dir.join("../wasm32-wasip2/release"));
+        if let Some(target) = exe_dir.parent() {
+            dirs.push(target.join("wasm32-wasip2/release"));
+        }
     }
+    let mut seen = HashSet::new();
+    dirs.retain(|d| seen.insert(d.canonicalize().unwrap_or_else(|_| d.clone())));
     dirs
 }
 
@@ -182,10 +172,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 fn validate_upstream(name: &str, u: &schema::Upstream, errors: &mut Errors) -> Option<Upstream> {
     if u.endpoints.is_empty() {
-        errors.push(
-            format!("upstreams.{name}.endpoints"),
-            "needs at least one endpoint",
-        );
+        errors.push(format!("upstreams.{name}.endpoints"), "needs at least one endpoint");
     }
     let mut endpoints = Vec::with_capacity(u.endpoints.len());
     for (i, e) in u.endpoints.iter().enumerate() {
@@ -207,18 +194,12 @@ fn validate_plugin(
     errors: &mut Errors,
 ) -> Option<Plugin> {
     let at = |field: &str| format!("plugins.{name}.{field}");
-    let module = errors.check(
-        at("module"),
-        resolve_module(&p.module, &runtime.plugin_dirs, base),
-    );
+    let module = errors.check(at("module"), resolve_module(&p.module, &runtime.plugin_dirs, base));
     let instances = match p.instances.as_deref() {
         None | Some("reuse") => Some(InstanceModel::Reuse),
         Some("fresh") => Some(InstanceModel::Fresh),
         Some(other) => {
-            errors.push(
-                at("instances"),
-                format!("expected \"reuse\" or \"fresh\", got {other:?}"),
-            );
+            errors.push(at("instances"), format!("expected \"reuse\" or \"fresh\", got {other:?}"));
             None
         }
     };
@@ -261,11 +242,8 @@ fn resolve_module(module: &str, dirs: &[PathBuf], base: &Path) -> Result<PathBuf
     // Cargo names a crate's output with underscores, and the shipped crates are
     // `sluice-plugin-NAME`.
     let snake = module.replace('-', "_");
-    let file_names = [
-        format!("{module}.wasm"),
-        format!("{snake}.wasm"),
-        format!("sluice_plugin_{snake}.wasm"),
-    ];
+    let file_names =
+        [format!("{module}.wasm"), format!("{snake}.wasm"), format!("sluice_plugin_{snake}.wasm")];
     for dir in dirs {
         for f in &file_names {
             let path = dir.join(f);
@@ -296,10 +274,7 @@ fn validate_routes(
         if !r.path.starts_with('/') {
             errors.push(at("path"), format!("must start with '/': {:?}", r.path));
         } else if let Some(first) = seen_paths.insert(normalize_prefix(&r.path), i) {
-            errors.push(
-                at("path"),
-                format!("{:?} is already routed by routes[{first}]", r.path),
-            );
+            errors.push(at("path"), format!("{:?} is already routed by routes[{first}]", r.path));
         }
         let name = r.name.clone().unwrap_or_else(|| r.path.clone());
         if !seen_names.insert(name.clone()) {
@@ -310,10 +285,7 @@ fn validate_routes(
         }
         for (j, p) in r.plugins.iter().enumerate() {
             if !file.plugins.contains_key(p) {
-                errors.push(
-                    format!("routes[{i}].plugins[{j}]"),
-                    format!("unknown plugin {p:?}"),
-                );
+                errors.push(format!("routes[{i}].plugins[{j}]"), format!("unknown plugin {p:?}"));
             }
         }
         routes.push(Route {

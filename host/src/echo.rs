@@ -1,6 +1,7 @@
 //! A small upstream that echoes what it received, for the demo and the tests.
 //!
 //! - `GET /bytes/{n}` streams `n` bytes of a repeating `a..z` pattern in 64 KiB chunks.
+//! - `GET /delay/{ms}` answers like any other path, after `ms` milliseconds.
 //! - Any other request gets a JSON description: method, path, query, headers, and the
 //!   length and SHA-256 of the body (read as a stream, never buffered).
 
@@ -26,9 +27,7 @@ pub async fn serve(listener: TcpListener) {
         };
         tokio::spawn(async move {
             let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = conn
-                .serve_connection(TokioIo::new(stream), service_fn(respond))
-                .await;
+            let _ = conn.serve_connection(TokioIo::new(stream), service_fn(respond)).await;
         });
     }
 }
@@ -42,13 +41,11 @@ pub async fn spawn(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 }
 
 async fn respond(req: http::Request<Incoming>) -> Result<http::Response<BoxBody>, Infallible> {
-    if let Some(n) = req
-        .uri()
-        .path()
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse().ok())
-    {
+    if let Some(n) = req.uri().path().strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
         return Ok(pattern_response(n));
+    }
+    if let Some(ms) = req.uri().path().strip_prefix("/delay/").and_then(|n| n.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
@@ -79,10 +76,8 @@ async fn respond(req: http::Request<Incoming>) -> Result<http::Response<BoxBody>
     let mut text = serde_json::to_string_pretty(&echo).expect("json values serialize");
     text.push('\n');
     let mut resp = http::Response::new(full(Bytes::from(text)));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     Ok(resp)
 }
 
@@ -119,14 +114,10 @@ impl http_body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }
 
 fn full(b: Bytes) -> BoxBody {
-    http_body_util::Full::new(b)
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    http_body_util::Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }

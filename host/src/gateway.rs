@@ -56,31 +56,23 @@ impl Gateway {
                 Ok(p) => {
                     plugins.insert(name.clone(), Arc::new(p));
                 }
-                Err(e @ LoadError::ConfigRejected(_)) => errors.push(ConfigError::new(
-                    format!("plugins.{name}.config"),
-                    e.to_string(),
-                )),
-                Err(e @ LoadError::Failed(_)) => errors.push(ConfigError::new(
-                    format!("plugins.{name}.module"),
-                    e.to_string(),
-                )),
+                Err(e @ LoadError::ConfigRejected(_)) => {
+                    errors.push(ConfigError::new(format!("plugins.{name}.config"), e.to_string()))
+                }
+                Err(e @ LoadError::Failed(_)) => {
+                    errors.push(ConfigError::new(format!("plugins.{name}.module"), e.to_string()))
+                }
             }
         }
         if !errors.is_empty() {
-            return Err(ConfigErrors {
-                source_name: "config".into(),
-                errors,
-            });
+            return Err(ConfigErrors { source_name: config.source_name.clone(), errors });
         }
 
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|(name, u)| {
-                (
-                    name.as_str(),
-                    Arc::new(Upstream::new(name.clone(), u.endpoints.clone())),
-                )
+                (name.as_str(), Arc::new(Upstream::new(name.clone(), u.endpoints.clone())))
             })
             .collect();
         let routes = config.routes.iter().map(|r| {
@@ -96,12 +88,7 @@ impl Gateway {
         });
         let router = Router::new(routes);
         let client = upstream::client(config.server.connect_timeout);
-        Ok(Self {
-            config,
-            client,
-            router,
-            plugins,
-        })
+        Ok(Self { config, client, router, plugins })
     }
 
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
@@ -133,11 +120,8 @@ impl Gateway {
         for route in self.config.routes.iter() {
             let up = &self.config.upstreams[&route.upstream];
             let endpoints: Vec<_> = up.endpoints.iter().map(|e| e.as_str()).collect();
-            let chain = if route.plugins.is_empty() {
-                "-".to_owned()
-            } else {
-                route.plugins.join(" -> ")
-            };
+            let chain =
+                if route.plugins.is_empty() { "-".to_owned() } else { route.plugins.join(" -> ") };
             tracing::info!(
                 "route {:?}: {}* -> upstream {:?} [{}], plugins: {chain}",
                 &*route.name,

@@ -81,9 +81,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 config.plugins.len(),
                 config.upstreams.len()
             );
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match rt.block_on(sluice::build(config)) {
                 Ok(_) => {
                     println!("config ok: {summary}");
@@ -110,9 +108,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Echo { listen } => {
             let rt = runtime(None)?;
             rt.block_on(async {
-                let addr = sluice::echo::spawn(listen)
-                    .await
-                    .context("starting the echo server")?;
+                let addr = sluice::echo::spawn(listen).await.context("starting the echo server")?;
                 tracing::info!("echo upstream listening on {addr}");
                 shutdown_signal().await;
                 anyhow::Ok(ExitCode::SUCCESS)
@@ -142,10 +138,8 @@ fn serve(mut config: sluice::Config, demo: Option<()>) -> anyhow::Result<ExitCod
     rt.block_on(async move {
         if demo.is_some() {
             let echo = sluice::echo::spawn("127.0.0.1:0".parse()?).await?;
-            let upstream = config
-                .upstreams
-                .get_mut("echo")
-                .context("demo config has no `echo` upstream")?;
+            let upstream =
+                config.upstreams.get_mut("echo").context("demo config has no `echo` upstream")?;
             upstream.endpoints = vec![echo.to_string().parse()?];
             tracing::info!("demo: built-in echo upstream on {echo}");
         }
@@ -157,10 +151,7 @@ fn serve(mut config: sluice::Config, demo: Option<()>) -> anyhow::Result<ExitCod
         running.gateway.load().log_summary();
         let workers =
             workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        tracing::info!(
-            "sluice listening on http://{} ({workers} worker threads)",
-            running.addr
-        );
+        tracing::info!("sluice listening on http://{} ({workers} worker threads)", running.addr);
         shutdown_signal().await;
         running.shutdown().await;
         tracing::info!("stopped");
@@ -192,9 +183,7 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

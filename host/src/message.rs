@@ -43,10 +43,8 @@ impl ResponseMsg {
 /// Headers the host owns: hop-by-hop headers (RFC 9110 section 7.6.1) and `content-length`.
 pub fn is_host_owned_header(name: &http::HeaderName) -> bool {
     use http::header::*;
-    matches!(
-        *name,
-        CONNECTION | TRANSFER_ENCODING | TE | TRAILER | UPGRADE | CONTENT_LENGTH
-    ) || name == "keep-alive"
+    matches!(*name, CONNECTION | TRANSFER_ENCODING | TE | TRAILER | UPGRADE | CONTENT_LENGTH)
+        || name == "keep-alive"
         || name == "proxy-connection"
 }
 

@@ -39,11 +39,7 @@ pub async fn handle(
         route: route.name.clone(),
         max_body_bytes: route.max_body_bytes,
     });
-    let request = RequestMsg {
-        parts,
-        body: Body::stream(body),
-        meta: meta.clone(),
-    };
+    let request = RequestMsg { parts, body: Body::stream(body), meta: meta.clone() };
     match proxy(&gw, &route, request).await {
         Ok(mut resp) => {
             if let Ok(v) = HeaderValue::from_str(&meta.id) {
@@ -81,12 +77,7 @@ async fn proxy(
         None => forward(gw, route, phase.request, keep).await?,
     };
     let response = match request {
-        Some(request) => {
-            route
-                .chain
-                .run_response(phase.reached, request, response)
-                .await?
-        }
+        Some(request) => route.chain.run_response(phase.reached, request, response).await?,
         None => response,
     };
     Ok(response.into_http())
@@ -110,17 +101,11 @@ async fn forward(
     let sent = tokio::time::timeout(timeout, gw.client.request(upstream_req)).await;
     let response = match sent {
         Err(_) => {
-            return Err(ProxyError::UpstreamTimeout {
-                endpoint: endpoint.to_string(),
-                timeout,
-            });
+            return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.to_string(), timeout });
         }
         Ok(Err(e)) if e.is_connect() => {
             let reason = error_chain(&e);
-            return Err(ProxyError::UpstreamConnect {
-                endpoint: endpoint.to_string(),
-                reason,
-            });
+            return Err(ProxyError::UpstreamConnect { endpoint: endpoint.to_string(), reason });
         }
         Ok(Err(e)) => {
             return Err(ProxyError::Upstream {
@@ -132,18 +117,8 @@ async fn forward(
     };
     let (mut resp_parts, resp_body) = response.into_parts();
     strip_hop_by_hop(&mut resp_parts.headers);
-    let request = kept.map(|parts| RequestMsg {
-        parts,
-        body: Body::empty(),
-        meta,
-    });
-    Ok((
-        request,
-        ResponseMsg {
-            parts: resp_parts,
-            body: Body::stream(resp_body),
-        },
-    ))
+    let request = kept.map(|parts| RequestMsg { parts, body: Body::empty(), meta });
+    Ok((request, ResponseMsg { parts: resp_parts, body: Body::stream(resp_body) }))
 }
 
 fn prepare_upstream_request(
@@ -153,9 +128,7 @@ fn prepare_upstream_request(
 ) {
     let host = req.headers().get(http::header::HOST).cloned().or_else(|| {
         // HTTP/2 clients send `:authority` instead of Host.
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);

@@ -14,20 +14,15 @@ pub struct Router<T> {
 impl<T> Router<T> {
     /// Builds a router; a trailing `/` on a prefix is ignored.
     pub fn new(routes: impl IntoIterator<Item = (String, T)>) -> Self {
-        let mut routes: Vec<(String, T)> = routes
-            .into_iter()
-            .map(|(p, t)| (p.trim_end_matches('/').to_owned(), t))
-            .collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let mut routes: Vec<(String, T)> =
+            routes.into_iter().map(|(p, t)| (p.trim_end_matches('/').to_owned(), t)).collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Self { routes }
     }
 
     /// The most specific route for `path`, if any.
     pub fn find(&self, path: &str) -> Option<&T> {
-        self.routes
-            .iter()
-            .find(|(prefix, _)| prefix_matches(prefix, path))
-            .map(|(_, t)| t)
+        self.routes.iter().find(|(prefix, _)| prefix_matches(prefix, path)).map(|(_, t)| t)
     }
 
     pub fn len(&self) -> usize {

@@ -30,10 +30,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -54,9 +51,7 @@ pub async fn serve(
             let gw = gateway.load_full();
             async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer.ip()).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -89,12 +84,7 @@ impl Running {
         stop: tokio::sync::oneshot::Sender<()>,
         task: tokio::task::JoinHandle<()>,
     ) -> Self {
-        Self {
-            addr,
-            gateway,
-            stop,
-            task,
-        }
+        Self { addr, gateway, stop, task }
     }
 
     /// Stops accepting and waits for in-flight requests to finish.

@@ -37,15 +37,8 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(name: String, endpoints: Vec<Authority>) -> Self {
-        assert!(
-            !endpoints.is_empty(),
-            "config validation guarantees an endpoint"
-        );
-        Self {
-            name,
-            endpoints,
-            next: AtomicUsize::new(0),
-        }
+        assert!(!endpoints.is_empty(), "config validation guarantees an endpoint");
+        Self { name, endpoints, next: AtomicUsize::new(0) }
     }
 
     /// The endpoint for the next request.
@@ -61,10 +54,8 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_endpoint_in_turn() {
-        let eps: Vec<Authority> = ["a:1", "b:2", "c:3"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let eps: Vec<Authority> =
+            ["a:1", "b:2", "c:3"].iter().map(|s| s.parse().unwrap()).collect();
         let up = Upstream::new("u".into(), eps);
         let picked: Vec<_> = (0..6).map(|_| up.pick().as_str().to_owned()).collect();
         assert_eq!(picked, ["a:1", "b:2", "c:3", "a:1", "b:2", "c:3"]);

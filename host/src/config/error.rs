@@ -14,11 +14,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        }
+        Self { path: path.into(), line: None, message: message.into() }
     }
 }
 
@@ -44,12 +40,7 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        write!(
-            f,
-            "{}: {n} error{}",
-            self.source_name,
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{}: {n} error{}", self.source_name, if n == 1 { "" } else { "s" })?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
         }

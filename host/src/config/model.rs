@@ -9,6 +9,8 @@ use std::time::Duration;
 /// A whole, checked gateway config.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file (or name) this config was read from, for messages.
+    pub source_name: String,
     pub server: Server,
     pub runtime: Runtime,
     pub upstreams: BTreeMap<String, Upstream>,

@@ -36,10 +36,7 @@ fn a_full_config_validates_into_the_model() {
     assert_eq!(c.upstreams["users"].endpoints.len(), 2);
     let tag = &c.plugins["tag"];
     assert_eq!(tag.module, dir.path().join("p.wasm"));
-    assert_eq!(
-        tag.config_json,
-        r#"{"response_headers":{"x-served-by":"sluice"}}"#
-    );
+    assert_eq!(tag.config_json, r#"{"response_headers":{"x-served-by":"sluice"}}"#);
     assert_eq!(tag.instances, InstanceModel::Fresh);
     assert_eq!(tag.timeout, Duration::from_millis(20));
     assert_eq!(&*c.routes[0].name, "/api/users");
@@ -86,10 +83,7 @@ fn every_validation_error_is_reported_with_its_path() {
         "routes[2].path: \"/a/\" is already routed by routes[0]",
     ];
     for want in expect {
-        assert!(
-            m.iter().any(|got| got.starts_with(want)),
-            "missing {want:?} in {m:#?}"
-        );
+        assert!(m.iter().any(|got| got.starts_with(want)), "missing {want:?} in {m:#?}");
     }
     assert_eq!(m.len(), expect.len(), "{m:#?}");
 }
@@ -103,10 +97,7 @@ fn shape_errors_name_the_path_and_line() {
     .expect_err("unknown field");
     let m = messages(e);
     assert_eq!(m.len(), 1);
-    assert!(
-        m[0].starts_with("routes[0] (line 7): unknown field `plugin`"),
-        "{m:?}"
-    );
+    assert!(m[0].starts_with("routes[0].plugin (line 7): unknown field `plugin`"), "{m:?}");
 }
 
 #[test]

@@ -43,10 +43,7 @@ impl Body {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Body::Stream {
-            body: body.map_err(Into::into).boxed_unsync(),
-            too_large: None,
-        }
+        Body::Stream { body: body.map_err(Into::into).boxed_unsync(), too_large: None }
     }
 
     /// Buffers the whole body, reading at most `limit` bytes. Over the limit, the bytes read
@@ -60,20 +57,11 @@ impl Body {
                     Body::Stream { .. } => unreachable!("just stored a full body"),
                 };
             }
-            Body::Stream {
-                too_large: Some(limit),
-                body,
-            } => {
-                *self = Body::Stream {
-                    body,
-                    too_large: Some(limit),
-                };
+            Body::Stream { too_large: Some(limit), body } => {
+                *self = Body::Stream { body, too_large: Some(limit) };
                 return Err(BodyError::TooLarge(limit));
             }
-            Body::Stream {
-                body,
-                too_large: None,
-            } => body,
+            Body::Stream { body, too_large: None } => body,
         };
         let mut chunks = VecDeque::new();
         let mut len = 0u64;
@@ -90,15 +78,8 @@ impl Body {
             len += data.len() as u64;
             chunks.push_back(data);
             if len > limit {
-                let body = Prefixed {
-                    prefix: chunks,
-                    rest: stream,
-                }
-                .boxed_unsync();
-                *self = Body::Stream {
-                    body,
-                    too_large: Some(limit),
-                };
+                let body = Prefixed { prefix: chunks, rest: stream }.boxed_unsync();
+                *self = Body::Stream { body, too_large: Some(limit) };
                 return Err(BodyError::TooLarge(limit));
             }
         }
@@ -115,9 +96,9 @@ impl Body {
 
     pub fn into_box(self) -> BoxBody {
         match self {
-            Body::Full(bytes) => http_body_util::Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            Body::Full(bytes) => {
+                http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+            }
             Body::Stream { body, .. } => body,
         }
     }
@@ -181,9 +162,7 @@ mod tests {
     /// A streamed body arriving in the given chunks.
     fn chunked(parts: &[&'static [u8]]) -> Body {
         let prefix = parts.iter().map(|p| Bytes::from_static(p)).collect();
-        let rest = http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed_unsync();
+        let rest = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
         Body::stream(Prefixed { prefix, rest })
     }
 
@@ -194,16 +173,10 @@ mod tests {
     #[tokio::test]
     async fn buffers_a_body_within_the_limit() {
         let mut body = chunked(&[b"hello ", b"world"]);
-        assert_eq!(
-            body.buffer(11).await.expect("fits").as_ref(),
-            b"hello world"
-        );
+        assert_eq!(body.buffer(11).await.expect("fits").as_ref(), b"hello world");
         assert!(body.is_buffered());
         // A second read answers from the buffer.
-        assert_eq!(
-            body.buffer(11).await.expect("fits").as_ref(),
-            b"hello world"
-        );
+        assert_eq!(body.buffer(11).await.expect("fits").as_ref(), b"hello world");
     }
 
     #[tokio::test]

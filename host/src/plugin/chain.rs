@@ -31,9 +31,7 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(plugins: Vec<Arc<NamedPlugin>>) -> Self {
-        Self {
-            plugins: plugins.into(),
-        }
+        Self { plugins: plugins.into() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,20 +58,12 @@ impl Chain {
             match result {
                 Ok(Decision::Continue) => {}
                 Ok(Decision::Respond(local)) => {
-                    return Ok(RequestPhase {
-                        request,
-                        local: Some(local),
-                        reached: i,
-                    });
+                    return Ok(RequestPhase { request, local: Some(local), reached: i });
                 }
                 Err(e) => fail_or_skip(plugin, e, &request)?,
             }
         }
-        Ok(RequestPhase {
-            request,
-            local: None,
-            reached: self.plugins.len(),
-        })
+        Ok(RequestPhase { request, local: None, reached: self.plugins.len() })
     }
 
     pub async fn run_response(

@@ -23,13 +23,10 @@ impl fmt::Display for Phase {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailureKind {
-    /// A trap or panic; `message` carries wasmtime's backtrace with the plugin's function
-    /// names, `stderr` the plugin's last output (where a panic message lands).
-    #[error("trapped: {message}{}", stderr.as_deref().map(|s| format!("\nplugin stderr: {s}")).unwrap_or_default())]
-    Trap {
-        message: String,
-        stderr: Option<String>,
-    },
+    /// A trap or panic; `message` has the cause and the plugin's function names, `stderr`
+    /// the plugin's last output (where a panic message lands).
+    #[error("trapped: {message}{}", stderr.as_deref().map(|s| format!("; plugin stderr: {s}")).unwrap_or_default())]
+    Trap { message: String, stderr: Option<String> },
     #[error("did not return within {0:?}")]
     Timeout(Duration),
     #[error("returned an invalid result: {0}")]

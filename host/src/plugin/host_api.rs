@@ -97,12 +97,7 @@ impl wit_http::HostRequest for PluginState {
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(
-            &mut self.request()?.parts.headers,
-            &name,
-            &value,
-            false,
-        ))
+        Ok(set(&mut self.request()?.parts.headers, &name, &value, false))
     }
 
     fn append_header(
@@ -191,12 +186,7 @@ impl wit_http::HostResponse for PluginState {
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(
-            &mut self.response()?.parts.headers,
-            &name,
-            &value,
-            false,
-        ))
+        Ok(set(&mut self.response()?.parts.headers, &name, &value, false))
     }
 
     fn append_header(
@@ -205,12 +195,7 @@ impl wit_http::HostResponse for PluginState {
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(
-            &mut self.response()?.parts.headers,
-            &name,
-            &value,
-            true,
-        ))
+        Ok(set(&mut self.response()?.parts.headers, &name, &value, true))
     }
 
     fn remove_header(

@@ -15,10 +15,7 @@ use super::state::PluginState;
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("not a valid Wasm component: {0}")]
     Compile(String),
     #[error(
@@ -55,10 +52,7 @@ pub struct Module {
 
 impl std::fmt::Debug for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Module")
-            .field("path", &self.path)
-            .field("hash", &self.hash)
-            .finish()
+        f.debug_struct("Module").field("path", &self.path).field("hash", &self.hash).finish()
     }
 }
 
@@ -80,9 +74,7 @@ impl Module {
     ) -> Result<Self, ModuleError> {
         let started = Instant::now();
         let hash = hex(&hash);
-        let cached = rt
-            .cache_dir()
-            .map(|dir| dir.join(cache_file_name(rt, &hash)));
+        let cached = rt.cache_dir().map(|dir| dir.join(cache_file_name(rt, &hash)));
         let (component, source) = match cached.as_deref().and_then(|f| load_cached(rt, f)) {
             Some(component) => (component, CodeSource::DiskCache),
             None => {
@@ -100,13 +92,7 @@ impl Module {
             .instantiate_pre(&component)
             .map_err(|e| ModuleError::Link(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
-        Ok(Self {
-            path,
-            hash,
-            source,
-            load_time: started.elapsed(),
-            pre,
-        })
+        Ok(Self { path, hash, source, load_time: started.elapsed(), pre })
     }
 
     /// The first 12 hex digits of the hash, for logs.
@@ -145,9 +131,7 @@ fn store_cached(component: &Component, file: &Path) {
     let write = || -> std::io::Result<()> {
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let bytes = component
-            .serialize()
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let tmp = dir.join(format!(".{}.tmp{}", std::process::id(), rand_suffix()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, file)
@@ -168,23 +152,14 @@ fn rand_suffix() -> u64 {
 /// Sluice at all, instead of wasmtime's generic "missing export".
 fn check_world(rt: &Runtime, component: &Component) -> Result<(), ModuleError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty
-        .exports(rt.engine())
-        .map(|(name, _)| name.to_owned())
-        .collect();
+    let exports: Vec<String> = ty.exports(rt.engine()).map(|(name, _)| name.to_owned()).collect();
     if exports.iter().any(|e| e == FILTER_INTERFACE) {
         return Ok(());
     }
     let prefix = "sluice:plugin/filter@";
     if let Some(found) = exports.iter().find_map(|e| e.strip_prefix(prefix)) {
-        return Err(ModuleError::WrongVersion {
-            found: found.to_owned(),
-        });
+        return Err(ModuleError::WrongVersion { found: found.to_owned() });
     }
-    let exports = if exports.is_empty() {
-        "nothing".to_owned()
-    } else {
-        exports.join(", ")
-    };
+    let exports = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
     Err(ModuleError::NotAPlugin { exports })
 }

@@ -13,7 +13,7 @@ use sluice_bindings::Plugin as World;
 use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Resource;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, WasmBacktrace};
 
 use super::error::{FailureKind, Phase, PluginError};
 use super::module::Module;
@@ -65,12 +65,10 @@ impl NamedPlugin {
         spec: config::Plugin,
         queue_timeout: Duration,
     ) -> Result<Self, LoadError> {
-        let (first, hooks) = instantiate(&runtime, &module, &spec)
-            .await
-            .map_err(|e| match e {
-                InitError::Rejected(msg) => LoadError::ConfigRejected(msg),
-                InitError::Failed(kind) => LoadError::Failed(kind.to_string()),
-            })?;
+        let (first, hooks) = instantiate(&runtime, &module, &spec).await.map_err(|e| match e {
+            InitError::Rejected(msg) => LoadError::ConfigRejected(msg),
+            InitError::Failed(kind) => LoadError::Failed(kind.to_string()),
+        })?;
         let idle = match spec.instances {
             InstanceModel::Reuse => vec![first],
             InstanceModel::Fresh => Vec::new(),
@@ -100,15 +98,7 @@ impl NamedPlugin {
 
     /// Runs the request phase. The request is handed back whatever happens.
     pub async fn on_request(&self, req: RequestMsg) -> (RequestMsg, Result<Decision, PluginError>) {
-        let (call, result) = self
-            .call(
-                Phase::Request,
-                Call {
-                    request: req,
-                    response: None,
-                },
-            )
-            .await;
+        let (call, result) = self.call(Phase::Request, Call { request: req, response: None }).await;
         (call.request, result)
     }
 
@@ -118,23 +108,14 @@ impl NamedPlugin {
         req: RequestMsg,
         resp: ResponseMsg,
     ) -> (RequestMsg, ResponseMsg, Result<(), PluginError>) {
-        let call = Call {
-            request: req,
-            response: Some(resp),
-        };
+        let call = Call { request: req, response: Some(resp) };
         let (call, result) = self.call(Phase::Response, call).await;
-        let resp = call
-            .response
-            .expect("the response phase keeps its response");
+        let resp = call.response.expect("the response phase keeps its response");
         (call.request, resp, result.map(|_| ()))
     }
 
     async fn call(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
-        let fail = |kind| PluginError {
-            plugin: self.spec.name.clone(),
-            phase,
-            kind,
-        };
+        let fail = |kind| PluginError { plugin: self.spec.name.clone(), phase, kind };
         let (mut instance, permit) = match self.checkout().await {
             Ok(lease) => lease,
             Err(kind) => return (call, Err(fail(kind))),
@@ -150,18 +131,11 @@ impl NamedPlugin {
             }
             Phase::Response => {
                 let (req, resp) = (Resource::new_borrow(0), Resource::new_borrow(0));
-                filter
-                    .call_on_response(&mut *store, req, resp)
-                    .await
-                    .map(|()| None)
+                filter.call_on_response(&mut *store, req, resp).await.map(|()| None)
             }
             Phase::Init => unreachable!("init is not a hook call"),
         };
-        let call = store
-            .data_mut()
-            .call
-            .take()
-            .expect("the call is put back by no one else");
+        let call = store.data_mut().call.take().expect("the call is put back by no one else");
         let result = match outcome {
             Ok(None) => Ok(Decision::Continue),
             Ok(Some(Action::Continue)) => Ok(Decision::Continue),
@@ -231,15 +205,10 @@ async fn instantiate(
     let world = match module.pre.instantiate_async(&mut store).await {
         Ok(world) => world,
         Err(e) => {
-            return Err(InitError::Failed(FailureKind::Instantiate(format!(
-                "{e:#}"
-            ))));
+            return Err(InitError::Failed(FailureKind::Instantiate(format!("{e:#}"))));
         }
     };
-    let init = world
-        .sluice_plugin_filter()
-        .call_init(&mut store, &spec.config_json)
-        .await;
+    let init = world.sluice_plugin_filter().call_init(&mut store, &spec.config_json).await;
     match init {
         Ok(Ok(hooks)) => Ok((Instance { store, world }, hooks)),
         Ok(Err(msg)) => Err(InitError::Rejected(msg)),
@@ -252,49 +221,47 @@ fn arm_deadline(store: &mut Store<PluginState>, budget: Duration) {
     store.set_epoch_deadline(1);
 }
 
-/// Names what went wrong, with the plugin's last stderr lines (a Rust panic message lands
-/// there) and wasmtime's backtrace, which carries the plugin's function names.
+/// Names what went wrong, on one line: the root cause, the plugin's own function names
+/// from the backtrace (where the module kept its name section), and the plugin's last
+/// stderr lines (a Rust panic message lands there).
 fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duration) -> FailureKind {
     let stderr = store.data().stderr.take_recent();
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => FailureKind::Timeout(budget),
-        _ => FailureKind::Trap {
-            message: format!("{e:?}"),
-            stderr,
-        },
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return FailureKind::Timeout(budget);
     }
+    let cause = e.chain().last().map_or_else(|| e.to_string(), |c| c.to_string());
+    let mut message = cause.replace('\n', " ");
+    if let Some(trace) = e.downcast_ref::<WasmBacktrace>() {
+        const SHOWN: usize = 4;
+        let names: Vec<&str> = trace.frames().iter().filter_map(|f| f.func_name()).collect();
+        if !names.is_empty() {
+            message.push_str(" at ");
+            message.push_str(&names[..names.len().min(SHOWN)].join(" <- "));
+            if names.len() > SHOWN {
+                message.push_str(&format!(" <- ... ({} more)", names.len() - SHOWN));
+            }
+        }
+    }
+    FailureKind::Trap { message, stderr }
 }
 
 /// Turns a plugin's local reply into a response, refusing what HTTP would not allow.
 fn local_response(local: LocalResponse) -> Result<ResponseMsg, FailureKind> {
     let bad = |what: String| FailureKind::BadReturn(what);
-    let status = http::StatusCode::from_u16(local.status).map_err(|_| {
-        bad(format!(
-            "local response status {} is not 100-999",
-            local.status
-        ))
-    })?;
+    let status = http::StatusCode::from_u16(local.status)
+        .map_err(|_| bad(format!("local response status {} is not 100-999", local.status)))?;
     let mut builder = http::Response::builder().status(status);
     let headers = builder.headers_mut().expect("a fresh builder has headers");
     for (name, value) in local.headers {
         let n = http::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| bad(format!("local response header name {name:?} is invalid")))?;
-        let v = http::HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
-            bad(format!(
-                "local response header {name:?} has an invalid value"
-            ))
-        })?;
+        let v = http::HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| bad(format!("local response header {name:?} has an invalid value")))?;
         if !message::is_host_owned_header(&n) {
             headers.append(n, v);
         }
     }
     message::set_fixed_length(headers, local.body.len());
-    let (parts, ()) = builder
-        .body(())
-        .expect("status and headers were checked")
-        .into_parts();
-    Ok(ResponseMsg {
-        parts,
-        body: Body::Full(local.body.into()),
-    })
+    let (parts, ()) = builder.body(()).expect("status and headers were checked").into_parts();
+    Ok(ResponseMsg { parts, body: Body::Full(local.body.into()) })
 }

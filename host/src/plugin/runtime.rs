@@ -18,7 +18,7 @@ use crate::config;
 
 /// How often the engine's epoch advances; a hook's deadline is checked at this granularity,
 /// and a long-running hook yields to other requests this often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
@@ -97,10 +97,7 @@ impl Runtime {
     pub async fn load_module(self: &Arc<Self>, path: &Path) -> Result<Arc<Module>, ModuleError> {
         let bytes = tokio::fs::read(path)
             .await
-            .map_err(|source| ModuleError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| ModuleError::Read { path: path.to_owned(), source })?;
         let hash = super::module::content_hash(&bytes);
         if let Some(module) = self.memoized(&hash) {
             return Ok(module);
@@ -118,11 +115,7 @@ impl Runtime {
     }
 
     fn memoized(&self, hash: &[u8; 32]) -> Option<Arc<Module>> {
-        self.modules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)?
-            .upgrade()
+        self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(hash)?.upgrade()
     }
 
     /// A store for one instance of plugin `name`: memory capped, and every hook call bounded
@@ -135,10 +128,12 @@ impl Runtime {
         let mut store = Store::new(&self.engine, PluginState::new(name, limits));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|ctx| {
-            Ok(match Instant::now() >= ctx.data().deadline {
-                true => UpdateDeadline::Interrupt,
-                false => UpdateDeadline::Yield(1),
-            })
+            if Instant::now() >= ctx.data().deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // tokio's yield, not wasmtime's plain re-wake: it defers the wake-up until the
+            // I/O driver has run, so a busy plugin cannot starve other requests' sockets.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         store
     }
@@ -147,15 +142,13 @@ impl Runtime {
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("sluice-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        });
+    let spawned = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
     if let Err(e) = spawned {
         // Without a ticker deadlines never fire; say so loudly rather than fail to start.
         tracing::error!("cannot start the epoch ticker, plugin timeouts are off: {e}");

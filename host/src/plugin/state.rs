@@ -34,10 +34,7 @@ pub(super) struct Call {
 impl PluginState {
     pub(super) fn new(plugin: Arc<str>, limits: StoreLimits) -> Self {
         let stderr = StderrTail::new(plugin.clone());
-        let wasi = WasiCtx::builder()
-            .stderr(stderr.clone())
-            .stdout(stderr.clone())
-            .build();
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).stdout(stderr.clone()).build();
         Self {
             plugin,
             wasi,
@@ -61,18 +58,13 @@ impl PluginState {
     pub(super) fn response(&mut self) -> wasmtime::Result<&mut ResponseMsg> {
         match self.call.as_mut().and_then(|c| c.response.as_mut()) {
             Some(response) => Ok(response),
-            None => Err(wasmtime::format_err!(
-                "no response outside the response phase"
-            )),
+            None => Err(wasmtime::format_err!("no response outside the response phase")),
         }
     }
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }

@@ -28,10 +28,7 @@ struct Inner {
 
 impl StderrTail {
     pub fn new(plugin: Arc<str>) -> Self {
-        Self {
-            plugin,
-            inner: Arc::default(),
-        }
+        Self { plugin, inner: Arc::default() }
     }
 
     /// The last lines written since the previous call, oldest first, joined with ` | `.
@@ -39,9 +36,7 @@ impl StderrTail {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let partial = std::mem::take(&mut inner.partial);
         if !partial.is_empty() {
-            inner
-                .recent
-                .push_back(String::from_utf8_lossy(&partial).into_owned());
+            inner.recent.push_back(String::from_utf8_lossy(&partial).into_owned());
         }
         let lines: Vec<String> = inner.recent.drain(..).collect();
         (!lines.is_empty()).then(|| lines.join(" | "))

@@ -60,10 +60,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::UpstreamConnect { .. }
-                | ProxyError::Plugin(PluginError {
-                    kind: FailureKind::Overloaded(_),
-                    ..
-                })
+                | ProxyError::Plugin(PluginError { kind: FailureKind::Overloaded(_), .. })
         )
     }
 
@@ -82,16 +79,11 @@ impl ProxyError {
         };
         let body = Bytes::from(format!("{text}\n"));
         let mut resp = http::Response::new(
-            http_body_util::Full::new(body)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+            http_body_util::Full::new(body).map_err(|never| match never {}).boxed_unsync(),
         );
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain"),
-        );
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
         if let Ok(id) = http::HeaderValue::from_str(request_id) {
             h.insert("x-request-id", id);
         }

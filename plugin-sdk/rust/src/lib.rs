@@ -129,29 +129,20 @@ pub trait Plugin: Sized + 'static {
 impl Action {
     /// A local response with a `text/plain` body.
     pub fn respond(status: u16, body: impl Into<Vec<u8>>) -> Action {
-        Action::Respond(
-            LocalResponse::new(status)
-                .header("content-type", "text/plain")
-                .body(body),
-        )
+        Action::Respond(LocalResponse::new(status).header("content-type", "text/plain").body(body))
     }
 }
 
 impl LocalResponse {
     pub fn new(status: u16) -> Self {
-        LocalResponse {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        LocalResponse { status, headers: Vec::new(), body: Vec::new() }
     }
 
     /// Adds a header (repeat a name to send it several times).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let name = name.into();
         if name.eq_ignore_ascii_case("content-type") {
-            self.headers
-                .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+            self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
         }
         self.headers.push((name, value.into()));
         self

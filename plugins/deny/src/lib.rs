@@ -50,10 +50,7 @@ impl Plugin for Deny {
 
     fn new(c: Config) -> Result<Self, String> {
         if !(100..=999).contains(&c.status) {
-            return Err(format!(
-                "config.status: {} is not an HTTP status (100-999)",
-                c.status
-            ));
+            return Err(format!("config.status: {} is not an HTTP status (100-999)", c.status));
         }
         let prefix = match c.path_prefix {
             Some(p) if !p.starts_with('/') => {
@@ -67,11 +64,7 @@ impl Plugin for Deny {
             response = response.header(name, value);
         }
         let methods = c.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
-        Ok(Deny {
-            prefix,
-            methods,
-            response: response.body(c.body),
-        })
+        Ok(Deny { prefix, methods, response: response.body(c.body) })
     }
 
     fn hooks(&self) -> Hooks {

@@ -71,9 +71,7 @@ fn edits(
         for (name, value) in map {
             check_name(at, kind, &name)?;
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(format!(
-                    "config.{at}.{kind}.{name}: value has CR, LF or NUL"
-                ));
+                return Err(format!("config.{at}.{kind}.{name}: value has CR, LF or NUL"));
             }
             out.push(match kind {
                 "set" => Edit::Set(name, value),
@@ -98,14 +96,10 @@ fn check_name(at: &str, kind: &str, name: &str) -> Result<(), String> {
     ];
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(token) {
-        return Err(format!(
-            "config.{at}.{kind}: {name:?} is not a valid header name"
-        ));
+        return Err(format!("config.{at}.{kind}: {name:?} is not a valid header name"));
     }
     if HOST_OWNED.contains(&name.to_ascii_lowercase().as_str()) {
-        return Err(format!(
-            "config.{at}.{kind}: {name:?} is managed by the gateway"
-        ));
+        return Err(format!("config.{at}.{kind}: {name:?} is managed by the gateway"));
     }
     Ok(())
 }

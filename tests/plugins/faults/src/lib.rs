@@ -5,13 +5,15 @@
 //! `x-fault-response` in the response phase: `panic`, `trap`, `loop` (never returns),
 //! `oom` (allocates until the memory cap), `bad-status` (a local response with status 42),
 //! `stderr` (writes a line, then continues). With no fault the plugin counts the calls this
-//! instance has served and sends the count upstream as `x-instance-calls`.
+//! instance has served and sends the count upstream as `x-instance-calls`. With
+//! `x-read-body: 1` it reads the request body and sends `x-body-bytes: N` (or `too-large`)
+//! upstream; with `x-replace-body: TEXT` it replaces the body with TEXT.
 //! Config: `{ reject = "why" }` makes `init` refuse the config.
 
 use std::cell::Cell;
 
 use serde::Deserialize;
-use sluice_pdk::{Action, LocalResponse, Plugin, Request, Response};
+use sluice_pdk::{Action, BodyError, LocalResponse, Plugin, Request, Response};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,15 +53,24 @@ impl Plugin for Faults {
     fn new(c: Config) -> Result<Self, String> {
         match c.reject {
             Some(why) => Err(format!("config.reject: {why}")),
-            None => Ok(Faults {
-                calls: Cell::new(0),
-            }),
+            None => Ok(Faults { calls: Cell::new(0) }),
         }
     }
 
     fn on_request(&self, req: &Request) -> Action {
         if let Some(action) = fault(req.header("x-fault")) {
             return action;
+        }
+        if req.header("x-read-body").is_some() {
+            let seen = match req.body() {
+                Ok(body) => body.len().to_string(),
+                Err(BodyError::TooLarge(_)) => "too-large".to_owned(),
+                Err(BodyError::ReadFailed(why)) => format!("failed: {why}"),
+            };
+            let _ = req.set_header("x-body-bytes", &seen);
+        }
+        if let Some(text) = req.header("x-replace-body") {
+            req.set_body(text.as_bytes());
         }
         self.calls.set(self.calls.get() + 1);
         let _ = req.set_header("x-instance-calls", &self.calls.get().to_string());

@@ -32,9 +32,7 @@ impl Plugin for Hello {
             sluice_pdk::info!("greeting {}", self.name);
             let body = format!("hello, {}!\n", self.name);
             return Action::Respond(
-                LocalResponse::new(200)
-                    .header("content-type", "text/plain")
-                    .body(body),
+                LocalResponse::new(200).header("content-type", "text/plain").body(body),
             );
         }
         Action::Continue

@@ -1,0 +1,156 @@
+//! The real `sluice` binary: start-up summary, failure logs, the compiled cache across
+//! restarts, and graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// A running `sluice run`, with its log lines arriving on a channel.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn start(config: &std::path::Path) -> Proc {
+        let mut child = Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Proc { child, addr: "0.0.0.0:0".parse().unwrap(), lines, seen: Vec::new() };
+        let listening = p.wait_for("sluice listening on http://");
+        let addr = listening.split("http://").nth(1).unwrap().split_whitespace().next().unwrap();
+        p.addr = addr.parse().unwrap();
+        p
+    }
+
+    /// Waits (up to 20 s) for a log line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {needle:?}; saw:\n{}", self.seen.join("\n"));
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(ok.unwrap().success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &tempfile::TempDir, upstream: SocketAddr, rest: &str) -> std::path::PathBuf {
+    let text = config_text(upstream, rest).replace(
+        "[runtime]",
+        &format!("[runtime]\ncache_dir = \"{}\"", dir.path().join("cache").display()),
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_summary_failure_logs_and_the_compiled_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo().await;
+    let config = write_config(
+        &dir,
+        upstream,
+        &format!(
+            r#"
+[plugins.faults]
+module = "{}"
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "echo"
+plugins = ["faults"]
+"#,
+            plugin("sluice_test_faults")
+        ),
+    );
+    let mut p = Proc::start(&config);
+    let summary = p.wait_for("plugin \"faults\"");
+    assert!(
+        summary.contains("sluice_test_faults.wasm") && summary.contains(" compiled in "),
+        "{summary}"
+    );
+    let route = p.wait_for("route \"api\"");
+    assert!(route.contains(&upstream.to_string()) && route.contains("plugins: faults"), "{route}");
+
+    let r = get(p.addr, "/api/x", &[("x-fault", "panic"), ("x-request-id", "req-77")]).await;
+    assert_eq!(r.status, 500);
+    let log = p.wait_for("failed in on-request");
+    for want in ["route=api", "request_id=req-77", "plugin \"faults\"", "fault injected: panic"] {
+        assert!(log.contains(want), "{want:?} missing in: {log}");
+    }
+    drop(p);
+
+    // A restart loads the machine code from the cache instead of compiling again.
+    let mut p = Proc::start(&config);
+    let summary = p.wait_for("plugin \"faults\"");
+    assert!(summary.contains("loaded from cache"), "{summary}");
+    assert_eq!(get(p.addr, "/api/x", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(&dir, echo().await, "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n");
+    let mut p = Proc::start(&config);
+    let addr = p.addr;
+    let slow = tokio::spawn(async move { get(addr, "/delay/1500", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.sigterm();
+    p.wait_for("shutting down");
+    // New connections are refused once the listener is closed...
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "still accepting after SIGTERM");
+    // ...while the request already in flight completes normally.
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed()["path"], "/delay/1500");
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    p.wait_for("stopped");
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: real plugins built from plugins/ and tests/plugins/, a real echo
+//! upstream, and the real gateway (in-process, or the `sluice` binary), all on 127.0.0.1
+//! port 0.
+
+mod common;
+
+mod cli;
+mod config_ui;
+mod plugin_failures;
+mod proxy;
+mod shipped_plugins;

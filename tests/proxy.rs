@@ -1,0 +1,307 @@
+//! The request path through the real gateway, real plugins and a real upstream.
+
+use crate::common::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use sha2::{Digest, Sha256};
+
+const TAG_AND_DENY: &str = r#"
+[plugins.tag]
+module = "header-transform"
+config = { response_headers = { "x-served-by" = "sluice" } }
+
+[plugins.no-admin]
+module = "deny"
+config = { path_prefix = "/api/users/admin", status = 403, body = "forbidden" }
+
+[[routes]]
+path = "/api/users"
+upstream = "echo"
+plugins = ["no-admin", "tag"]
+"#;
+
+#[tokio::test]
+async fn a_plugin_adds_a_response_header() {
+    let gw = gateway(echo().await, TAG_AND_DENY).await;
+    let r = get(gw.addr, "/api/users/7?page=2", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-served-by"), Some("sluice"));
+    let echoed = r.echoed();
+    assert_eq!(echoed["path"], "/api/users/7");
+    assert_eq!(echoed["query"], "page=2");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plugin_answers_locally_and_the_upstream_is_never_called() {
+    let gw = gateway(echo().await, TAG_AND_DENY).await;
+    let r = get(gw.addr, "/api/users/admin/settings", &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "forbidden");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("content-length"), Some("9"));
+    // `tag` comes after `no-admin`, so its phases never ran for this request.
+    assert_eq!(r.header("x-served-by"), None);
+    // Segment-wise matching: a sibling path is not denied.
+    assert_eq!(get(gw.addr, "/api/users/administrator", &[]).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_phases_run_in_order_and_response_phases_in_reverse() {
+    let gw = gateway(
+        echo().await,
+        r#"
+[plugins.first]
+module = "header-transform"
+config = { request = { add = { "x-order" = "first" } }, response = { add = { "x-order" = "first" } } }
+
+[plugins.second]
+module = "header-transform"
+config = { request = { add = { "x-order" = "second" } }, response = { add = { "x-order" = "second" } } }
+
+[[routes]]
+path = "/"
+upstream = "echo"
+plugins = ["first", "second"]
+"#,
+    )
+    .await;
+    let r = get(gw.addr, "/", &[]).await;
+    assert_eq!(r.echoed_header("x-order").as_deref(), Some("first, second"));
+    let on_the_way_back: Vec<_> = r.headers.get_all("x-order").iter().collect();
+    assert_eq!(on_the_way_back, ["second", "first"]);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_local_response_still_passes_the_response_phases_of_earlier_plugins() {
+    let gw = gateway(
+        echo().await,
+        r#"
+[plugins.stamp]
+module = "header-transform"
+config = { response = { set = { "x-stamp" = "yes" } } }
+
+[plugins.deny-all]
+module = "deny"
+config = { status = 401, body = "who are you?", headers = { "www-authenticate" = "Basic" } }
+
+[[routes]]
+path = "/"
+upstream = "echo"
+plugins = ["stamp", "deny-all"]
+"#,
+    )
+    .await;
+    let r = get(gw.addr, "/anything", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.text(), "who are you?");
+    assert_eq!(r.header("www-authenticate"), Some("Basic"));
+    assert_eq!(r.header("x-stamp"), Some("yes"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarding_strips_hop_by_hop_headers_and_sets_x_forwarded() {
+    let gw = gateway(echo().await, "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n").await;
+    let r = get(
+        gw.addr,
+        "/",
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-request-id", "trace-me-42"),
+        ],
+    )
+    .await;
+    let h = &r.echoed()["headers"];
+    assert!(h.get("x-hop").is_none(), "{h}");
+    assert!(h.get("keep-alive").is_none(), "{h}");
+    assert!(h.get("connection").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], gw.addr.to_string());
+    assert_eq!(h["host"], gw.addr.to_string());
+    assert_eq!(h["x-request-id"], "trace-me-42");
+    assert_eq!(r.header("x-request-id"), Some("trace-me-42"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unrouted_paths_get_404_and_a_dead_upstream_502() {
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }; // dropped: nothing listens there now
+    let gw = gateway(
+        echo().await,
+        &format!(
+            "[upstreams.dead]\nendpoints = [\"{dead}\"]\n\
+             [[routes]]\npath = \"/api\"\nupstream = \"echo\"\n\
+             [[routes]]\npath = \"/dead\"\nupstream = \"dead\"\n"
+        ),
+    )
+    .await;
+    let r = get(gw.addr, "/other", &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (404, "no route\n"));
+    let r = get(gw.addr, "/dead/x", &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (502, "upstream unavailable\n"));
+    assert!(r.header("x-request-id").is_some());
+    gw.shutdown().await;
+}
+
+/// A body fed chunk by chunk from a task, with no content-length: it has to be streamed.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// `total` bytes in 64 KiB chunks, and their SHA-256.
+fn chunked_body(total: usize) -> (ChannelBody, String) {
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut hasher = Sha256::new();
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.len().min(total - sent);
+        hasher.update(&chunk[..n]);
+        sent += n;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            if tx.send(Bytes::copy_from_slice(&chunk[..n])).await.is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    (ChannelBody(rx), format!("{:x}", hasher.finalize()))
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_unchanged_in_both_directions() {
+    let gw = gateway(echo().await, TAG_AND_DENY).await;
+    const SIZE: usize = 32 * 1024 * 1024 + 7;
+
+    let (body, sha) = chunked_body(SIZE);
+    let req = http::Request::post(format!("http://{}/api/users/upload", gw.addr))
+        .body(body.boxed_unsync())
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client.request(req).await.expect("answer");
+    assert_eq!(resp.status(), 200);
+    let echoed: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echoed["body_bytes"], SIZE as u64);
+    assert_eq!(echoed["body_sha256"], sha);
+    gw.shutdown().await;
+
+    let gw = gateway(echo().await, &TAG_AND_DENY.replace("/api/users\"", "/\"")).await;
+    let r = get(gw.addr, &format!("/bytes/{SIZE}"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-served-by"), Some("sluice"));
+    assert_eq!(r.body.len(), SIZE);
+    assert!(r.body.iter().enumerate().all(|(i, b)| *b == sluice::echo::pattern_byte(i as u64)));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plugin_reads_the_body_within_the_limit_and_an_oversized_body_still_goes_through() {
+    let gw = gateway(
+        echo().await,
+        &format!(
+            r#"
+[plugins.reader]
+module = "{}"
+
+[[routes]]
+path = "/"
+upstream = "echo"
+plugins = ["reader"]
+max_body_bytes = 1000
+"#,
+            plugin("sluice_test_faults")
+        ),
+    )
+    .await;
+    let post = |body: Vec<u8>| {
+        http::Request::post(format!("http://{}/upload", gw.addr))
+            .header("x-read-body", "1")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let r = send(&client(), post(vec![b'x'; 1000])).await;
+    assert_eq!(r.echoed_header("x-body-bytes").as_deref(), Some("1000"));
+    assert_eq!(r.echoed()["body_bytes"], 1000);
+
+    let big = vec![b'y'; 5000];
+    let sha = format!("{:x}", Sha256::digest(&big));
+    let r = send(&client(), post(big)).await;
+    assert_eq!(r.echoed_header("x-body-bytes").as_deref(), Some("too-large"));
+    assert_eq!(r.echoed()["body_bytes"], 5000);
+    assert_eq!(r.echoed()["body_sha256"], sha);
+
+    let req = http::Request::post(format!("http://{}/upload", gw.addr))
+        .header("x-replace-body", "replaced")
+        .body(Full::new(Bytes::from_static(b"original body")))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.echoed()["body_bytes"], 8);
+    assert_eq!(r.echoed_header("content-length").as_deref(), Some("8"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reused_instances_keep_state_and_fresh_ones_do_not() {
+    let faults = plugin("sluice_test_faults");
+    let gw = gateway(
+        echo().await,
+        &format!(
+            r#"
+[plugins.reused]
+module = "{faults}"
+
+[plugins.fresh]
+module = "{faults}"
+instances = "fresh"
+
+[[routes]]
+path = "/reused"
+upstream = "echo"
+plugins = ["reused"]
+
+[[routes]]
+path = "/fresh"
+upstream = "echo"
+plugins = ["fresh"]
+"#
+        ),
+    )
+    .await;
+    let mut reused = Vec::new();
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        reused.push(get(gw.addr, "/reused", &[]).await.echoed_header("x-instance-calls").unwrap());
+        fresh.push(get(gw.addr, "/fresh", &[]).await.echoed_header("x-instance-calls").unwrap());
+    }
+    // One instance served all three sequential requests, counting up from the load-time
+    // instance; every fresh instance has seen exactly one call.
+    assert_eq!(reused, ["1", "2", "3"]);
+    assert_eq!(fresh, ["1", "1", "1"]);
+    gw.shutdown().await;
+}

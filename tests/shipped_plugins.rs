@@ -1,0 +1,129 @@
+//! Every plugin in plugins/ runs through the real host here. `every_shipped_plugin_is_tested`
+//! fails when a plugin is added without a test named after it (`fn NAME_...`).
+
+use crate::common::*;
+use bytes::Bytes;
+use http_body_util::Full;
+
+fn route(plugins: &str) -> String {
+    format!("[[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [{plugins}]\n")
+}
+
+#[tokio::test]
+async fn header_transform_removes_sets_and_adds_in_both_directions() {
+    let gw = gateway(
+        echo().await,
+        &(r#"
+[plugins.t]
+module = "header-transform"
+[plugins.t.config.request]
+remove = ["x-internal"]
+set = { "x-env" = "prod" }
+add = { "x-multi" = "added" }
+[plugins.t.config.response]
+remove = ["content-type"]
+set = { "cache-control" = "no-store" }
+add = { "x-multi" = "one" }
+"#
+        .to_owned()
+            + &route("\"t\"")),
+    )
+    .await;
+    let r =
+        get(gw.addr, "/", &[("x-internal", "secret"), ("x-env", "dev"), ("x-multi", "sent")]).await;
+    let h = &r.echoed()["headers"];
+    assert!(h.get("x-internal").is_none(), "{h}");
+    assert_eq!(h["x-env"], "prod");
+    assert_eq!(h["x-multi"], "sent, added");
+    assert_eq!(r.header("content-type"), None);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-multi"), Some("one"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_transform_skips_the_phases_it_has_no_edits_for() {
+    let gw = gateway(
+        echo().await,
+        &(r#"
+[plugins.req-only]
+module = "header-transform"
+config = { request_headers = { "x-a" = "1" } }
+[plugins.resp-only]
+module = "header-transform"
+config = { response_headers = { "x-b" = "2" } }
+"#
+        .to_owned()
+            + &route("\"req-only\", \"resp-only\"")),
+    )
+    .await;
+    let snapshot = gw.gateway.load();
+    let req_only = snapshot.plugin("req-only").unwrap();
+    let resp_only = snapshot.plugin("resp-only").unwrap();
+    assert!(req_only.has_request_hook() && !req_only.has_response_hook());
+    assert!(!resp_only.has_request_hook() && resp_only.has_response_hook());
+    let r = get(gw.addr, "/", &[]).await;
+    assert_eq!(r.echoed_header("x-a").as_deref(), Some("1"));
+    assert_eq!(r.header("x-b"), Some("2"));
+    drop(snapshot);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deny_matches_on_path_prefix_and_method() {
+    let gw = gateway(
+        echo().await,
+        &(r#"
+[plugins.no-writes]
+module = "deny"
+config = { path_prefix = "/ro", methods = ["post", "DELETE"], status = 405, body = "read only", headers = { "allow" = "GET" } }
+"#
+        .to_owned()
+            + &route("\"no-writes\"")),
+    )
+    .await;
+    let post = |path: &str| {
+        http::Request::post(format!("http://{}{path}", gw.addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = send(&client(), post("/ro/doc")).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (405, "read only"));
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(get(gw.addr, "/ro/doc", &[]).await.status, 200);
+    assert_eq!(send(&client(), post("/rw/doc")).await.status, 200);
+    assert_eq!(send(&client(), post("/ro")).await.status, 405);
+    gw.shutdown().await;
+}
+
+#[test]
+fn every_shipped_plugin_is_tested() {
+    let source = include_str!("shipped_plugins.rs");
+    let mut untested = Vec::new();
+    for entry in std::fs::read_dir(workspace().join("plugins")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().replace('-', "_");
+        if !source.contains(&format!("async fn {name}_")) {
+            untested.push(name);
+        }
+    }
+    assert!(untested.is_empty(), "plugins without a test here: {untested:?}");
+}
+
+#[test]
+fn every_guest_package_is_built_for_the_tests() {
+    let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
+    for dir in ["plugins", "tests/plugins"] {
+        for entry in std::fs::read_dir(workspace().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let cargo = std::fs::read_to_string(path.join("Cargo.toml")).unwrap();
+            let name =
+                cargo.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"');
+            assert!(PLUGIN_PACKAGES.contains(&name), "{name} is missing from PLUGIN_PACKAGES");
+            let member = path.strip_prefix(workspace()).unwrap().display().to_string();
+            assert!(
+                manifest.contains(&format!("\"{member}\"")),
+                "{member} is not a workspace member"
+            );
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! Shared pieces for the end-to-end tests live in `tests/common`.
