@@ -127,3 +127,24 @@ fn every_guest_package_is_built_for_the_tests() {
         }
     }
 }
+
+/// The sluice-pdk example from plugin-sdk/rust/examples/hello, with its own config file.
+#[tokio::test]
+async fn sdk_example_hello_greets_and_stamps_responses() {
+    let upstream = echo().await;
+    let example = workspace().join("plugin-sdk/rust/examples/hello/sluice.toml");
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9000", &upstream.to_string())
+        .replace("[server]", &format!("[runtime]\nplugin_dir = \"{}\"\n\n[server]", plugin_dir().display()));
+    let config = sluice::config::parse(&text, "hello.toml", example.parent().unwrap()).unwrap();
+    let gw = sluice::start(config).await.unwrap();
+    let r = get(gw.addr, "/hello", &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello, plugin author!\n"));
+    assert_eq!(r.header("x-hello"), Some("plugin author"));
+    let r = get(gw.addr, "/elsewhere", &[]).await;
+    assert_eq!(r.echoed()["path"], "/elsewhere");
+    assert_eq!(r.header("x-hello"), Some("plugin author"));
+    gw.shutdown().await;
+}

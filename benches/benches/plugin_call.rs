@@ -1,1 +1,122 @@
-fn main() {}
+//! Micro-benchmarks of the plugin runtime: one hook call with a reused instance, with a
+//! fresh instance per call, and a chain of four plugins; plus router lookups.
+//!
+//! Run with `./dev bench` (it builds the plugins first). Every iteration includes a
+//! `block_on` of a current-thread runtime, the same for each case, so compare cases by
+//! their ratios.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::config::{self, FailPolicy, InstanceModel};
+use sluice::message::{Body, RequestMeta, RequestMsg};
+use sluice::plugin::{Chain, NamedPlugin, Runtime};
+use sluice::router::Router;
+
+fn plugin_path(stem: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap();
+    let path = target.join(format!("wasm32-wasip2/release/{stem}.wasm"));
+    assert!(path.is_file(), "{} missing: run ./dev bench", path.display());
+    path
+}
+
+fn runtime_config() -> config::Runtime {
+    config::Runtime {
+        plugin_dirs: vec![],
+        cache_dir: None,
+        max_instances: 64,
+        max_memory_bytes: 64 << 20,
+    }
+}
+
+fn spec(name: &str, stem: &str, config_json: &str, instances: InstanceModel) -> config::Plugin {
+    config::Plugin {
+        name: Arc::from(name),
+        module: plugin_path(stem),
+        config_json: config_json.to_owned(),
+        instances,
+        on_error: FailPolicy::Fail,
+        timeout: Duration::from_secs(1),
+        max_instances: 64,
+    }
+}
+
+/// A typical request: six headers.
+fn request() -> RequestMsg {
+    let (parts, ()) = http::Request::get("/api/users/7?page=2")
+        .header("host", "api.example.com")
+        .header("user-agent", "bench/1.0")
+        .header("accept", "application/json")
+        .header("authorization", "Bearer abc.def.ghi")
+        .header("x-request-id", "bench")
+        .header("cookie", "session=1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let meta = Arc::new(RequestMeta {
+        id: "bench".into(),
+        client_ip: "127.0.0.1".parse().unwrap(),
+        route: Arc::from("/api/users"),
+        max_body_bytes: 1 << 20,
+    });
+    RequestMsg { parts, body: Body::empty(), meta }
+}
+
+const SET_HEADER: &str = r#"{"request":{"set":{"x-env":"bench"}}}"#;
+const DENY_ADMIN: &str = r#"{"path_prefix":"/admin"}"#;
+
+fn plugin_calls(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = Runtime::new(&runtime_config()).unwrap();
+    let load = |name: &str, stem: &str, cfg: &str, model| {
+        rt.block_on(async {
+            let s = spec(name, stem, cfg, model);
+            let module = runtime.load_module(&s.module).await.unwrap();
+            Arc::new(NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5)).await.unwrap())
+        })
+    };
+    let reused = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Reuse);
+    let fresh = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Fresh);
+    let chain = Chain::new(vec![
+        load("deny", "sluice_plugin_deny", DENY_ADMIN, InstanceModel::Reuse),
+        reused.clone(),
+        load("t2", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Reuse),
+        load("deny2", "sluice_plugin_deny", DENY_ADMIN, InstanceModel::Reuse),
+    ]);
+
+    let mut g = c.benchmark_group("hook_call");
+    g.bench_function("reused_instance", |b| {
+        b.iter(|| rt.block_on(reused.on_request(request())).1.unwrap())
+    });
+    g.bench_function("fresh_instance", |b| {
+        b.iter(|| rt.block_on(fresh.on_request(request())).1.unwrap())
+    });
+    g.bench_function("chain_of_4_request_phase", |b| {
+        b.iter(|| rt.block_on(chain.run_request(request())).unwrap())
+    });
+    g.bench_function("no_plugin_baseline", |b| b.iter(|| rt.block_on(async { request() })));
+    g.finish();
+}
+
+fn router(c: &mut Criterion) {
+    let mut g = c.benchmark_group("router");
+    for n in [100, 1000] {
+        let routes = (0..n).map(|i| (format!("/svc{i}/api/v{}", i % 3), i));
+        let r = Router::new(routes);
+        let probe = format!("/svc{}/api/v{}/items/42", n / 2, (n / 2) % 3);
+        g.bench_function(format!("prefix_match_{n}_routes"), |b| {
+            b.iter(|| *r.find(std::hint::black_box(&probe)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = plugin_calls, router
+}
+criterion_main!(benches);
