@@ -4,6 +4,7 @@ use crate::common::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
+use sluice::echo::ChannelBody;
 
 const TAG_AND_DENY: &str = r#"
 [plugins.tag]
@@ -153,21 +154,6 @@ async fn unrouted_paths_get_404_and_a_dead_upstream_502() {
     gw.shutdown().await;
 }
 
-/// A body fed chunk by chunk from a task, with no content-length: it has to be streamed.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
-    }
-}
-
 /// `total` bytes in 64 KiB chunks, and their SHA-256.
 fn chunked_body(total: usize) -> (ChannelBody, String) {
     let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
@@ -198,9 +184,8 @@ async fn large_bodies_stream_through_unchanged_in_both_directions() {
     const SIZE: usize = 32 * 1024 * 1024 + 7;
 
     let (body, sha) = chunked_body(SIZE);
-    let req = http::Request::post(format!("http://{}/api/users/upload", gw.addr))
-        .body(body.boxed_unsync())
-        .unwrap();
+    let req =
+        http::Request::post(format!("http://{}/api/users/upload", gw.addr)).body(body).unwrap();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let resp = client.request(req).await.expect("answer");

@@ -75,7 +75,11 @@ fn plugin_calls(c: &mut Criterion) {
         rt.block_on(async {
             let s = spec(name, stem, cfg, model);
             let module = runtime.load_module(&s.module).await.unwrap();
-            Arc::new(NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5)).await.unwrap())
+            Arc::new(
+                NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            )
         })
     };
     let reused = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Reuse);

@@ -103,8 +103,9 @@ fn pattern_response(n: u64) -> http::Response<BoxBody> {
     http::Response::new(ChannelBody(rx).boxed_unsync())
 }
 
-/// A body fed by a channel, so the pattern is produced as the client reads it.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// A body fed chunk by chunk through a channel, with no declared length, so it is streamed
+/// (chunked) end to end. Used by the echo server and by tests that send large bodies.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;

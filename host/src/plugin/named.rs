@@ -232,9 +232,9 @@ fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duratio
     let cause = e.chain().last().map_or_else(|| e.to_string(), |c| c.to_string());
     let mut message = cause.replace('\n', " ");
     if let Some(trace) = e.downcast_ref::<WasmBacktrace>() {
-        const SHOWN: usize = 4;
-        let names: Vec<&str> = trace.frames().iter().filter_map(|f| f.func_name()).collect();
+        let names = plugin_frames(trace);
         if !names.is_empty() {
+            const SHOWN: usize = 4;
             message.push_str(" at ");
             message.push_str(&names[..names.len().min(SHOWN)].join(" <- "));
             if names.len() > SHOWN {
@@ -243,6 +243,22 @@ fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duratio
         }
     }
     FailureKind::Trap { message, stderr }
+}
+
+/// The backtrace's function names, demangled, innermost first, without the language
+/// runtime's own frames (panic and abort machinery), which say nothing about the plugin.
+fn plugin_frames(trace: &WasmBacktrace) -> Vec<String> {
+    const RUNTIME: [&str; 7] =
+        ["std::", "core::", "alloc::", "__rustc", "__rust_", "abort", "rust_"];
+    let names: Vec<String> = trace
+        .frames()
+        .iter()
+        .filter_map(|f| f.func_name())
+        .map(|n| format!("{:#}", rustc_demangle::demangle(n)))
+        .collect();
+    let own: Vec<String> =
+        names.iter().filter(|n| !RUNTIME.iter().any(|r| n.starts_with(r))).cloned().collect();
+    if own.is_empty() { names } else { own }
 }
 
 /// Turns a plugin's local reply into a response, refusing what HTTP would not allow.

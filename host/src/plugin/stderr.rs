@@ -48,6 +48,10 @@ impl StderrTail {
             if *byte == b'\n' {
                 let line = String::from_utf8_lossy(&inner.partial).into_owned();
                 inner.partial.clear();
+                // Blank lines and Rust's "run with RUST_BACKTRACE" hint carry nothing.
+                if line.trim().is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
+                    continue;
+                }
                 tracing::info!(target: "plugin", plugin = %self.plugin, "stderr: {line}");
                 if inner.recent.len() == KEEP_LINES {
                     inner.recent.pop_front();
