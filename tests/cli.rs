@@ -19,9 +19,14 @@ struct Proc {
 
 impl Proc {
     fn start(config: &std::path::Path) -> Proc {
+        Self::start_with(config, &[])
+    }
+
+    fn start_with(config: &std::path::Path, flags: &[&str]) -> Proc {
         let mut child = Command::new(sluice_bin())
             .args(["run", "--config"])
             .arg(config)
+            .args(flags)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -64,8 +69,8 @@ impl Proc {
         panic!("no log line with {needle:?}; saw:\n{}", self.seen.join("\n"));
     }
 
-    fn sigterm(&self) {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([name, &self.child.id().to_string()]).status();
         assert!(ok.unwrap().success());
     }
 }
@@ -141,7 +146,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
     let addr = p.addr;
     let slow = tokio::spawn(async move { get(addr, "/delay/1500", &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    p.sigterm();
+    p.signal("-TERM");
     p.wait_for("shutting down");
     // New connections are refused once the listener is closed...
     let refused = tokio::net::TcpStream::connect(addr).await;
@@ -153,4 +158,62 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
     let status = p.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
     p.wait_for("stopped");
+}
+
+fn tag_config(label: &str) -> String {
+    format!(
+        "[plugins.tag]\nmodule = \"header-transform\"\nconfig = {{ response_headers = {{ \"x-label\" = \"{label}\" }} }}\n\
+         [[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [\"tag\"]\n"
+    )
+}
+
+/// Rewrites the config file the way editors do: a new file renamed into place.
+fn rewrite(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+async fn wait_for_label(addr: SocketAddr, label: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(addr, "/", &[]).await.header("x-label") != Some(label) {
+        assert!(std::time::Instant::now() < deadline, "label {label} never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_running_binary_reloads_on_file_changes_and_keeps_serving_a_broken_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo().await;
+    let config = write_config(&dir, upstream, &tag_config("one"));
+    let mut p = Proc::start(&config);
+    assert_eq!(get(p.addr, "/", &[]).await.header("x-label"), Some("one"));
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    rewrite(&config, &text.replace("\"one\"", "\"two\""));
+    wait_for_label(p.addr, "two").await;
+    p.wait_for("config version 2 applied (file changed:");
+
+    // A broken edit is refused with its TOML path; the running config keeps serving.
+    rewrite(&config, &text.replace("plugins = [\"tag\"]", "plugins = [\"tag\", \"jwt\"]"));
+    let refused = p.wait_for("reload refused");
+    assert!(refused.contains("routes[0].plugins[1]: unknown plugin \"jwt\""), "{refused}");
+    assert!(refused.contains("still serving config version 2"), "{refused}");
+    assert_eq!(get(p.addr, "/", &[]).await.header("x-label"), Some("two"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, echo().await, &tag_config("one"));
+    let mut p = Proc::start_with(&config, &["--no-watch"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    rewrite(&config, &text.replace("\"one\"", "\"two\""));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Not watching: nothing changed yet.
+    assert_eq!(get(p.addr, "/", &[]).await.header("x-label"), Some("one"));
+    p.signal("-HUP");
+    wait_for_label(p.addr, "two").await;
+    p.wait_for("config version 2 applied (SIGHUP)");
 }

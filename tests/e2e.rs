@@ -8,4 +8,7 @@ mod cli;
 mod config_ui;
 mod plugin_failures;
 mod proxy;
+mod reload;
+mod reload_under_load;
+mod rollout;
 mod shipped_plugins;

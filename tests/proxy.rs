@@ -68,6 +68,13 @@ plugins = ["first", "second"]
 "#,
     )
     .await;
+    // Two named plugins, one module: compiled once, one InstancePre.
+    {
+        let snapshot = gw.gateway.load();
+        let (first, second) =
+            (snapshot.plugin("first").unwrap(), snapshot.plugin("second").unwrap());
+        assert!(std::sync::Arc::ptr_eq(&first.module, &second.module));
+    }
     let r = get(gw.addr, "/", &[]).await;
     assert_eq!(r.echoed_header("x-order").as_deref(), Some("first, second"));
     let on_the_way_back: Vec<_> = r.headers.get_all("x-order").iter().collect();

@@ -115,6 +115,9 @@ fn every_guest_package_is_built_for_the_tests() {
     for dir in ["plugins", "tests/plugins"] {
         for entry in std::fs::read_dir(workspace().join(dir)).unwrap() {
             let path = entry.unwrap().path();
+            if !path.is_dir() {
+                continue; // e.g. source shared by several fixture crates
+            }
             let cargo = std::fs::read_to_string(path.join("Cargo.toml")).unwrap();
             let name =
                 cargo.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"');
@@ -141,8 +144,9 @@ async fn sdk_example_hello_greets_and_stamps_responses() {
             "[server]",
             &format!("[runtime]\nplugin_dir = \"{}\"\n\n[server]", plugin_dir().display()),
         );
-    let config = sluice::config::parse(&text, "hello.toml", example.parent().unwrap()).unwrap();
-    let gw = sluice::start(config).await.unwrap();
+    let base_dir = example.parent().unwrap().to_owned();
+    let source = sluice::ConfigSource::Text { text, name: "hello.toml".into(), base_dir };
+    let gw = sluice::start(source).await.unwrap();
     let r = get(gw.addr, "/hello", &[]).await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello, plugin author!\n"));
     // The responder's own response phase does not run on its local response (docs/phases.md).

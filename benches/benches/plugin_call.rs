@@ -41,6 +41,7 @@ fn spec(name: &str, stem: &str, config_json: &str, instances: InstanceModel) -> 
         on_error: FailPolicy::Fail,
         timeout: Duration::from_secs(1),
         max_instances: 64,
+        rollout: None,
     }
 }
 
@@ -76,7 +77,7 @@ fn plugin_calls(c: &mut Criterion) {
             let s = spec(name, stem, cfg, model);
             let module = runtime.load_module(&s.module).await.unwrap();
             Arc::new(
-                NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5))
+                NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5), None)
                     .await
                     .unwrap(),
             )

@@ -216,6 +216,10 @@ fn validate_plugin(
     if p.max_instances == Some(0) {
         errors.push(at("max_instances"), "must be at least 1");
     }
+    let rollout = match &p.rollout {
+        None => Some(None),
+        Some(r) => validate_rollout(name, r, runtime, base, errors).map(Some),
+    };
     let config = p.config.clone().unwrap_or_default();
     let config_json = serde_json::to_string(&config).expect("a TOML table is valid JSON");
     Some(Plugin {
@@ -226,6 +230,57 @@ fn validate_plugin(
         on_error: on_error?,
         timeout: timeout?.unwrap_or(DEFAULT_PLUGIN_TIMEOUT),
         max_instances: p.max_instances.unwrap_or(runtime.max_instances),
+        rollout: rollout?,
+    })
+}
+
+pub const DEFAULT_ROLLOUT_MAX_ERROR_RATE: f64 = 0.01;
+pub const DEFAULT_ROLLOUT_MAX_P99_INCREASE: Duration = Duration::from_millis(5);
+pub const DEFAULT_ROLLOUT_MIN_REQUESTS: u64 = 100;
+pub const DEFAULT_ROLLOUT_PROMOTE_AFTER: u64 = 1000;
+
+fn validate_rollout(
+    name: &str,
+    r: &schema::Rollout,
+    runtime: &Runtime,
+    base: &Path,
+    errors: &mut Errors,
+) -> Option<Rollout> {
+    let at = |field: &str| format!("plugins.{name}.rollout.{field}");
+    let module = errors.check(at("module"), resolve_module(&r.module, &runtime.plugin_dirs, base));
+    if !(0.0..=100.0).contains(&r.percent) {
+        errors.push(at("percent"), format!("must be between 0 and 100, got {}", r.percent));
+    }
+    let max_error_rate = r.max_error_rate.unwrap_or(DEFAULT_ROLLOUT_MAX_ERROR_RATE);
+    if !(0.0..=1.0).contains(&max_error_rate) {
+        errors.push(at("max_error_rate"), format!("must be between 0 and 1, got {max_error_rate}"));
+    }
+    let sticky = match r.sticky.as_deref() {
+        None => Some(Sticky::None),
+        Some("client-ip") => Some(Sticky::ClientIp),
+        Some(other) => match other.strip_prefix("header:").map(http::HeaderName::try_from) {
+            Some(Ok(header)) => Some(Sticky::Header(header)),
+            _ => {
+                let msg = format!("expected \"client-ip\" or \"header:NAME\", got {other:?}");
+                errors.push(at("sticky"), msg);
+                None
+            }
+        },
+    };
+    let p99 = duration(errors, &at("max_p99_increase"), &r.max_p99_increase);
+    let min_requests = r.min_requests.unwrap_or(DEFAULT_ROLLOUT_MIN_REQUESTS);
+    let promote_after = r.promote_after.unwrap_or(DEFAULT_ROLLOUT_PROMOTE_AFTER);
+    if promote_after < min_requests {
+        errors.push(at("promote_after"), format!("must be at least min_requests ({min_requests})"));
+    }
+    Some(Rollout {
+        module: module?,
+        percent: r.percent,
+        sticky: sticky?,
+        max_error_rate,
+        max_p99_increase: p99?.unwrap_or(DEFAULT_ROLLOUT_MAX_P99_INCREASE),
+        min_requests,
+        promote_after,
     })
 }
 

@@ -1,6 +1,6 @@
 //! A gateway built from one validated config: the router, each route's plugin chain and
 //! upstream, and the upstream client. Requests read it through an `ArcSwap` snapshot (see
-//! `server`), which is the seam for live reloads.
+//! `server`); a reload builds the next gateway from the previous one (see `reload`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,36 +25,101 @@ pub struct Gateway {
     pub client: Client,
     router: Router<Arc<Route>>,
     plugins: BTreeMap<String, Arc<NamedPlugin>>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// A plugin whose module changed between two gateways.
+pub struct Swap {
+    pub plugin: String,
+    pub old: Arc<Module>,
+    pub new: Arc<Module>,
+}
+
+/// What building a gateway from a previous one kept and changed.
+#[derive(Default)]
+pub struct BuildReport {
+    /// Plugins now running a different module than before.
+    pub swaps: Vec<Swap>,
+    /// Plugins instantiated anew (new, changed config, or swapped module).
+    pub loaded: Vec<String>,
+    /// Plugins carried over with their warm instances.
+    pub kept: Vec<String>,
 }
 
 impl Gateway {
     /// Compiles every plugin module (each distinct file once), runs every plugin's `init`
     /// with its config, and wires routes. Reports every failure, each under its TOML path.
     pub async fn build(config: Config, runtime: &Arc<Runtime>) -> Result<Self, ConfigErrors> {
+        Ok(Self::rebuild(config, runtime, None).await?.0)
+    }
+
+    /// Like [`Gateway::build`], but carries over from `previous` what did not change: plugins
+    /// with the same module bytes and settings keep their warm instance pools, upstreams with
+    /// the same endpoints keep their state, and the client keeps its connection pools.
+    pub async fn rebuild(
+        config: Config,
+        runtime: &Arc<Runtime>,
+        previous: Option<&Gateway>,
+    ) -> Result<(Self, BuildReport), ConfigErrors> {
         let mut errors = Vec::new();
+        let mut report = BuildReport::default();
         let mut modules: HashMap<PathBuf, Option<Arc<Module>>> = HashMap::new();
-        for (name, spec) in &config.plugins {
-            if modules.contains_key(&spec.module) {
+        let wanted = config.plugins.iter().flat_map(|(name, spec)| {
+            let rollout = spec
+                .rollout
+                .as_ref()
+                .map(|r| (format!("plugins.{name}.rollout.module"), &r.module));
+            [Some((format!("plugins.{name}.module"), &spec.module)), rollout].into_iter().flatten()
+        });
+        for (at, path) in wanted {
+            if modules.contains_key(path) {
                 continue;
             }
-            let loaded = runtime.load_module(&spec.module).await.map_err(|e| {
-                let msg = format!("{}: {e}", spec.module.display());
-                errors.push(ConfigError::new(format!("plugins.{name}.module"), msg));
+            let loaded = runtime.load_module(path).await.map_err(|e| {
+                errors.push(ConfigError::new(at, format!("{}: {e}", path.display())));
             });
-            modules.insert(spec.module.clone(), loaded.ok());
+            modules.insert(path.clone(), loaded.ok());
         }
         let queue_timeout = config.server.request_timeout;
         let mut plugins = BTreeMap::new();
         for (name, spec) in &config.plugins {
-            let Some(Some(module)) = modules.get(&spec.module) else {
-                continue;
+            let Some(Some(module)) = modules.get(&spec.module) else { continue };
+            let candidate = match &spec.rollout {
+                Some(r) => match modules.get(&r.module) {
+                    Some(Some(m)) => Some(m.clone()),
+                    _ => continue,
+                },
+                None => None,
             };
-            let loaded =
-                NamedPlugin::load(runtime.clone(), module.clone(), spec.clone(), queue_timeout)
-                    .await;
+            let before = previous.and_then(|g| g.plugins.get(name));
+            if let Some(before) = before {
+                let same_candidate = match (&before.rollout, &candidate) {
+                    (Some(r), Some(c)) => Arc::ptr_eq(&r.candidate.module, c),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if Arc::ptr_eq(&before.module, module) && before.spec == *spec && same_candidate {
+                    plugins.insert(name.clone(), before.clone());
+                    report.kept.push(name.clone());
+                    continue;
+                }
+            }
+            let loaded = NamedPlugin::load(
+                runtime.clone(),
+                module.clone(),
+                spec.clone(),
+                queue_timeout,
+                candidate,
+            )
+            .await;
             match loaded {
                 Ok(p) => {
                     plugins.insert(name.clone(), Arc::new(p));
+                    report.loaded.push(name.clone());
+                    if let Some(before) = before.filter(|b| !Arc::ptr_eq(&b.module, module)) {
+                        let (old, new) = (before.module.clone(), module.clone());
+                        report.swaps.push(Swap { plugin: name.clone(), old, new });
+                    }
                 }
                 Err(e @ LoadError::ConfigRejected(_)) => {
                     errors.push(ConfigError::new(format!("plugins.{name}.config"), e.to_string()))
@@ -68,11 +133,18 @@ impl Gateway {
             return Err(ConfigErrors { source_name: config.source_name.clone(), errors });
         }
 
-        let upstreams: HashMap<&str, Arc<Upstream>> = config
+        let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|(name, u)| {
-                (name.as_str(), Arc::new(Upstream::new(name.clone(), u.endpoints.clone())))
+                let kept = previous
+                    .and_then(|g| g.upstreams.get(name))
+                    .filter(|before| before.endpoints == u.endpoints);
+                let upstream = match kept {
+                    Some(before) => before.clone(),
+                    None => Arc::new(Upstream::new(name.clone(), u.endpoints.clone())),
+                };
+                (name.clone(), upstream)
             })
             .collect();
         let routes = config.routes.iter().map(|r| {
@@ -81,14 +153,19 @@ impl Gateway {
                 name: r.name.clone(),
                 prefix: r.path.clone(),
                 chain,
-                upstream: upstreams[r.upstream.as_str()].clone(),
+                upstream: upstreams[&r.upstream].clone(),
                 max_body_bytes: r.max_body_bytes,
             };
             (r.path.clone(), Arc::new(route))
         });
         let router = Router::new(routes);
-        let client = upstream::client(config.server.connect_timeout);
-        Ok(Self { config, client, router, plugins })
+        let client = match previous {
+            Some(g) if g.config.server.connect_timeout == config.server.connect_timeout => {
+                g.client.clone()
+            }
+            _ => upstream::client(config.server.connect_timeout),
+        };
+        Ok((Self { config, client, router, plugins, upstreams }, report))
     }
 
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
@@ -99,23 +176,29 @@ impl Gateway {
         self.plugins.get(name)
     }
 
+    /// Every plugin module file in use, for the file watcher.
+    pub fn module_paths(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.config.plugins.values().map(|p| p.module.as_path())
+    }
+
     /// The start-up summary: plugins with their modules and compile times, then routes.
     pub fn log_summary(&self) {
         for (name, p) in &self.plugins {
-            let m = &p.module;
-            let how = match m.source {
-                CodeSource::Compiled => "compiled",
-                CodeSource::DiskCache => "loaded from cache",
-            };
             tracing::info!(
-                "plugin {name:?}: {} (sha256 {}) {how} in {:.1?}, instances={:?}, timeout={:?}, on_error={:?}",
-                m.path.display(),
-                m.short_hash(),
-                m.load_time,
+                "plugin {name:?}: {}, instances={:?}, timeout={:?}, on_error={:?}",
+                describe(&p.module),
                 p.spec.instances,
                 p.spec.timeout,
                 p.spec.on_error,
             );
+            if let Some(r) = &p.rollout {
+                tracing::info!(
+                    "plugin {name:?}: rolling out {} to {}% of traffic (sticky: {:?})",
+                    describe(&r.candidate.module),
+                    r.spec.percent,
+                    r.spec.sticky,
+                );
+            }
         }
         for route in self.config.routes.iter() {
             let up = &self.config.upstreams[&route.upstream];
@@ -131,4 +214,13 @@ impl Gateway {
             );
         }
     }
+}
+
+/// `path (sha256 abcdef012345) compiled in 70ms` / `... loaded from cache in 0.4ms`.
+pub fn describe(m: &Module) -> String {
+    let how = match m.source {
+        CodeSource::Compiled => "compiled",
+        CodeSource::DiskCache => "loaded from cache",
+    };
+    format!("{} (sha256 {}) {how} in {:.1?}", m.path.display(), m.short_hash(), m.load_time)
 }

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod message;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod upstream;
@@ -32,6 +33,7 @@ use arc_swap::ArcSwap;
 pub use config::Config;
 pub use gateway::Gateway;
 pub use plugin::Runtime;
+pub use reload::{ConfigSource, Reloader};
 pub use server::Running;
 
 /// Why the gateway could not start.
@@ -53,16 +55,20 @@ pub async fn build(config: Config) -> Result<(Arc<Runtime>, Gateway), StartError
     Ok((runtime, gateway))
 }
 
-/// Builds the gateway, binds `server.listen` and serves in a background task.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+/// Reads `source`, builds the gateway, binds `server.listen` and serves in a background
+/// task. The returned [`Running`] has the [`Reloader`] for live changes.
+pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
+    let text = source.read()?;
+    let config = source.parse(&text)?;
     let addr = config.server.listen;
     let shutdown_timeout = config.server.shutdown_timeout;
-    let (_runtime, gateway) = build(config).await?;
+    let (runtime, gateway) = build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
     let shared: server::Shared = Arc::new(ArcSwap::from_pointee(gateway));
+    let reloader = Arc::new(Reloader::new(source, &text, runtime, shared.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(
         listener,
@@ -72,5 +78,5 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         shutdown_timeout,
     ));
-    Ok(Running::new(local, shared, stop, task))
+    Ok(Running::new(local, shared, reloader, stop, task))
 }

@@ -1,7 +1,7 @@
 //! The `sluice` command: `run`, `check`, `demo` and `echo`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -29,10 +29,14 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic as the config file says, until SIGTERM or Ctrl-C.
+    /// Serve traffic as the config file says, until SIGTERM or Ctrl-C. Reloads on SIGHUP
+    /// and when the config file or a plugin module changes.
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not watch files; reload only on SIGHUP.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a config without serving: schema, names, plugin modules and their init.
     /// Exits 1 and prints every error, each with its TOML path.
@@ -53,8 +57,10 @@ enum Command {
 }
 
 /// The demo config, built into the binary; `sluice demo` points its `echo` upstream at a
-/// built-in echo server.
+/// built-in echo server and listens where `--listen` says.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+const DEMO_LISTEN: &str = "127.0.0.1:8080";
+const DEMO_UPSTREAM: &str = "127.0.0.1:9000";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -90,20 +96,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(e) => Ok(report(&e.to_string())),
             }
         }
-        Command::Run { config } => {
-            let config = match sluice::config::load(&config) {
-                Ok(c) => c,
-                Err(e) => return Ok(report(&e.to_string())),
-            };
-            serve(config, None)
+        Command::Run { config, no_watch } => {
+            serve(sluice::ConfigSource::File(config), None, !no_watch)
         }
         Command::Demo { listen } => {
-            let base = std::env::current_dir()?;
-            let mut config =
-                sluice::config::parse(DEMO_CONFIG, "config/demo.toml", Path::new(&base))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            config.server.listen = listen;
-            serve(config, Some(()))
+            let source = sluice::ConfigSource::Text {
+                text: DEMO_CONFIG.replace(DEMO_LISTEN, &listen.to_string()),
+                name: "config/demo.toml (built in)".into(),
+                base_dir: std::env::current_dir()?,
+            };
+            serve(source, Some(()), true)
         }
         Command::Echo { listen } => {
             let rt = runtime(None)?;
@@ -130,20 +132,30 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(builder.enable_all().thread_name("sluice-worker").build()?)
 }
 
-/// Serves until a signal; with `demo`, first starts the echo upstream and points the
-/// config's `echo` upstream at it.
-fn serve(mut config: sluice::Config, demo: Option<()>) -> anyhow::Result<ExitCode> {
-    let workers = config.server.workers;
+/// Serves until SIGTERM or Ctrl-C, reloading on SIGHUP and when the config file or a plugin
+/// module changes. With `demo`, first starts the echo upstream the demo config points at.
+fn serve(
+    mut source: sluice::ConfigSource,
+    demo: Option<()>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    let workers = match &source {
+        sluice::ConfigSource::File(_) => match source.read().and_then(|t| source.parse(&t)) {
+            Ok(config) => config.server.workers,
+            Err(e) => return Ok(report(&e.to_string())),
+        },
+        sluice::ConfigSource::Text { .. } => None,
+    };
     let rt = runtime(workers)?;
     rt.block_on(async move {
         if demo.is_some() {
             let echo = sluice::echo::spawn("127.0.0.1:0".parse()?).await?;
-            let upstream =
-                config.upstreams.get_mut("echo").context("demo config has no `echo` upstream")?;
-            upstream.endpoints = vec![echo.to_string().parse()?];
+            if let sluice::ConfigSource::Text { text, .. } = &mut source {
+                *text = text.replace(DEMO_UPSTREAM, &echo.to_string());
+            }
             tracing::info!("demo: built-in echo upstream on {echo}");
         }
-        let running = match sluice::start(config).await {
+        let running = match sluice::start(source).await {
             Ok(r) => r,
             Err(sluice::StartError::Config(e)) => return Ok(report(&e.to_string())),
             Err(e) => return Err(e.into()),
@@ -152,11 +164,32 @@ fn serve(mut config: sluice::Config, demo: Option<()>) -> anyhow::Result<ExitCod
         let workers =
             workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         tracing::info!("sluice listening on http://{} ({workers} worker threads)", running.addr);
+        let _watch = match watch.then(|| sluice::reload::watch(running.reloader.clone())) {
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) => {
+                tracing::warn!("cannot watch files, reload with SIGHUP instead: {e}");
+                None
+            }
+            None => None,
+        };
+        let _hup = tokio::spawn(reload_on_sighup(running.reloader.clone()));
         shutdown_signal().await;
         running.shutdown().await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+async fn reload_on_sighup(reloader: std::sync::Arc<sluice::Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            // Outcomes, good or bad, are logged by the reloader.
+            let _ = reloader.reload("SIGHUP").await;
+        }
+    }
 }
 
 async fn shutdown_signal() {

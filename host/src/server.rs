@@ -73,6 +73,8 @@ pub async fn serve(
 pub struct Running {
     pub addr: SocketAddr,
     pub gateway: Shared,
+    /// Applies config changes to this gateway.
+    pub reloader: Arc<crate::Reloader>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -81,10 +83,11 @@ impl Running {
     pub(crate) fn new(
         addr: SocketAddr,
         gateway: Shared,
+        reloader: Arc<crate::Reloader>,
         stop: tokio::sync::oneshot::Sender<()>,
         task: tokio::task::JoinHandle<()>,
     ) -> Self {
-        Self { addr, gateway, stop, task }
+        Self { addr, gateway, reloader, stop, task }
     }
 
     /// Stops accepting and waits for in-flight requests to finish.

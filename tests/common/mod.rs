@@ -54,6 +54,8 @@ pub const PLUGIN_PACKAGES: &[&str] = &[
     "sluice-plugin-header-transform",
     "sluice-plugin-deny",
     "sluice-test-faults",
+    "sluice-test-stamp-v1",
+    "sluice-test-stamp-v2",
     "sluice-example-hello",
 ];
 
@@ -63,8 +65,20 @@ pub fn plugin(file_stem: &str) -> String {
     path.display().to_string()
 }
 
+/// Shows the gateway's logs in test output when `RUST_LOG` is set (e.g.
+/// `RUST_LOG=sluice=debug cargo test ...`).
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Starts the echo upstream on a free port.
 pub async fn echo() -> SocketAddr {
+    logs();
     sluice::echo::spawn("127.0.0.1:0".parse().unwrap()).await.expect("echo upstream")
 }
 
@@ -90,12 +104,14 @@ endpoints = ["{upstream}"]
     )
 }
 
+/// In-memory config text, as the gateway's source.
+pub fn source(text: String) -> sluice::ConfigSource {
+    sluice::ConfigSource::Text { text, name: "test.toml".into(), base_dir: PathBuf::from(".") }
+}
+
 /// Starts the gateway in-process from `config_text(upstream, rest)`.
 pub async fn gateway(upstream: SocketAddr, rest: &str) -> Running {
-    let text = config_text(upstream, rest);
-    let config =
-        sluice::config::parse(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    sluice::start(config).await.unwrap_or_else(|e| panic!("{e}"))
+    sluice::start(source(config_text(upstream, rest))).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub struct Reply {

@@ -66,7 +66,7 @@ pub enum FailPolicy {
 }
 
 /// A named plugin instance: a module plus its config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plugin {
     pub name: Arc<str>,
     pub module: PathBuf,
@@ -78,6 +78,34 @@ pub struct Plugin {
     pub timeout: Duration,
     /// At most this many live instances of this plugin; further calls wait.
     pub max_instances: u32,
+    /// A new module version serving a share of the traffic, if one is being rolled out.
+    pub rollout: Option<Rollout>,
+}
+
+/// A staged rollout of a new module version for one plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub module: PathBuf,
+    /// Share of requests (or of sticky keys) the new version serves, 0-100.
+    pub percent: f64,
+    pub sticky: Sticky,
+    /// Roll back when the new version fails more than this share of its calls.
+    pub max_error_rate: f64,
+    /// Roll back when the new version's p99 hook time exceeds the old one's by more.
+    pub max_p99_increase: Duration,
+    /// No verdict before the new version has served this many calls.
+    pub min_requests: u64,
+    /// Promote once the new version has served this many calls within the limits.
+    pub promote_after: u64,
+}
+
+/// What keeps a client on one version during a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// Each request is assigned on its own.
+    None,
+    ClientIp,
+    Header(http::HeaderName),
 }
 
 #[derive(Debug, Clone)]

@@ -56,6 +56,19 @@ pub struct Plugin {
     pub on_error: Option<String>,
     pub timeout: Option<String>,
     pub max_instances: Option<u32>,
+    pub rollout: Option<Rollout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    pub module: String,
+    pub percent: f64,
+    pub sticky: Option<String>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_increase: Option<String>,
+    pub min_requests: Option<u64>,
+    pub promote_after: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,7 @@ use wasmtime::{Store, Trap, WasmBacktrace};
 
 use super::error::{FailureKind, Phase, PluginError};
 use super::module::Module;
+use super::rollout::{Rollout, Which};
 use super::runtime::Runtime;
 use super::state::{Call, PluginState};
 use crate::config::{self, InstanceModel};
@@ -54,12 +55,36 @@ pub struct NamedPlugin {
     permits: Arc<Semaphore>,
     /// How long a call waits for a free instance before the request fails with 503.
     queue_timeout: Duration,
+    /// A new module version serving part of the traffic (`[plugins.NAME.rollout]`).
+    pub rollout: Option<Box<Rollout>>,
 }
 
 impl NamedPlugin {
     /// Instantiates the plugin once and runs `init` with its config, so a bad config is
-    /// reported now, at load, and never at request time.
+    /// reported now, at load, and never at request time. With a rollout, `candidate` is the
+    /// new version's module, loaded the same way.
     pub async fn load(
+        runtime: Arc<Runtime>,
+        module: Arc<Module>,
+        spec: config::Plugin,
+        queue_timeout: Duration,
+        candidate: Option<Arc<Module>>,
+    ) -> Result<Self, LoadError> {
+        let rollout = match (&spec.rollout, candidate) {
+            (Some(r), Some(module)) => {
+                let cspec =
+                    config::Plugin { module: r.module.clone(), rollout: None, ..spec.clone() };
+                let new = Self::load_one(runtime.clone(), module, cspec, queue_timeout).await?;
+                Some(Box::new(Rollout::new(r.clone(), new)))
+            }
+            _ => None,
+        };
+        let mut plugin = Self::load_one(runtime, module, spec, queue_timeout).await?;
+        plugin.rollout = rollout;
+        Ok(plugin)
+    }
+
+    async fn load_one(
         runtime: Arc<Runtime>,
         module: Arc<Module>,
         spec: config::Plugin,
@@ -81,6 +106,7 @@ impl NamedPlugin {
             runtime,
             idle: Mutex::new(idle),
             queue_timeout,
+            rollout: None,
         })
     }
 
@@ -88,17 +114,26 @@ impl NamedPlugin {
         &self.spec.name
     }
 
+    /// The phases this plugin takes part in, counting a version being rolled out.
+    fn all_hooks(&self) -> Hooks {
+        match &self.rollout {
+            Some(r) => self.hooks | r.candidate.hooks,
+            None => self.hooks,
+        }
+    }
+
     pub fn has_request_hook(&self) -> bool {
-        self.hooks.contains(Hooks::ON_REQUEST)
+        self.all_hooks().contains(Hooks::ON_REQUEST)
     }
 
     pub fn has_response_hook(&self) -> bool {
-        self.hooks.contains(Hooks::ON_RESPONSE)
+        self.all_hooks().contains(Hooks::ON_RESPONSE)
     }
 
     /// Runs the request phase. The request is handed back whatever happens.
     pub async fn on_request(&self, req: RequestMsg) -> (RequestMsg, Result<Decision, PluginError>) {
-        let (call, result) = self.call(Phase::Request, Call { request: req, response: None }).await;
+        let call = Call { request: req, response: None };
+        let (call, result) = self.route(Phase::Request, call).await;
         (call.request, result)
     }
 
@@ -109,12 +144,34 @@ impl NamedPlugin {
         resp: ResponseMsg,
     ) -> (RequestMsg, ResponseMsg, Result<(), PluginError>) {
         let call = Call { request: req, response: Some(resp) };
-        let (call, result) = self.call(Phase::Response, call).await;
+        let (call, result) = self.route(Phase::Response, call).await;
         let resp = call.response.expect("the response phase keeps its response");
         (call.request, resp, result.map(|_| ()))
     }
 
+    /// Sends the call to the version that serves this request, recording the outcome when a
+    /// rollout is running.
+    async fn route(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
+        let Some(rollout) = &self.rollout else { return self.call(phase, call).await };
+        let which = rollout.pick(&call.request);
+        let started = Instant::now();
+        let (call, result) = match which {
+            Which::Stable => self.call(phase, call).await,
+            Which::Candidate => rollout.candidate.call(phase, call).await,
+        };
+        rollout.record(&self.spec.name, which, started.elapsed(), result.is_err());
+        (call, result)
+    }
+
     async fn call(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
+        let hook = match phase {
+            Phase::Request => Hooks::ON_REQUEST,
+            _ => Hooks::ON_RESPONSE,
+        };
+        if !self.hooks.contains(hook) {
+            // A version being rolled out may take part in a phase this one does not.
+            return (call, Ok(Decision::Continue));
+        }
         let fail = |kind| PluginError { plugin: self.spec.name.clone(), phase, kind };
         let (mut instance, permit) = match self.checkout().await {
             Ok(lease) => lease,
