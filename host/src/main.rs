@@ -124,11 +124,18 @@ fn report(errors: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// One worker means a single-threaded runtime: no work stealing and no cross-thread
+/// wake-ups, which a one-core deployment (or one process per core) pays for nothing.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n);
-    }
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     Ok(builder.enable_all().thread_name("sluice-worker").build()?)
 }
 

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Load benchmark: Sluice and nginx as reverse proxies in front of the same nginx backend,
+# on loopback, in the same run. Each proxy runs alone on PROXY_CPU; wrk and the backend share
+# LOAD_CPU. Rounds interleave the targets so machine noise hits them alike; every Sluice
+# number is reported as a ratio to nginx's plain proxying in the same round.
+#
+#   benches/load.sh                      # 3 rounds x c50,c200 x 10 s per target
+#   ROUNDS=1 DURATION=5s benches/load.sh # quicker
+#
+# Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
+# sluice + a chain of four shipped plugins (deny, header-transform x2, deny; the JWT /
+# rate-limit / CORS chain of the performance issue needs those plugins first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-"50 200"}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+
+for tool in nginx wrk taskset python3; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "installing nginx and wrk (Debian packages)" >&2
+        apt-get install -y nginx wrk >/dev/null
+        break
+    fi
+done
+./dev build >/dev/null 2>&1
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+SLUICE=$TARGET/release/sluice
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port)
+NGINX=$(free_port)
+
+BODY=$(printf 'x%.0s' $(seq 1 99))  # 99 bytes + newline = 100
+cat >"$work/backend.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend.err;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$BACKEND;
+        keepalive_requests 1000000;
+        location / { return 200 "$BODY\n"; }
+    }
+}
+CONF
+cat >"$work/proxy.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy.err;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream backend {
+        server 127.0.0.1:$BACKEND;
+        keepalive 512;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+taskset -c "$LOAD_CPU" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+taskset -c "$PROXY_CPU" nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
+
+# sluice_config NAME PLUGINS-TOML ROUTE-PLUGINS
+sluice_config() {
+    local port
+    port=$(free_port)
+    cat >"$work/$1.toml" <<CONF
+[server]
+listen = "127.0.0.1:$port"
+workers = 1
+
+[upstreams.backend]
+endpoints = ["127.0.0.1:$BACKEND"]
+$2
+[[routes]]
+path = "/"
+upstream = "backend"
+plugins = [$3]
+CONF
+    echo "$port"
+}
+TRANSFORM='[plugins.t1]
+module = "header-transform"
+config = { request = { set = { "x-env" = "bench" } } }
+'
+CHAIN="$TRANSFORM"'[plugins.t2]
+module = "header-transform"
+config = { response = { set = { "x-served-by" = "sluice" } } }
+[plugins.d1]
+module = "deny"
+config = { path_prefix = "/admin" }
+[plugins.d2]
+module = "deny"
+config = { path_prefix = "/internal", methods = ["POST"] }
+'
+declare -A PORT
+PORT[nginx]=$NGINX
+PORT[sluice]=$(sluice_config plain "" "")
+PORT[sluice+transform]=$(sluice_config transform "$TRANSFORM" '"t1"')
+PORT[sluice+chain4]=$(sluice_config chain "$CHAIN" '"d1", "t1", "t2", "d2"')
+declare -A PID
+PID[nginx]=$(sleep 0.5; cat "$work/proxy.pid")
+declare -A FILE=([sluice]=plain [sluice+transform]=transform [sluice+chain4]=chain)
+for name in sluice sluice+transform sluice+chain4; do
+    RUST_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --no-watch --config "$work/${FILE[$name]}.toml" &
+    pids+=($!)
+    PID[$name]=$!
+done
+sleep 2
+# nginx's worker is the child of the master whose pid file we read.
+PID[nginx]=$(pgrep -P "${PID[nginx]}" | head -1)
+
+rss_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+results=$work/results.tsv
+for round in $(seq 1 "$ROUNDS"); do
+    for c in $CONNS; do
+        for name in nginx sluice sluice+transform sluice+chain4; do
+            out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$name]}/")
+            printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$name" "$(rss_kb "${PID[$name]}")" \
+                "$(tr '\n' '|' <<<"$out")" >>"$results"
+            echo "round $round c$c $name done" >&2
+        done
+    done
+done
+
+# Idle memory: 10 routes, each with a chain of four plugins (40 named plugins).
+idle_port=$(free_port)
+{
+    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[upstreams.backend]\nendpoints = ["127.0.0.1:%s"]\n' "$idle_port" "$BACKEND"
+    for r in $(seq 1 10); do
+        printf '[plugins.t%s]\nmodule = "header-transform"\nconfig = { request = { set = { "x-r" = "%s" } } }\n' "$r" "$r"
+        printf '[plugins.u%s]\nmodule = "header-transform"\nconfig = { response = { set = { "x-r" = "%s" } } }\n' "$r" "$r"
+        printf '[plugins.d%s]\nmodule = "deny"\nconfig = { path_prefix = "/admin%s" }\n' "$r" "$r"
+        printf '[plugins.e%s]\nmodule = "deny"\nconfig = { path_prefix = "/internal%s" }\n' "$r" "$r"
+        printf '[[routes]]\npath = "/r%s"\nupstream = "backend"\nplugins = ["d%s", "t%s", "u%s", "e%s"]\n' "$r" "$r" "$r" "$r" "$r"
+    done
+} >"$work/idle.toml"
+RUST_LOG=warn "$SLUICE" run --no-watch --config "$work/idle.toml" & pids+=($!)
+idle_pid=$!
+sleep 2
+idle_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$idle_pid/status")
+
+python3 - "$results" "$idle_rss" <<'PY'
+import sys, re, statistics
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+idle_kb = int(sys.argv[2])
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+data = {}
+for rnd, c, name, rss, out in rows:
+    lines = out.split("|")
+    rps = float(next(l.split()[1] for l in lines if l.startswith("Requests/sec")))
+    lat = {l.split()[0]: ms(l.split()[1]) for l in lines if re.match(r"\s+(50|99)%", l)}
+    errors = sum(int(n) for l in lines if "Non-2xx" in l or "Socket errors" in l for n in re.findall(r"\d+", l.split(":")[1]))
+    data[(rnd, c, name)] = (rps, lat["50%"], lat["99%"], int(rss), errors)
+names = ["nginx", "sluice", "sluice+transform", "sluice+chain4"]
+print("| conns | proxy | req/s (median of rounds) | vs nginx, same round (median) | p50 ms | p99 ms | p99 vs nginx | peak RSS MB | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for c in sorted({k[1] for k in data}, key=int):
+    rounds = sorted({k[0] for k in data if k[1] == c})
+    for n in names:
+        vals = [data[(r, c, n)] for r in rounds]
+        ratios = [data[(r, c, n)][0] / data[(r, c, "nginx")][0] for r in rounds]
+        p99r = [data[(r, c, n)][2] / data[(r, c, "nginx")][2] for r in rounds]
+        med = lambda i: statistics.median(v[i] for v in vals)
+        print(f"| {c} | {n} | {med(0):,.0f} | {statistics.median(ratios):.2f}x | {med(1):.2f} | {med(2):.2f} | {statistics.median(p99r):.2f}x | {max(v[3] for v in vals)/1024:.1f} | {sum(v[4] for v in vals)} |")
+print(f"\nidle RSS, 10 routes x 4 plugins (40 plugin instances): {idle_kb/1024:.1f} MB")
+PY
