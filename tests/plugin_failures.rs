@@ -89,3 +89,31 @@ async fn a_runaway_plugin_does_not_hold_up_other_requests() {
     assert!(quick < std::time::Duration::from_secs(1), "healthy requests waited {quick:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_pools_grow_with_concurrent_calls_and_shrink_when_idle() {
+    let gw = gateway(
+        echo().await,
+        &format!(
+            "[plugins.faults]\nmodule = \"{}\"\nidle_timeout = \"300ms\"\ntimeout = \"1s\"\n\
+             [[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [\"faults\"]\n",
+            plugin("sluice_test_faults")
+        ),
+    )
+    .await;
+    let idle = || gw.gateway.load().plugin("faults").unwrap().idle_instances();
+    assert_eq!(idle(), 1, "one warm instance after load");
+    // Eight calls that each hold an instance for 30 ms of CPU at once.
+    let busy: Vec<_> =
+        (0..8).map(|_| tokio::spawn(get(gw.addr, "/", &[("x-fault", "busy")]))).collect();
+    for b in busy {
+        assert_eq!(b.await.unwrap().status, 200);
+    }
+    let grown = idle();
+    assert!(grown > 1, "concurrent calls should have needed more instances, idle = {grown}");
+    // Quiet for longer than idle_timeout: the next check-in trims back to one warm instance.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(get(gw.addr, "/", &[]).await.status, 200);
+    assert_eq!(idle(), 1, "idle instances were not trimmed (had {grown})");
+    gw.shutdown().await;
+}

@@ -41,6 +41,7 @@ fn spec(name: &str, stem: &str, config_json: &str, instances: InstanceModel) -> 
         on_error: FailPolicy::Fail,
         timeout: Duration::from_secs(1),
         max_instances: 64,
+        idle_timeout: Duration::from_secs(60),
         rollout: None,
     }
 }

@@ -24,6 +24,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(100);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_INSTANCES: u32 = 512;
 pub const DEFAULT_MAX_MEMORY_MIB: u32 = 64;
@@ -213,6 +214,7 @@ fn validate_plugin(
         }
     };
     let timeout = duration(errors, &at("timeout"), &p.timeout);
+    let idle_timeout = duration(errors, &at("idle_timeout"), &p.idle_timeout);
     if p.max_instances == Some(0) {
         errors.push(at("max_instances"), "must be at least 1");
     }
@@ -230,6 +232,7 @@ fn validate_plugin(
         on_error: on_error?,
         timeout: timeout?.unwrap_or(DEFAULT_PLUGIN_TIMEOUT),
         max_instances: p.max_instances.unwrap_or(runtime.max_instances),
+        idle_timeout: idle_timeout?.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         rollout: rollout?,
     })
 }

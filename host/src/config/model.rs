@@ -78,6 +78,8 @@ pub struct Plugin {
     pub timeout: Duration,
     /// At most this many live instances of this plugin; further calls wait.
     pub max_instances: u32,
+    /// Idle instances unused this long are dropped (one stays warm).
+    pub idle_timeout: Duration,
     /// A new module version serving a share of the traffic, if one is being rolled out.
     pub rollout: Option<Rollout>,
 }

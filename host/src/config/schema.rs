@@ -56,6 +56,7 @@ pub struct Plugin {
     pub on_error: Option<String>,
     pub timeout: Option<String>,
     pub max_instances: Option<u32>,
+    pub idle_timeout: Option<String>,
     pub rollout: Option<Rollout>,
 }
 

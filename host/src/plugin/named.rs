@@ -3,9 +3,11 @@
 //!
 //! Instances are shared by every worker thread and checked out per hook call (not per
 //! request), so the number of live instances follows the calls running at once, not
-//! plugins x workers x connections. An instance that traps, times out or returns something
+//! plugins x workers x connections; and when a burst is over, instances left idle for
+//! `idle_timeout` are dropped, so memory shrinks back (one instance stays warm). An instance that traps, times out or returns something
 //! invalid is dropped, never reused; its pool slot is recycled by wasmtime.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +53,9 @@ pub struct NamedPlugin {
     pub module: Arc<Module>,
     hooks: Hooks,
     runtime: Arc<Runtime>,
-    idle: Mutex<Vec<Instance>>,
+    /// Idle instances with when they were last used: used last in, first out, so the
+    /// front holds the longest idle, which are trimmed first.
+    idle: Mutex<VecDeque<(Instance, Instant)>>,
     permits: Arc<Semaphore>,
     /// How long a call waits for a free instance before the request fails with 503.
     queue_timeout: Duration,
@@ -95,8 +99,8 @@ impl NamedPlugin {
             InitError::Failed(kind) => LoadError::Failed(kind.to_string()),
         })?;
         let idle = match spec.instances {
-            InstanceModel::Reuse => vec![first],
-            InstanceModel::Fresh => Vec::new(),
+            InstanceModel::Reuse => VecDeque::from([(first, Instant::now())]),
+            InstanceModel::Fresh => VecDeque::new(),
         };
         Ok(Self {
             permits: Arc::new(Semaphore::new(spec.max_instances as usize)),
@@ -213,8 +217,8 @@ impl NamedPlugin {
             .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
             .expect("the semaphore is never closed");
         if self.spec.instances == InstanceModel::Reuse {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            if let Some(instance) = idle {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop_back();
+            if let Some((instance, _)) = idle {
                 return Ok((instance, permit));
             }
         }
@@ -229,13 +233,28 @@ impl NamedPlugin {
     }
 
     fn checkin(&self, instance: Instance, permit: OwnedSemaphorePermit) {
-        if self.spec.instances == InstanceModel::Reuse {
+        if self.spec.instances == InstanceModel::Fresh {
+            return;
+        }
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push(instance);
+            match idle.len() < MAX_IDLE {
+                true => idle.push_back((instance, now)),
+                false => stale.push(instance),
+            }
+            while idle.len() > 1
+                && idle.front().is_some_and(|(_, used)| now - *used >= self.spec.idle_timeout)
+            {
+                stale.extend(idle.pop_front().map(|(instance, _)| instance));
             }
         }
+        // Only now may a waiting call proceed: it finds this instance in the pool instead of
+        // instantiating another.
         drop(permit);
+        // Dropped outside the lock: tearing down a store is not free.
+        drop(stale);
     }
 
     /// Idle instances right now (for tests and metrics).

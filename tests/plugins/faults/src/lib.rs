@@ -4,6 +4,7 @@
 //! The request header `x-fault` picks the fault in the request phase, and
 //! `x-fault-response` in the response phase: `panic`, `trap`, `loop` (never returns),
 //! `oom` (allocates until the memory cap), `bad-status` (a local response with status 42),
+//! `busy` (30 ms of CPU, then continues),
 //! `stderr` (writes a line, then continues). With no fault the plugin counts the calls this
 //! instance has served and sends the count upstream as `x-instance-calls`. With
 //! `x-read-body: 1` it reads the request body and sends `x-body-bytes: N` (or `too-large`)
@@ -39,6 +40,14 @@ fn fault(kind: Option<String>) -> Option<Action> {
             }
         }
         "bad-status" => Some(Action::Respond(LocalResponse::new(42))),
+        "busy" => {
+            // Holds the instance for 30 ms of CPU, so concurrent calls need more instances.
+            let until = sluice_pdk::clock::monotonic_ns() + 30_000_000;
+            while sluice_pdk::clock::monotonic_ns() < until {
+                std::hint::black_box(0u8);
+            }
+            None
+        }
         "stderr" => {
             eprintln!("fault injected: a line on stderr");
             None
