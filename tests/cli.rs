@@ -69,9 +69,10 @@ impl Proc {
         panic!("no log line with {needle:?}; saw:\n{}", self.seen.join("\n"));
     }
 
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill").args([name, &self.child.id().to_string()]).status();
-        assert!(ok.unwrap().success());
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) only sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
     }
 }
 
@@ -146,7 +147,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
     let addr = p.addr;
     let slow = tokio::spawn(async move { get(addr, "/delay/1500", &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    p.signal("-TERM");
+    p.signal(libc::SIGTERM);
     p.wait_for("shutting down");
     // New connections are refused once the listener is closed...
     let refused = tokio::net::TcpStream::connect(addr).await;
@@ -213,7 +214,7 @@ async fn sighup_reloads_the_config() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Not watching: nothing changed yet.
     assert_eq!(get(p.addr, "/", &[]).await.header("x-label"), Some("one"));
-    p.signal("-HUP");
+    p.signal(libc::SIGHUP);
     wait_for_label(p.addr, "two").await;
     p.wait_for("config version 2 applied (SIGHUP)");
 }
