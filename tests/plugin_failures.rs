@@ -117,3 +117,18 @@ async fn instance_pools_grow_with_concurrent_calls_and_shrink_when_idle() {
     assert_eq!(idle(), 1, "idle instances were not trimmed (had {grown})");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_still_fire_after_the_epoch_ticker_has_parked() {
+    let gw = gateway(echo().await, &faults_config("fail", "100ms")).await;
+    // No plugin call for well over the ticker's park delay (100 ticks of 1 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let looping = get(gw.addr, "/", &[("x-fault", "loop")]);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), looping)
+        .await
+        .expect("the looping call was never interrupted: the ticker did not wake");
+    assert_eq!(r.status, 500);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    gw.shutdown().await;
+}

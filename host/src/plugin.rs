@@ -17,10 +17,12 @@ mod rollout;
 mod runtime;
 mod state;
 mod stderr;
+mod ticker;
 
 pub use chain::{Chain, RequestPhase};
 pub use error::{FailureKind, Phase, PluginError};
 pub use module::{CodeSource, Module, ModuleError};
 pub use named::{Decision, LoadError, NamedPlugin};
 pub use rollout::{Rollout, Series, State as RolloutState, Verdict, Which, verdict};
-pub use runtime::{EPOCH_TICK, Runtime, RuntimeError};
+pub use runtime::{Runtime, RuntimeError};
+pub use ticker::EPOCH_TICK;

@@ -181,6 +181,7 @@ impl NamedPlugin {
             Ok(lease) => lease,
             Err(kind) => return (call, Err(fail(kind))),
         };
+        let _ticking = self.runtime.ticking();
         let store = &mut instance.store;
         store.data_mut().call = Some(call);
         arm_deadline(store, self.spec.timeout);
@@ -274,6 +275,7 @@ async fn instantiate(
     module: &Module,
     spec: &config::Plugin,
 ) -> Result<(Instance, Hooks), InitError> {
+    let _ticking = runtime.ticking();
     let mut store = runtime.new_store(spec.name.clone());
     // `init` may parse keys or compile patterns: give it ten hook budgets.
     let budget = spec.timeout * 10;

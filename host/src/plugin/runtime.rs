@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
@@ -14,11 +14,8 @@ use wasmtime::{
 
 use super::module::{Module, ModuleError};
 use super::state::PluginState;
+use super::ticker::{Ticker, Ticking};
 use crate::config;
-
-/// How often the engine's epoch advances; a hook's deadline is checked at this granularity,
-/// and a long-running hook yields to other requests this often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
@@ -37,6 +34,7 @@ pub struct Runtime {
     /// Compiled modules by content hash: a module used by several named plugins (or
     /// unchanged across reloads) is compiled once.
     modules: Mutex<HashMap<[u8; 32], Weak<Module>>>,
+    ticker: Ticker,
 }
 
 impl Runtime {
@@ -70,14 +68,21 @@ impl Runtime {
         sluice_bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("linking the host API: {e:#}")))?;
 
-        spawn_epoch_ticker(&engine);
+        let ticker = Ticker::start(&engine);
         Ok(Arc::new(Self {
             engine,
             linker,
             cache_dir: cfg.cache_dir.clone(),
             max_memory_bytes: cfg.max_memory_bytes,
             modules: Mutex::default(),
+            ticker,
         }))
+    }
+
+    /// Keeps the epoch ticking for as long as the returned guard lives: take it for every
+    /// call into a plugin.
+    pub(crate) fn ticking(&self) -> Ticking<'_> {
+        self.ticker.enter()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -136,21 +141,5 @@ impl Runtime {
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         store
-    }
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
-        while let Some(engine) = weak.upgrade() {
-            engine.increment_epoch();
-            drop(engine);
-            std::thread::sleep(EPOCH_TICK);
-        }
-    });
-    if let Err(e) = spawned {
-        // Without a ticker deadlines never fire; say so loudly rather than fail to start.
-        tracing::error!("cannot start the epoch ticker, plugin timeouts are off: {e}");
     }
 }
