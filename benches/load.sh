@@ -6,6 +6,7 @@
 #
 #   benches/load.sh                      # 3 rounds x c50,c200 x 10 s per target
 #   ROUNDS=1 DURATION=5s benches/load.sh # quicker
+#   COMPARE=/tmp/sluice-before benches/load.sh   # A/B: adds "compare" (plain, that binary)
 #
 # Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
 # sluice + a chain of four shipped plugins (deny, header-transform x2, deny; the JWT /
@@ -126,9 +127,16 @@ PORT[sluice+transform]=$(sluice_config transform "$TRANSFORM" '"t1"')
 PORT[sluice+chain4]=$(sluice_config chain "$CHAIN" '"d1", "t1", "t2", "d2"')
 declare -A PID
 PID[nginx]=$(sleep 0.5; cat "$work/proxy.pid")
-declare -A FILE=([sluice]=plain [sluice+transform]=transform [sluice+chain4]=chain)
-for name in sluice sluice+transform sluice+chain4; do
-    RUST_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --no-watch --config "$work/${FILE[$name]}.toml" &
+declare -A FILE=([sluice]=plain [sluice+transform]=transform [sluice+chain4]=chain [compare]=compare)
+declare -A BIN=([sluice]=$SLUICE [sluice+transform]=$SLUICE [sluice+chain4]=$SLUICE)
+TARGETS=(nginx sluice sluice+transform sluice+chain4)
+if [ -n "${COMPARE:-}" ]; then
+    PORT[compare]=$(sluice_config compare "" "")
+    BIN[compare]=$COMPARE
+    TARGETS+=(compare)
+fi
+for name in "${TARGETS[@]:1}"; do
+    RUST_LOG=warn taskset -c "$PROXY_CPU" "${BIN[$name]}" run --no-watch --config "$work/${FILE[$name]}.toml" &
     pids+=($!)
     PID[$name]=$!
 done
@@ -141,7 +149,7 @@ rss_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 results=$work/results.tsv
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CONNS; do
-        for name in nginx sluice sluice+transform sluice+chain4; do
+        for name in "${TARGETS[@]}"; do
             out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$name]}/")
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$name" "$(rss_kb "${PID[$name]}")" \
                 "$(tr '\n' '|' <<<"$out")" >>"$results"
@@ -182,6 +190,7 @@ for rnd, c, name, rss, out in rows:
     errors = sum(int(n) for l in lines if "Non-2xx" in l or "Socket errors" in l for n in re.findall(r"\d+", l.split(":")[1]))
     data[(rnd, c, name)] = (rps, lat["50%"], lat["99%"], int(rss), errors)
 names = ["nginx", "sluice", "sluice+transform", "sluice+chain4"]
+names += ["compare"] if any(k[2] == "compare" for k in data) else []
 print("| conns | proxy | req/s (median of rounds) | vs nginx, same round (median) | p50 ms | p99 ms | p99 vs nginx | peak RSS MB | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in sorted({k[1] for k in data}, key=int):
