@@ -45,29 +45,27 @@ BACKEND=$(free_port)
 NGINX=$(free_port)
 
 BODY=$(printf 'x%.0s' $(seq 1 99))  # 99 bytes + newline = 100
-cat >"$work/backend.conf" <<CONF
+# nginx_conf NAME HTTP-BLOCK: a one-worker, foreground nginx config in $work/NAME.conf.
+nginx_conf() {
+    cat >"$work/$1.conf" <<CONF
 worker_processes 1;
 daemon off;
-pid $work/backend.pid;
-error_log $work/backend.err;
+pid $work/$1.pid;
+error_log $work/$1.err;
 events { worker_connections 4096; }
 http {
     access_log off;
+$2
+}
+CONF
+}
+nginx_conf backend "
     server {
         listen 127.0.0.1:$BACKEND;
         keepalive_requests 1000000;
-        location / { return 200 "$BODY\n"; }
-    }
-}
-CONF
-cat >"$work/proxy.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/proxy.pid;
-error_log $work/proxy.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
+        location / { return 200 \"$BODY\\n\"; }
+    }"
+nginx_conf proxy "
     upstream backend {
         server 127.0.0.1:$BACKEND;
         keepalive 512;
@@ -79,11 +77,9 @@ http {
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-CONF
+    }"
 taskset -c "$LOAD_CPU" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
 
