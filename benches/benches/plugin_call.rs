@@ -59,7 +59,7 @@ fn request() -> RequestMsg {
         .unwrap()
         .into_parts();
     let meta = Arc::new(RequestMeta {
-        id: "bench".into(),
+        id_header: http::HeaderValue::from_static("bench"),
         client_ip: "127.0.0.1".parse().unwrap(),
         route: Arc::from("/api/users"),
         max_body_bytes: 1 << 20,

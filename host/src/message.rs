@@ -21,7 +21,9 @@ pub struct RequestMsg {
 /// Facts about a request that no plugin can change.
 #[derive(Debug)]
 pub struct RequestMeta {
-    pub id: String,
+    /// The request id, kept as the header value it is sent as (upstream and back to the
+    /// client), so it is built once. Always visible ASCII; read it as text with [`Self::id`].
+    pub id_header: http::HeaderValue,
     pub client_ip: IpAddr,
     pub route: Arc<str>,
     /// The most a plugin may buffer when it reads a body.
@@ -32,6 +34,12 @@ pub struct RequestMeta {
 pub struct ResponseMsg {
     pub parts: http::response::Parts,
     pub body: Body,
+}
+
+impl RequestMeta {
+    pub fn id(&self) -> &str {
+        self.id_header.to_str().unwrap_or_default()
+    }
 }
 
 impl ResponseMsg {

@@ -29,12 +29,12 @@ pub async fn handle(
 ) -> Response<BoxBody> {
     let id = request_id(req.headers());
     let Some(route) = gw.route(req.uri().path()) else {
-        return ProxyError::NoRoute.into_response(&id);
+        return ProxyError::NoRoute.into_response(id);
     };
     let route = route.clone();
     let (parts, body) = req.into_parts();
     let meta = Arc::new(RequestMeta {
-        id,
+        id_header: id,
         client_ip,
         route: route.name.clone(),
         max_body_bytes: route.max_body_bytes,
@@ -42,21 +42,19 @@ pub async fn handle(
     let request = RequestMsg { parts, body: Body::stream(body), meta: meta.clone() };
     match proxy(&gw, &route, request).await {
         Ok(mut resp) => {
-            if let Ok(v) = HeaderValue::from_str(&meta.id) {
-                resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
-            }
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), meta.id_header.clone());
             resp
         }
         Err(e) => {
             match e.origin() {
                 Origin::Plugin | Origin::Internal => {
-                    tracing::error!(route = %meta.route, request_id = %meta.id, "{e}")
+                    tracing::error!(route = %meta.route, request_id = %meta.id(), "{e}")
                 }
                 Origin::Upstream | Origin::Downstream => {
-                    tracing::warn!(route = %meta.route, request_id = %meta.id, "{e}")
+                    tracing::warn!(route = %meta.route, request_id = %meta.id(), "{e}")
                 }
             }
-            e.into_response(&meta.id)
+            e.into_response(meta.id_header.clone())
         }
     }
 }
@@ -126,10 +124,12 @@ fn prepare_upstream_request(
     endpoint: &http::uri::Authority,
     meta: &RequestMeta,
 ) {
-    let host = req.headers().get(http::header::HOST).cloned().or_else(|| {
-        // HTTP/2 clients send `:authority` instead of Host.
-        req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let client_host = req.headers().get(http::header::HOST).cloned();
+    // HTTP/2 clients send `:authority` instead of Host; the upstream needs a Host header.
+    let authority_host = match client_host {
+        Some(_) => None,
+        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
     uri.authority = Some(endpoint.clone());
@@ -141,13 +141,11 @@ fn prepare_upstream_request(
     *req.version_mut() = http::Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    if let Some(h) = &host {
+    if let Some(h) = &authority_host {
         headers.insert(http::header::HOST, h.clone());
     }
-    set_forwarded(headers, meta.client_ip, host);
-    if let Ok(id) = HeaderValue::from_str(&meta.id) {
-        headers.insert(X_REQUEST_ID.clone(), id);
-    }
+    set_forwarded(headers, meta.client_ip, client_host.or(authority_host));
+    headers.insert(X_REQUEST_ID.clone(), meta.id_header.clone());
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -161,14 +159,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The client's `x-request-id` when it is short and printable, else a new one.
-fn request_id(headers: &http::HeaderMap) -> String {
+/// The client's `x-request-id` when it is short and printable (reused without a copy),
+/// else a new one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID)
-        && let Ok(s) = v.to_str()
-        && !s.is_empty()
-        && s.len() <= 128
+        && v.to_str().is_ok()
+        && !v.is_empty()
+        && v.len() <= 128
     {
-        return s.to_owned();
+        return v.clone();
     }
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
@@ -176,5 +175,6 @@ fn request_id(headers: &http::HeaderMap) -> String {
         use std::hash::{BuildHasher, RandomState};
         RandomState::new().hash_one(std::process::id()) as u32
     });
-    format!("{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let id = format!("{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::try_from(id).expect("hex digits are a valid header value")
 }

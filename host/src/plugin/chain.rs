@@ -27,11 +27,14 @@ pub struct RequestPhase {
 #[derive(Clone, Default)]
 pub struct Chain {
     plugins: Arc<[Arc<NamedPlugin>]>,
+    /// Whether any plugin takes part in the response phase; fixed at load, so decided once.
+    response_hooks: bool,
 }
 
 impl Chain {
     pub fn new(plugins: Vec<Arc<NamedPlugin>>) -> Self {
-        Self { plugins: plugins.into() }
+        let response_hooks = plugins.iter().any(|p| p.has_response_hook());
+        Self { plugins: plugins.into(), response_hooks }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -41,11 +44,7 @@ impl Chain {
     /// Whether any plugin takes part in the response phase (so the request head must be
     /// kept while the upstream answers).
     pub fn has_response_hooks(&self) -> bool {
-        self.plugins.iter().any(|p| p.has_response_hook())
-    }
-
-    pub fn plugins(&self) -> &[Arc<NamedPlugin>] {
-        &self.plugins
+        self.response_hooks
     }
 
     pub async fn run_request(&self, mut request: RequestMsg) -> Result<RequestPhase, PluginError> {
@@ -92,7 +91,7 @@ fn fail_or_skip(plugin: &NamedPlugin, e: PluginError, req: &RequestMsg) -> Resul
         FailPolicy::Continue => {
             tracing::warn!(
                 route = %req.meta.route,
-                request_id = %req.meta.id,
+                request_id = %req.meta.id(),
                 "{e}; skipped (on_error = \"continue\")"
             );
             Ok(())

@@ -135,7 +135,7 @@ impl wit_http::HostRequest for PluginState {
     }
 
     fn request_id(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
-        Ok(self.request()?.meta.id.clone())
+        Ok(self.request()?.meta.id().to_owned())
     }
 
     fn route(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
@@ -237,7 +237,7 @@ impl log::Host for PluginState {
             message.truncate(cut);
         }
         let (request_id, route) = match &self.call {
-            Some(call) => (call.request.meta.id.as_str(), &*call.request.meta.route),
+            Some(call) => (call.request.meta.id(), &*call.request.meta.route),
             None => ("", ""),
         };
         let plugin = &*self.plugin;

@@ -132,7 +132,7 @@ impl Rollout {
         }
         let mut h = DefaultHasher::new();
         match &self.spec.sticky {
-            Sticky::None => req.meta.id.hash(&mut h),
+            Sticky::None => req.meta.id_header.as_bytes().hash(&mut h),
             Sticky::ClientIp => req.meta.client_ip.hash(&mut h),
             Sticky::Header(name) => {
                 req.parts.headers.get(name).map(|v| v.as_bytes()).unwrap_or_default().hash(&mut h)

@@ -65,7 +65,7 @@ impl ProxyError {
     }
 
     /// The client sees a short plain-text reason; details go to the log, not to the client.
-    pub fn into_response(self, request_id: &str) -> http::Response<BoxBody> {
+    pub fn into_response(self, request_id: http::HeaderValue) -> http::Response<BoxBody> {
         let status = self.status();
         let text = match &self {
             ProxyError::NoRoute => "no route",
@@ -84,9 +84,7 @@ impl ProxyError {
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-        if let Ok(id) = http::HeaderValue::from_str(request_id) {
-            h.insert("x-request-id", id);
-        }
+        h.insert("x-request-id", request_id);
         resp
     }
 }
