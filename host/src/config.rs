@@ -196,23 +196,18 @@ fn validate_plugin(
 ) -> Option<Plugin> {
     let at = |field: &str| format!("plugins.{name}.{field}");
     let module = errors.check(at("module"), resolve_module(&p.module, &runtime.plugin_dirs, base));
-    let instances = match p.instances.as_deref() {
-        None | Some("reuse") => Some(InstanceModel::Reuse),
-        Some("fresh") => Some(InstanceModel::Fresh),
-        Some(other) => {
-            errors.push(at("instances"), format!("expected \"reuse\" or \"fresh\", got {other:?}"));
-            None
-        }
-    };
-    let on_error = match p.on_error.as_deref() {
-        None | Some("fail") => Some(FailPolicy::Fail),
-        Some("continue") => Some(FailPolicy::Continue),
-        Some(other) => {
-            let msg = format!("expected \"fail\" or \"continue\", got {other:?}");
-            errors.push(at("on_error"), msg);
-            None
-        }
-    };
+    let instances = choice(
+        errors,
+        &at("instances"),
+        &p.instances,
+        [("reuse", InstanceModel::Reuse), ("fresh", InstanceModel::Fresh)],
+    );
+    let on_error = choice(
+        errors,
+        &at("on_error"),
+        &p.on_error,
+        [("fail", FailPolicy::Fail), ("continue", FailPolicy::Continue)],
+    );
     let timeout = duration(errors, &at("timeout"), &p.timeout);
     let idle_timeout = duration(errors, &at("idle_timeout"), &p.idle_timeout);
     if p.max_instances == Some(0) {
@@ -355,6 +350,24 @@ fn validate_routes(
         });
     }
     routes
+}
+
+/// One of two named values; absent means the first.
+fn choice<T: Copy>(
+    errors: &mut Errors,
+    path: &str,
+    value: &Option<String>,
+    [(a, first), (b, second)]: [(&str, T); 2],
+) -> Option<T> {
+    match value.as_deref() {
+        None => Some(first),
+        Some(v) if v == a => Some(first),
+        Some(v) if v == b => Some(second),
+        Some(other) => {
+            errors.push(path, format!("expected {a:?} or {b:?}, got {other:?}"));
+            None
+        }
+    }
 }
 
 /// `/api/` and `/api` route the same requests.

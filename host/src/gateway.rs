@@ -14,7 +14,6 @@ use crate::upstream::{self, Client, Upstream};
 /// A route, resolved.
 pub struct Route {
     pub name: Arc<str>,
-    pub prefix: String,
     pub chain: Chain,
     pub upstream: Arc<Upstream>,
     pub max_body_bytes: u64,
@@ -151,7 +150,6 @@ impl Gateway {
             let chain = Chain::new(r.plugins.iter().map(|p| plugins[p].clone()).collect());
             let route = Route {
                 name: r.name.clone(),
-                prefix: r.path.clone(),
                 chain,
                 upstream: upstreams[&r.upstream].clone(),
                 max_body_bytes: r.max_body_bytes,

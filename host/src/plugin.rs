@@ -23,6 +23,5 @@ pub use chain::{Chain, RequestPhase};
 pub use error::{FailureKind, Phase, PluginError};
 pub use module::{CodeSource, Module, ModuleError};
 pub use named::{Decision, LoadError, NamedPlugin};
-pub use rollout::{Rollout, Series, State as RolloutState, Verdict, Which, verdict};
+pub use rollout::{Rollout, State as RolloutState};
 pub use runtime::{Runtime, RuntimeError};
-pub use ticker::EPOCH_TICK;

@@ -47,7 +47,7 @@ pub async fn handle(
         }
         Err(e) => {
             match e.origin() {
-                Origin::Plugin | Origin::Internal => {
+                Origin::Plugin => {
                     tracing::error!(route = %meta.route, request_id = %meta.id(), "{e}")
                 }
                 Origin::Upstream | Origin::Downstream => {

@@ -24,14 +24,6 @@ impl<T> Router<T> {
     pub fn find(&self, path: &str) -> Option<&T> {
         self.routes.iter().find(|(prefix, _)| prefix_matches(prefix, path)).map(|(_, t)| t)
     }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
 }
 
 /// `prefix` has no trailing slash; the empty prefix is the root route and matches all.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    Init,
     Request,
     Response,
 }
@@ -14,7 +13,6 @@ pub enum Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Phase::Init => "init",
             Phase::Request => "on-request",
             Phase::Response => "on-response",
         })

@@ -114,10 +114,6 @@ impl NamedPlugin {
         })
     }
 
-    pub fn name(&self) -> &Arc<str> {
-        &self.spec.name
-    }
-
     /// The phases this plugin takes part in, counting a version being rolled out.
     fn all_hooks(&self) -> Hooks {
         match &self.rollout {
@@ -170,7 +166,7 @@ impl NamedPlugin {
     async fn call(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
         let hook = match phase {
             Phase::Request => Hooks::ON_REQUEST,
-            _ => Hooks::ON_RESPONSE,
+            Phase::Response => Hooks::ON_RESPONSE,
         };
         if !self.hooks.contains(hook) {
             // A version being rolled out may take part in a phase this one does not.
@@ -195,7 +191,6 @@ impl NamedPlugin {
                 let (req, resp) = (Resource::new_borrow(0), Resource::new_borrow(0));
                 filter.call_on_response(&mut *store, req, resp).await.map(|()| None)
             }
-            Phase::Init => unreachable!("init is not a hook call"),
         };
         let call = store.data_mut().call.take().expect("the call is put back by no one else");
         let result = match outcome {

@@ -14,7 +14,6 @@ pub enum Origin {
     Downstream,
     Upstream,
     Plugin,
-    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]
