@@ -96,7 +96,7 @@ workers = 1
 endpoints = ["127.0.0.1:$BACKEND"]
 $2
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "backend"
 plugins = [$3]
 CONF
@@ -163,7 +163,7 @@ idle_port=$(free_port)
         printf '[plugins.u%s]\nmodule = "header-transform"\nconfig = { response = { set = { "x-r" = "%s" } } }\n' "$r" "$r"
         printf '[plugins.d%s]\nmodule = "deny"\nconfig = { path_prefix = "/admin%s" }\n' "$r" "$r"
         printf '[plugins.e%s]\nmodule = "deny"\nconfig = { path_prefix = "/internal%s" }\n' "$r" "$r"
-        printf '[[routes]]\npath = "/r%s"\nupstream = "backend"\nplugins = ["d%s", "t%s", "u%s", "e%s"]\n' "$r" "$r" "$r" "$r" "$r"
+        printf '[[routes]]\nprefix = "/r%s"\nupstream = "backend"\nplugins = ["d%s", "t%s", "u%s", "e%s"]\n' "$r" "$r" "$r" "$r" "$r"
     done
 } >"$work/idle.toml"
 RUST_LOG=warn "$SLUICE" run --no-watch --config "$work/idle.toml" & pids+=($!)

@@ -107,7 +107,7 @@ module = "{}"
 
 [[routes]]
 name = "api"
-path = "/api"
+prefix = "/api"
 upstream = "echo"
 plugins = ["faults"]
 "#,
@@ -120,8 +120,10 @@ plugins = ["faults"]
         summary.contains("sluice_test_faults.wasm") && summary.contains(" compiled in "),
         "{summary}"
     );
+    let up = p.wait_for("upstream \"echo\"");
+    assert!(up.contains(&upstream.to_string()) && up.contains("RoundRobin"), "{up}");
     let route = p.wait_for("route \"api\"");
-    assert!(route.contains(&upstream.to_string()) && route.contains("plugins: faults"), "{route}");
+    assert!(route.contains("/api*") && route.contains("plugins: faults"), "{route}");
 
     let r = get(p.addr, "/api/x", &[("x-fault", "panic"), ("x-request-id", "req-77")]).await;
     assert_eq!(r.status, 500);
@@ -142,7 +144,7 @@ plugins = ["faults"]
 async fn sigterm_lets_in_flight_requests_finish_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let config =
-        write_config(&dir, echo().await, "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n");
+        write_config(&dir, echo().await, "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n");
     let mut p = Proc::start(&config);
     let addr = p.addr;
     let slow = tokio::spawn(async move { get(addr, "/delay/1500", &[]).await });
@@ -164,7 +166,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
 fn tag_config(label: &str) -> String {
     format!(
         "[plugins.tag]\nmodule = \"header-transform\"\nconfig = {{ response_headers = {{ \"x-label\" = \"{label}\" }} }}\n\
-         [[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [\"tag\"]\n"
+         [[routes]]\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [\"tag\"]\n"
     )
 }
 

@@ -11,4 +11,6 @@ mod proxy;
 mod reload;
 mod reload_under_load;
 mod rollout;
+mod routing;
 mod shipped_plugins;
+mod traffic;

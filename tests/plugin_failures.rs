@@ -16,7 +16,7 @@ module = "header-transform"
 config = {{ response_headers = {{ "x-served-by" = "sluice" }} }}
 
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "echo"
 plugins = ["tag", "faults"]
 "#,
@@ -96,7 +96,7 @@ async fn instance_pools_grow_with_concurrent_calls_and_shrink_when_idle() {
         echo().await,
         &format!(
             "[plugins.faults]\nmodule = \"{}\"\nidle_timeout = \"300ms\"\ntimeout = \"1s\"\n\
-             [[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [\"faults\"]\n",
+             [[routes]]\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [\"faults\"]\n",
             plugin("sluice_test_faults")
         ),
     )

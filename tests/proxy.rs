@@ -16,7 +16,7 @@ module = "deny"
 config = { path_prefix = "/api/users/admin", status = 403, body = "forbidden" }
 
 [[routes]]
-path = "/api/users"
+prefix = "/api/users"
 upstream = "echo"
 plugins = ["no-admin", "tag"]
 "#;
@@ -62,7 +62,7 @@ module = "header-transform"
 config = { request = { add = { "x-order" = "second" } }, response = { add = { "x-order" = "second" } } }
 
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "echo"
 plugins = ["first", "second"]
 "#,
@@ -96,7 +96,7 @@ module = "deny"
 config = { status = 401, body = "who are you?", headers = { "www-authenticate" = "Basic" } }
 
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "echo"
 plugins = ["stamp", "deny-all"]
 "#,
@@ -112,7 +112,7 @@ plugins = ["stamp", "deny-all"]
 
 #[tokio::test]
 async fn forwarding_strips_hop_by_hop_headers_and_sets_x_forwarded() {
-    let gw = gateway(echo().await, "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n").await;
+    let gw = gateway(echo().await, "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n").await;
     let r = get(
         gw.addr,
         "/",
@@ -148,8 +148,8 @@ async fn unrouted_paths_get_404_and_a_dead_upstream_502() {
         echo().await,
         &format!(
             "[upstreams.dead]\nendpoints = [\"{dead}\"]\n\
-             [[routes]]\npath = \"/api\"\nupstream = \"echo\"\n\
-             [[routes]]\npath = \"/dead\"\nupstream = \"dead\"\n"
+             [[routes]]\nprefix = \"/api\"\nupstream = \"echo\"\n\
+             [[routes]]\nprefix = \"/dead\"\nupstream = \"dead\"\n"
         ),
     )
     .await;
@@ -222,7 +222,7 @@ async fn a_plugin_reads_the_body_within_the_limit_and_an_oversized_body_still_go
 module = "{}"
 
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "echo"
 plugins = ["reader"]
 max_body_bytes = 1000
@@ -273,12 +273,12 @@ module = "{faults}"
 instances = "fresh"
 
 [[routes]]
-path = "/reused"
+prefix = "/reused"
 upstream = "echo"
 plugins = ["reused"]
 
 [[routes]]
-path = "/fresh"
+prefix = "/fresh"
 upstream = "echo"
 plugins = ["fresh"]
 "#

@@ -56,7 +56,7 @@ config = {{ label = "{label}" }}
 module = "{}"
 
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "echo"
 plugins = ["counter", "stamp"]
 "#,

@@ -17,7 +17,7 @@ percent = {percent}
 {extra}
 
 [[routes]]
-path = "/"
+prefix = "/"
 upstream = "echo"
 plugins = ["stamp"]
 "#,

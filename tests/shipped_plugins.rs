@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 
 fn route(plugins: &str) -> String {
-    format!("[[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [{plugins}]\n")
+    format!("[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [{plugins}]\n")
 }
 
 #[tokio::test]

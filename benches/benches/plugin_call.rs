@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::config::{self, FailPolicy, InstanceModel};
 use sluice::message::{Body, RequestMeta, RequestMsg};
 use sluice::plugin::{Chain, NamedPlugin, Runtime};
-use sluice::router::Router;
+use sluice::router::{PathPattern, RequestView, Router, Rule};
 
 fn plugin_path(stem: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -62,6 +62,7 @@ fn request() -> RequestMsg {
         id_header: http::HeaderValue::from_static("bench"),
         client_ip: "127.0.0.1".parse().unwrap(),
         route: Arc::from("/api/users"),
+        params: Vec::new(),
         max_body_bytes: 1 << 20,
     });
     RequestMsg { parts, body: Body::empty(), meta }
@@ -107,15 +108,39 @@ fn plugin_calls(c: &mut Criterion) {
     g.finish();
 }
 
+/// Route tables of `n` routes: half prefixes (`/svc{i}/api/v{k}`), half parameter patterns
+/// (`/svc{i}/users/{id}`), and a root fallback; lookups that hit a prefix, a parameter
+/// route, and the fallback (the most candidates to rule out).
 fn router(c: &mut Criterion) {
     let mut g = c.benchmark_group("router");
+    let get = http::Method::GET;
+    let headers = http::HeaderMap::new();
     for n in [100, 1000] {
-        let routes = (0..n).map(|i| (format!("/svc{i}/api/v{}", i % 3), i));
-        let r = Router::new(routes);
-        let probe = format!("/svc{}/api/v{}/items/42", n / 2, (n / 2) % 3);
-        g.bench_function(format!("prefix_match_{n}_routes"), |b| {
-            b.iter(|| *r.find(std::hint::black_box(&probe)).unwrap())
-        });
+        let mut rules = vec![(Rule::path(PathPattern::parse("/", true).unwrap()), 0)];
+        for i in 0..n / 2 {
+            let prefix = PathPattern::parse(&format!("/svc{i}/api/v{}", i % 3), true).unwrap();
+            let param = PathPattern::parse(&format!("/svc{i}/users/{{id}}"), false).unwrap();
+            rules.push((Rule::path(prefix), 2 * i + 1));
+            rules.push((Rule::path(param), 2 * i + 2));
+        }
+        let r = Router::new(rules);
+        for (what, path) in [
+            ("prefix", format!("/svc{}/api/v{}/items/42", n / 4, (n / 4) % 3)),
+            ("param", format!("/svc{}/users/42", n / 4)),
+            ("fallback", format!("/svc{}/other/42", n / 4)),
+        ] {
+            let probe = RequestView {
+                method: &get,
+                path: &path,
+                host: None,
+                headers: &headers,
+                query: None,
+            };
+            assert!(r.find(&probe).is_some());
+            g.bench_function(format!("{what}_match_{n}_routes"), |b| {
+                b.iter(|| *r.find(std::hint::black_box(&probe)).unwrap().value)
+            });
+        }
     }
     g.finish();
 }

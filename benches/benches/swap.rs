@@ -84,7 +84,7 @@ fn main() {
             "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\ncache_dir = \"{}\"\n\
              [upstreams.echo]\nendpoints = [\"{upstream}\"]\n\
              [plugins.stamp]\nmodule = \"{}\"\n\
-             [[routes]]\npath = \"/\"\nupstream = \"echo\"\nplugins = [\"stamp\"]\n",
+             [[routes]]\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [\"stamp\"]\n",
             dir.path().join("cache").display(),
             file.display()
         );

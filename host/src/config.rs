@@ -10,6 +10,7 @@
 mod error;
 mod model;
 mod schema;
+mod traffic;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::time::Duration;
 use error::Errors;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use traffic::key_source;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,10 +77,16 @@ fn validate(
 ) -> Option<Config> {
     let server = validate_server(&file.server, errors);
     let runtime = validate_runtime(&file.runtime, base, errors);
+    let inherited = traffic::Inherited {
+        connect_timeout: server.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.0.connect_timeout),
+        request_timeout: server.as_ref().map_or(DEFAULT_REQUEST_TIMEOUT, |s| s.0.request_timeout),
+    };
     let upstreams = file
         .upstreams
         .iter()
-        .filter_map(|(name, u)| Some((name.clone(), validate_upstream(name, u, errors)?)))
+        .filter_map(|(name, u)| {
+            Some((name.clone(), traffic::validate_upstream(name, u, &inherited, errors)?))
+        })
         .collect::<BTreeMap<_, _>>();
     let plugins = file
         .plugins
@@ -87,8 +95,11 @@ fn validate(
             Some((name.clone(), validate_plugin(name, p, &runtime, base, errors)?))
         })
         .collect::<BTreeMap<_, _>>();
-    let routes = validate_routes(&file, server.as_ref(), errors);
+    let mut warnings = Vec::new();
+    let routes =
+        traffic::validate_routes(&file, server.as_ref().map(|s| s.1), errors, &mut warnings);
     Some(Config {
+        warnings,
         source_name: source_name.to_owned(),
         server: server?.0,
         runtime,
@@ -171,22 +182,6 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("sluice"))
 }
 
-fn validate_upstream(name: &str, u: &schema::Upstream, errors: &mut Errors) -> Option<Upstream> {
-    if u.endpoints.is_empty() {
-        errors.push(format!("upstreams.{name}.endpoints"), "needs at least one endpoint");
-    }
-    let mut endpoints = Vec::with_capacity(u.endpoints.len());
-    for (i, e) in u.endpoints.iter().enumerate() {
-        let parsed = e
-            .parse::<http::uri::Authority>()
-            .ok()
-            .filter(|a| a.port_u16().is_some() && !e.contains('@'))
-            .ok_or_else(|| format!("not a host:port endpoint: {e:?}"));
-        endpoints.extend(errors.check(format!("upstreams.{name}.endpoints[{i}]"), parsed));
-    }
-    (endpoints.len() == u.endpoints.len()).then_some(Upstream { endpoints })
-}
-
 fn validate_plugin(
     name: &str,
     p: &schema::Plugin,
@@ -196,17 +191,17 @@ fn validate_plugin(
 ) -> Option<Plugin> {
     let at = |field: &str| format!("plugins.{name}.{field}");
     let module = errors.check(at("module"), resolve_module(&p.module, &runtime.plugin_dirs, base));
-    let instances = choice(
+    let instances = traffic::one_of(
         errors,
         &at("instances"),
         &p.instances,
-        [("reuse", InstanceModel::Reuse), ("fresh", InstanceModel::Fresh)],
+        &[("reuse", InstanceModel::Reuse), ("fresh", InstanceModel::Fresh)],
     );
-    let on_error = choice(
+    let on_error = traffic::one_of(
         errors,
         &at("on_error"),
         &p.on_error,
-        [("fail", FailPolicy::Fail), ("continue", FailPolicy::Continue)],
+        &[("fail", FailPolicy::Fail), ("continue", FailPolicy::Continue)],
     );
     let timeout = duration(errors, &at("timeout"), &p.timeout);
     let idle_timeout = duration(errors, &at("idle_timeout"), &p.idle_timeout);
@@ -311,71 +306,6 @@ fn resolve_module(module: &str, dirs: &[PathBuf], base: &Path) -> Result<PathBuf
          the shipped plugins with `./dev build`",
         looked.join(", ")
     ))
-}
-
-fn validate_routes(
-    file: &schema::File,
-    server: Option<&(Server, u64)>,
-    errors: &mut Errors,
-) -> Vec<Route> {
-    let default_body = server.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.1);
-    let mut seen_paths = BTreeMap::new();
-    let mut seen_names = HashSet::new();
-    let mut routes = Vec::with_capacity(file.routes.len());
-    for (i, r) in file.routes.iter().enumerate() {
-        let at = |field: &str| format!("routes[{i}].{field}");
-        if !r.path.starts_with('/') {
-            errors.push(at("path"), format!("must start with '/': {:?}", r.path));
-        } else if let Some(first) = seen_paths.insert(normalize_prefix(&r.path), i) {
-            errors.push(at("path"), format!("{:?} is already routed by routes[{first}]", r.path));
-        }
-        let name = r.name.clone().unwrap_or_else(|| r.path.clone());
-        if !seen_names.insert(name.clone()) {
-            errors.push(at("name"), format!("duplicate route name {name:?}"));
-        }
-        if !file.upstreams.contains_key(&r.upstream) {
-            errors.push(at("upstream"), format!("unknown upstream {:?}", r.upstream));
-        }
-        for (j, p) in r.plugins.iter().enumerate() {
-            if !file.plugins.contains_key(p) {
-                errors.push(format!("routes[{i}].plugins[{j}]"), format!("unknown plugin {p:?}"));
-            }
-        }
-        routes.push(Route {
-            name: Arc::from(name),
-            path: r.path.clone(),
-            upstream: r.upstream.clone(),
-            plugins: r.plugins.clone(),
-            max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
-        });
-    }
-    routes
-}
-
-/// One of two named values; absent means the first.
-fn choice<T: Copy>(
-    errors: &mut Errors,
-    path: &str,
-    value: &Option<String>,
-    [(a, first), (b, second)]: [(&str, T); 2],
-) -> Option<T> {
-    match value.as_deref() {
-        None => Some(first),
-        Some(v) if v == a => Some(first),
-        Some(v) if v == b => Some(second),
-        Some(other) => {
-            errors.push(path, format!("expected {a:?} or {b:?}, got {other:?}"));
-            None
-        }
-    }
-}
-
-/// `/api/` and `/api` route the same requests.
-fn normalize_prefix(p: &str) -> &str {
-    match p.trim_end_matches('/') {
-        "" => "/",
-        trimmed => trimmed,
-    }
 }
 
 /// Parses an optional humane duration (`"250ms"`, `"2s"`, `"1m 30s"`); `Some(None)` when

@@ -7,21 +7,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{KeySource, Rewrite};
 use crate::plugin::{Chain, CodeSource, LoadError, Module, NamedPlugin, Runtime};
-use crate::router::Router;
-use crate::upstream::{self, Client, Upstream};
+use crate::router::{Found, RequestView, Router};
+use crate::upstream::Upstream;
 
 /// A route, resolved.
 pub struct Route {
     pub name: Arc<str>,
     pub chain: Chain,
-    pub upstream: Arc<Upstream>,
+    /// Upstreams with their split weights; one unless the route splits traffic.
+    pub targets: Vec<(Arc<Upstream>, u32)>,
+    pub split_sticky: Option<KeySource>,
+    pub rewrite: Option<Rewrite>,
     pub max_body_bytes: u64,
 }
 
 pub struct Gateway {
     pub config: Config,
-    pub client: Client,
     router: Router<Arc<Route>>,
     plugins: BTreeMap<String, Arc<NamedPlugin>>,
     upstreams: HashMap<String, Arc<Upstream>>,
@@ -138,10 +141,10 @@ impl Gateway {
             .map(|(name, u)| {
                 let kept = previous
                     .and_then(|g| g.upstreams.get(name))
-                    .filter(|before| before.endpoints == u.endpoints);
+                    .filter(|before| before.config == *u);
                 let upstream = match kept {
                     Some(before) => before.clone(),
-                    None => Arc::new(Upstream::new(name.clone(), u.endpoints.clone())),
+                    None => Arc::new(Upstream::new(name.clone(), u.clone())),
                 };
                 (name.clone(), upstream)
             })
@@ -151,23 +154,27 @@ impl Gateway {
             let route = Route {
                 name: r.name.clone(),
                 chain,
-                upstream: upstreams[&r.upstream].clone(),
+                targets: r.targets.iter().map(|(u, w)| (upstreams[u].clone(), *w)).collect(),
+                split_sticky: r.split_sticky.clone(),
+                rewrite: r.rewrite.clone(),
                 max_body_bytes: r.max_body_bytes,
             };
-            (r.path.clone(), Arc::new(route))
+            (r.rule.clone(), Arc::new(route))
         });
         let router = Router::new(routes);
-        let client = match previous {
-            Some(g) if g.config.server.connect_timeout == config.server.connect_timeout => {
-                g.client.clone()
-            }
-            _ => upstream::client(config.server.connect_timeout),
-        };
-        Ok((Self { config, client, router, plugins, upstreams }, report))
+        Ok((Self { config, router, plugins, upstreams }, report))
     }
 
-    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        self.router.find(path)
+    /// Starts what runs in the background (health checks). Called once the gateway is
+    /// about to serve, so `sluice check` probes nothing.
+    pub fn activate(&self) {
+        for u in self.upstreams.values() {
+            u.start_checks();
+        }
+    }
+
+    pub fn route(&self, req: &RequestView<'_>) -> Option<Found<'_, Arc<Route>>> {
+        self.router.find(req)
     }
 
     pub fn plugin(&self, name: &str) -> Option<&Arc<NamedPlugin>> {
@@ -198,18 +205,34 @@ impl Gateway {
                 );
             }
         }
+        for (name, up) in &self.config.upstreams {
+            let endpoints: Vec<_> = up.endpoints.iter().map(|e| e.address.as_str()).collect();
+            tracing::info!(
+                "upstream {name:?}: [{}], {:?}, {} attempt(s){}{}{}",
+                endpoints.join(", "),
+                up.strategy,
+                up.retry.attempts,
+                if up.health_check.is_some() { ", active checks" } else { "" },
+                if up.passive_health.is_some() { ", passive checks" } else { "" },
+                if up.circuit_breaker.is_some() { ", circuit breaker" } else { "" },
+            );
+        }
         for route in self.config.routes.iter() {
-            let up = &self.config.upstreams[&route.upstream];
-            let endpoints: Vec<_> = up.endpoints.iter().map(|e| e.as_str()).collect();
             let chain =
                 if route.plugins.is_empty() { "-".to_owned() } else { route.plugins.join(" -> ") };
+            let targets: Vec<String> = match route.targets.as_slice() {
+                [(u, _)] => vec![format!("{u:?}")],
+                split => split.iter().map(|(u, w)| format!("{u:?} ({w})")).collect(),
+            };
             tracing::info!(
-                "route {:?}: {}* -> upstream {:?} [{}], plugins: {chain}",
+                "route {:?}: {} -> upstream {}, plugins: {chain}",
                 &*route.name,
-                route.path,
-                route.upstream,
-                endpoints.join(", "),
+                route.rule.path,
+                targets.join(" / "),
             );
+        }
+        for w in &self.config.warnings {
+            tracing::warn!("{}: {w}", self.config.source_name);
         }
     }
 }

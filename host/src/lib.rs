@@ -67,6 +67,7 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+    gateway.activate();
     let shared: server::Shared = Arc::new(ArcSwap::from_pointee(gateway));
     let reloader = Arc::new(Reloader::new(source, &text, runtime, shared.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -81,6 +81,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(report(&e.to_string())),
             };
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
             let summary = format!(
                 "{} routes, {} plugins, {} upstreams",
                 config.routes.len(),

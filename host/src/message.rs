@@ -5,11 +5,13 @@
 //! read is put back in front of the rest of the stream.
 
 mod body;
+mod replay;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use body::{Body, BodyError, BoxBody, BoxError};
+pub use replay::Replay;
 
 /// A request on its way upstream.
 pub struct RequestMsg {
@@ -26,6 +28,8 @@ pub struct RequestMeta {
     pub id_header: http::HeaderValue,
     pub client_ip: IpAddr,
     pub route: Arc<str>,
+    /// The route's path parameters (`/users/{id}` -> `id`), percent-decoded.
+    pub params: crate::router::Params,
     /// The most a plugin may buffer when it reads a body.
     pub max_body_bytes: u64,
 }

@@ -3,6 +3,7 @@
 //! Bodies stay streams unless a plugin reads or replaces them. Failures are turned into
 //! responses in one place ([`ProxyError::into_response`]) and logged once, here.
 
+mod attempts;
 mod error;
 mod forward;
 
@@ -16,8 +17,10 @@ use hyper::body::Incoming;
 pub use error::{Origin, ProxyError};
 pub use forward::{set_forwarded, strip_hop_by_hop};
 
+use crate::config::Rewrite;
 use crate::gateway::{Gateway, Route};
 use crate::message::{Body, BoxBody, RequestMeta, RequestMsg, ResponseMsg};
+use crate::router::RequestView;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -28,19 +31,23 @@ pub async fn handle(
     client_ip: IpAddr,
 ) -> Response<BoxBody> {
     let id = request_id(req.headers());
-    let Some(route) = gw.route(req.uri().path()) else {
+    let Some(found) = gw.route(&RequestView::of(&req)) else {
         return ProxyError::NoRoute.into_response(id);
     };
-    let route = route.clone();
-    let (parts, body) = req.into_parts();
+    let (route, params) = (found.value.clone(), found.params);
+    let (mut parts, body) = req.into_parts();
+    if let Some(rewrite) = &route.rewrite {
+        rewrite_prefix(&mut parts, rewrite);
+    }
     let meta = Arc::new(RequestMeta {
         id_header: id,
         client_ip,
         route: route.name.clone(),
+        params,
         max_body_bytes: route.max_body_bytes,
     });
     let request = RequestMsg { parts, body: Body::stream(body), meta: meta.clone() };
-    match proxy(&gw, &route, request).await {
+    match proxy(&route, request).await {
         Ok(mut resp) => {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), meta.id_header.clone());
             resp
@@ -59,20 +66,16 @@ pub async fn handle(
     }
 }
 
-async fn proxy(
-    gw: &Gateway,
-    route: &Route,
-    request: RequestMsg,
-) -> Result<Response<BoxBody>, ProxyError> {
+async fn proxy(route: &Route, request: RequestMsg) -> Result<Response<BoxBody>, ProxyError> {
     if route.chain.is_empty() {
-        let (_, resp) = forward(gw, route, request, false).await?;
+        let (_, resp) = forward(route, request, false).await?;
         return Ok(resp.into_http());
     }
     let phase = route.chain.run_request(request).await?;
     let keep = route.chain.has_response_hooks();
     let (request, response) = match phase.local {
         Some(local) => (Some(phase.request), local),
-        None => forward(gw, route, phase.request, keep).await?,
+        None => forward(route, phase.request, keep).await?,
     };
     let response = match request {
         Some(request) => route.chain.run_response(phase.reached, request, response).await?,
@@ -84,39 +87,79 @@ async fn proxy(
 /// Sends the request upstream. With `keep`, the request's head comes back (without its
 /// body) for the response phases; without, nothing is copied.
 async fn forward(
-    gw: &Gateway,
     route: &Route,
     request: RequestMsg,
     keep: bool,
 ) -> Result<(Option<RequestMsg>, ResponseMsg), ProxyError> {
     let RequestMsg { parts, body, meta } = request;
-    let endpoint = route.upstream.pick();
-    let kept = keep.then(|| parts.clone());
-    let mut upstream_req = Request::from_parts(parts, body.into_box());
-    prepare_upstream_request(&mut upstream_req, endpoint, &meta);
-
-    let timeout = gw.config.server.request_timeout;
-    let sent = tokio::time::timeout(timeout, gw.client.request(upstream_req)).await;
-    let response = match sent {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout { endpoint: endpoint.to_string(), timeout });
-        }
-        Ok(Err(e)) if e.is_connect() => {
-            let reason = error_chain(&e);
-            return Err(ProxyError::UpstreamConnect { endpoint: endpoint.to_string(), reason });
-        }
-        Ok(Err(e)) => {
-            return Err(ProxyError::Upstream {
-                endpoint: endpoint.to_string(),
-                reason: error_chain(&e),
-            });
-        }
-        Ok(Ok(response)) => response,
-    };
-    let (mut resp_parts, resp_body) = response.into_parts();
+    let upstream = attempts::choose_upstream(route, &parts, &meta);
+    let key = attempts::balance_key(upstream, &parts, &meta);
+    let sent = attempts::send(upstream, &parts, body, key, |req, endpoint| {
+        prepare_upstream_request(req, endpoint, &meta)
+    })
+    .await?;
+    let (mut resp_parts, resp_body) = sent.response.into_parts();
     strip_hop_by_hop(&mut resp_parts.headers);
-    let request = kept.map(|parts| RequestMsg { parts, body: Body::empty(), meta });
-    Ok((request, ResponseMsg { parts: resp_parts, body: Body::stream(resp_body) }))
+    let body = match sent.in_flight {
+        None => Body::stream(resp_body),
+        Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
+    };
+    let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta });
+    Ok((request, ResponseMsg { parts: resp_parts, body }))
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its endpoint's in-flight count until it ends.
+    struct Guarded {
+        #[pin]
+        body: Incoming,
+        _guard: crate::upstream::InFlight,
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+static X_FORWARDED_PREFIX: http::HeaderName = http::HeaderName::from_static("x-forwarded-prefix");
+
+/// Replaces the route's literal prefix; the upstream learns what was stripped from
+/// `X-Forwarded-Prefix`.
+fn rewrite_prefix(parts: &mut http::request::Parts, rewrite: &Rewrite) {
+    let path = parts.uri.path();
+    let Some(rest) = path.strip_prefix(rewrite.prefix.as_str()) else { return };
+    let mut new_path = format!("{}{rest}", rewrite.replacement);
+    if !new_path.starts_with('/') {
+        new_path.insert(0, '/');
+    }
+    if let Some(q) = parts.uri.query() {
+        new_path.push('?');
+        new_path.push_str(q);
+    }
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = new_path.parse().ok().or(uri.path_and_query);
+    parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+    if !rewrite.prefix.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rewrite.prefix)
+    {
+        parts.headers.insert(X_FORWARDED_PREFIX.clone(), v);
+    }
 }
 
 fn prepare_upstream_request(

@@ -144,6 +144,7 @@ impl Reloader {
             tracing::debug!("reload ({cause}): nothing changed");
             return Ok(Outcome::Unchanged);
         }
+        gateway.activate();
         self.shared.store(Arc::new(gateway));
         if let ConfigSource::Text { text: t, .. } = &mut *lock(&self.source) {
             *t = text.to_owned();

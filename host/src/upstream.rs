@@ -1,63 +1,402 @@
-//! Upstreams: named endpoint sets, and the pooled keep-alive client that reaches them.
+//! Upstreams: named endpoint sets, how a request picks an endpoint, and what each attempt's
+//! outcome teaches the gateway about that endpoint.
 //!
-//! Endpoint choice is round robin for now; this is the seam where balancers, health sets
-//! and circuit breakers plug in.
+//! An endpoint is *available* when its config state is `up`, the active checks last found
+//! it healthy, passive checks have not ejected it, and its circuit breaker lets requests
+//! through. The balancer picks among available endpoints only; a retry avoids the
+//! endpoints already tried when any other is available. Health checks run as background
+//! tasks that publish into per-endpoint atomics; the request path only reads them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod balance;
+pub mod breaker;
+mod health;
+pub mod retry;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
+pub use balance::stable_hash;
+use balance::{Balancer, View};
+use breaker::{Admit, Breaker};
+use health::{Counter, Passive};
+
+use crate::config::{self, EndpointState, HealthCheck};
 use crate::message::BoxBody;
 
-/// The pooled HTTP/1.1 client shared by all upstreams of a gateway.
+/// The pooled HTTP/1.1 client of one upstream.
 pub type Client = HyperClient<HttpConnector, BoxBody>;
 
-pub fn client(connect_timeout: Duration) -> Client {
+pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector)
 }
 
-#[derive(Debug)]
+pub struct Endpoint {
+    pub address: Authority,
+    pub weight: u32,
+    pub state: EndpointState,
+    in_flight: AtomicU32,
+    /// Published by the active checker.
+    healthy: AtomicBool,
+    passive: Passive,
+    pub breaker: Option<Breaker>,
+    /// When the endpoint last came back (nanoseconds since the upstream's epoch; 0: never),
+    /// for slow start.
+    recovered_at: AtomicU64,
+}
+
+impl Endpoint {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Why no endpoint could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every endpoint is down, drained, failing its checks or ejected.
+    NoHealthy,
+    /// The healthy endpoints' circuits are all open; one may be tried after this long.
+    CircuitOpen { retry_after: Duration },
+}
+
+/// How one attempt went, as far as the endpoint's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Status(http::StatusCode),
+    ConnectFailed,
+    TimedOut,
+    /// The connection failed after it was made (reset, bad response).
+    Failed,
+}
+
 pub struct Upstream {
     pub name: String,
-    pub endpoints: Vec<Authority>,
-    next: AtomicUsize,
+    pub config: config::Upstream,
+    pub client: Client,
+    pub endpoints: Vec<Endpoint>,
+    balancer: Balancer,
+    pub budget: retry::Budget,
+    epoch: Instant,
+    checker: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(checker) = self.checker.get() {
+            checker.abort();
+        }
+    }
 }
 
 impl Upstream {
-    pub fn new(name: String, endpoints: Vec<Authority>) -> Self {
-        assert!(!endpoints.is_empty(), "config validation guarantees an endpoint");
-        Self { name, endpoints, next: AtomicUsize::new(0) }
+    pub fn new(name: String, config: config::Upstream) -> Self {
+        assert!(!config.endpoints.is_empty(), "config validation guarantees an endpoint");
+        let ids: Vec<(String, u32)> =
+            config.endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                address: e.address.clone(),
+                weight: e.weight,
+                state: e.state,
+                in_flight: AtomicU32::new(0),
+                healthy: AtomicBool::new(true),
+                passive: Passive::default(),
+                breaker: config.circuit_breaker.clone().map(Breaker::new),
+                recovered_at: AtomicU64::new(0),
+            })
+            .collect();
+        Upstream {
+            client: client(config.connect_timeout, config.idle_timeout),
+            balancer: Balancer::new(&config.strategy, &ids),
+            budget: retry::Budget::new(
+                config.retry.budget_ratio,
+                config.retry.budget_min_per_second,
+            ),
+            epoch: Instant::now(),
+            checker: OnceLock::new(),
+            endpoints,
+            name,
+            config,
+        }
     }
 
-    /// The endpoint for the next request.
-    pub fn pick(&self) -> &Authority {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        &self.endpoints[i]
+    /// Starts the active health checks, once (a gateway kept across reloads keeps them).
+    pub fn start_checks(self: &Arc<Self>) {
+        let Some(check) = self.config.health_check.clone() else { return };
+        self.checker.get_or_init(|| {
+            let task = tokio::spawn(check_loop(Arc::downgrade(self), check));
+            task.abort_handle()
+        });
+    }
+
+    /// Whether in-flight counts must last until the response body ends.
+    pub fn tracks_load(&self) -> bool {
+        self.balancer.uses_load()
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        // +1 so that 0 can mean "never".
+        now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+    }
+
+    fn usable(&self, i: usize, now_nanos: u64) -> bool {
+        let e = &self.endpoints[i];
+        e.state == EndpointState::Up && e.healthy() && !e.passive.ejected(now_nanos)
+    }
+
+    /// Share of its weight a recovering endpoint gets now (slow start), if below 1.
+    fn warming(&self, i: usize, now_nanos: u64) -> Option<f64> {
+        let window = self.config.slow_start?.as_nanos() as u64;
+        let since = self.endpoints[i].recovered_at.load(Ordering::Relaxed);
+        let elapsed = now_nanos.checked_sub(since).filter(|_| since != 0)?;
+        (elapsed < window).then(|| 0.1 + 0.9 * elapsed as f64 / window as f64)
+    }
+
+    /// Picks the endpoint for an attempt. `key` is the request's hash key; `tried` are the
+    /// endpoints earlier attempts used, avoided while any other is available.
+    pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Result<Attempt<'_>, Unavailable> {
+        let now = Instant::now();
+        let now_nanos = self.nanos(now);
+        let mut refused: Vec<usize> = Vec::new();
+        for avoid_tried in [true, false] {
+            if !avoid_tried && tried.is_empty() {
+                break;
+            }
+            let mut skip_warming = false;
+            for _ in 0..=self.endpoints.len() {
+                let ok = |i: usize| {
+                    let excluded = refused.contains(&i) || (avoid_tried && tried.contains(&i));
+                    !excluded
+                        && self.usable(i, now_nanos)
+                        && self.endpoints[i].breaker.as_ref().is_none_or(|b| b.admits(now))
+                };
+                let view = View {
+                    n: self.endpoints.len(),
+                    weight: &|i| self.endpoints[i].weight,
+                    load: &|i| self.endpoints[i].in_flight(),
+                    ok: &ok,
+                };
+                let Some(i) = self.balancer.pick(&view, key) else { break };
+                if !skip_warming && let Some(share) = self.warming(i, now_nanos) {
+                    skip_warming = true;
+                    if fastrand::f64() > share {
+                        refused.push(i);
+                        continue;
+                    }
+                }
+                let endpoint = &self.endpoints[i];
+                let admit = match &endpoint.breaker {
+                    None => None,
+                    Some(b) => match b.try_acquire(now) {
+                        Ok((admit, transition)) => {
+                            if let Some((from, to)) = transition {
+                                self.log_breaker(i, from, to);
+                            }
+                            Some(admit)
+                        }
+                        Err(_) => {
+                            refused.push(i);
+                            continue;
+                        }
+                    },
+                };
+                endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+                return Ok(Attempt { upstream: self, index: i, admit, done: false });
+            }
+            // Endpoints refused only for warming up may still serve.
+            refused.retain(|&i| self.warming(i, now_nanos).is_none());
+        }
+        let retry_after = (0..self.endpoints.len())
+            .filter(|&i| self.usable(i, now_nanos))
+            .filter_map(|i| self.endpoints[i].breaker.as_ref()?.retry_after(now))
+            .min();
+        Err(match retry_after {
+            Some(retry_after) => Unavailable::CircuitOpen { retry_after },
+            None => Unavailable::NoHealthy,
+        })
+    }
+
+    fn log_breaker(&self, i: usize, from: breaker::State, to: breaker::State) {
+        let endpoint = &self.endpoints[i].address;
+        match to {
+            breaker::State::Open => tracing::warn!(
+                upstream = %self.name, %endpoint, "circuit breaker {from:?} -> Open"
+            ),
+            _ => {
+                tracing::info!(upstream = %self.name, %endpoint, "circuit breaker {from:?} -> {to:?}")
+            }
+        }
+        if to == breaker::State::Closed {
+            self.endpoints[i].recovered_at.store(self.nanos(Instant::now()), Ordering::Relaxed);
+        }
+    }
+
+    fn record(&self, i: usize, admit: Option<Admit>, outcome: Outcome) {
+        let now = Instant::now();
+        let endpoint = &self.endpoints[i];
+        if let (Some(b), Some(admit)) = (&endpoint.breaker, admit) {
+            let kinds = &b.config().failures;
+            let failed = match outcome {
+                Outcome::Status(s) => kinds.statuses.binary_search(&s.as_u16()).is_ok(),
+                Outcome::ConnectFailed | Outcome::Failed => kinds.connect,
+                Outcome::TimedOut => kinds.timeout,
+            };
+            if let Some((from, to)) = b.record(admit, failed, now) {
+                self.log_breaker(i, from, to);
+            }
+        }
+        let Some(passive) = &self.config.passive_health else { return };
+        let failed = match outcome {
+            Outcome::Status(s) => s.is_server_error(),
+            _ => true,
+        };
+        let now_nanos = self.nanos(now);
+        let may_eject = || {
+            let out = (0..self.endpoints.len())
+                .filter(|&j| self.endpoints[j].passive.ejected(now_nanos))
+                .count();
+            (out + 1) * 100 <= passive.max_ejected_percent as usize * self.endpoints.len()
+        };
+        if let Some(length) = endpoint.passive.record(failed, passive, now, now_nanos, may_eject) {
+            tracing::warn!(
+                upstream = %self.name,
+                endpoint = %endpoint.address,
+                "ejected for {length:?} after {} consecutive failures",
+                passive.consecutive_failures
+            );
+            endpoint.recovered_at.store(endpoint.passive.returns_at(), Ordering::Relaxed);
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One attempt on one endpoint. Report how it went with [`Attempt::finish`]; dropped
+/// unfinished (the client went away), it reports nothing.
+pub struct Attempt<'a> {
+    upstream: &'a Upstream,
+    pub index: usize,
+    admit: Option<Admit>,
+    done: bool,
+}
 
-    #[test]
-    fn round_robin_visits_every_endpoint_in_turn() {
-        let eps: Vec<Authority> =
-            ["a:1", "b:2", "c:3"].iter().map(|s| s.parse().unwrap()).collect();
-        let up = Upstream::new("u".into(), eps);
-        let picked: Vec<_> = (0..6).map(|_| up.pick().as_str().to_owned()).collect();
-        assert_eq!(picked, ["a:1", "b:2", "c:3", "a:1", "b:2", "c:3"]);
+impl Attempt<'_> {
+    pub fn endpoint(&self) -> &Authority {
+        &self.upstream.endpoints[self.index].address
+    }
+
+    /// Records the outcome. With `hold_load`, the in-flight count is handed to the returned
+    /// guard, to be dropped when the response body ends.
+    pub fn finish(
+        mut self,
+        outcome: Outcome,
+        hold_load: Option<&Arc<Upstream>>,
+    ) -> Option<InFlight> {
+        self.done = true;
+        self.upstream.record(self.index, self.admit, outcome);
+        match hold_load {
+            Some(up) => Some(InFlight { upstream: up.clone(), index: self.index }),
+            None => {
+                self.upstream.endpoints[self.index].in_flight.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let endpoint = &self.upstream.endpoints[self.index];
+        endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(b), Some(admit)) = (&endpoint.breaker, self.admit) {
+            b.release(admit);
+        }
+    }
+}
+
+/// Keeps an endpoint's in-flight count up until dropped (with the response body).
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.endpoints[self.index].in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Probes every endpoint each interval and publishes the result. Holds the upstream only
+/// while publishing, so a replaced upstream is freed (and this task ends) promptly.
+async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
+    let (addresses, name) = match upstream.upgrade() {
+        Some(up) => {
+            let addrs: Vec<String> = up.endpoints.iter().map(|e| e.address.to_string()).collect();
+            (addrs, up.name.clone())
+        }
+        None => return,
+    };
+    let mut counters = vec![Counter::default(); addresses.len()];
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, address) in addresses.iter().enumerate() {
+            let (address, check) = (address.clone(), check.clone());
+            probes.spawn(async move { (i, health::probe(&address, &check).await) });
+        }
+        let results = probes.join_all().await;
+        let Some(up) = upstream.upgrade() else { return };
+        for (i, result) in results {
+            let endpoint = &up.endpoints[i];
+            let passed = result.is_ok();
+            let Some(now_healthy) =
+                counters[i].record(passed, check.healthy_threshold, check.unhealthy_threshold)
+            else {
+                continue;
+            };
+            endpoint.healthy.store(now_healthy, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    tracing::info!(upstream = %name, endpoint = %endpoint.address, "healthy again");
+                    endpoint.recovered_at.store(up.nanos(Instant::now()), Ordering::Relaxed);
+                }
+                Err(why) => tracing::warn!(
+                    upstream = %name,
+                    endpoint = %endpoint.address,
+                    "unhealthy after {} failed checks: {why}",
+                    check.unhealthy_threshold
+                ),
+            }
+        }
     }
 }

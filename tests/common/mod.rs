@@ -2,6 +2,8 @@
 //! gateway, all on 127.0.0.1 port 0.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod backend;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

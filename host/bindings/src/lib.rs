@@ -30,7 +30,7 @@ wasmtime::component::bindgen!({
 
 /// The world's version this host implements; the component must export
 /// [`FILTER_INTERFACE`].
-pub const WORLD_VERSION: &str = "0.1.0";
+pub const WORLD_VERSION: &str = "0.2.0";
 
 /// The fully-qualified name of the interface every plugin exports.
-pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.1.0";
+pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.2.0";

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ConfigError;
+
 /// A whole, checked gateway config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -16,6 +18,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     pub plugins: BTreeMap<String, Plugin>,
     pub routes: Vec<Route>,
+    /// Problems that do not stop the config from loading (ambiguous routes).
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,10 +45,119 @@ pub struct Runtime {
     pub max_memory_bytes: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An upstream: its endpoints and how requests are spread over them, checked and retried.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
-    /// `host:port` authorities.
-    pub endpoints: Vec<http::uri::Authority>,
+    pub endpoints: Vec<Endpoint>,
+    pub strategy: Strategy,
+    pub connect_timeout: Duration,
+    /// One attempt, from sending the request until the response headers arrive.
+    pub timeout: Duration,
+    /// All attempts together, back-off included; `None`: attempts x `timeout` bounds it.
+    pub total_timeout: Option<Duration>,
+    /// Pooled connections idle this long are closed.
+    pub idle_timeout: Duration,
+    /// A recovered endpoint's share ramps from 10% to 100% over this long.
+    pub slow_start: Option<Duration>,
+    pub health_check: Option<HealthCheck>,
+    pub passive_health: Option<PassiveHealth>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: http::uri::Authority,
+    pub weight: u32,
+    pub state: EndpointState,
+}
+
+/// The operator's say over an endpoint, whatever its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointState {
+    Up,
+    /// Takes no new requests; requests already sent finish.
+    Drain,
+    /// Out of rotation.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    Random,
+    P2c,
+    ConsistentHash(KeySource),
+}
+
+/// Where a per-client key comes from (hashing, sticky splits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy endpoint out.
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    Tcp,
+    Http { method: http::Method, path: String, expected_statuses: Vec<u16> },
+}
+
+/// Outlier detection: endpoints failing in a row are ejected for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further one doubles it, up to `max_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the endpoints.
+    pub max_ejected_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub open_timeout: Duration,
+    pub half_open_requests: u32,
+    pub failures: FailureKinds,
+}
+
+/// Which outcomes of an attempt count as failures.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FailureKinds {
+    pub connect: bool,
+    pub timeout: bool,
+    /// Sorted.
+    pub statuses: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 disables retries.
+    pub attempts: u32,
+    /// Response statuses retried (idempotent requests only).
+    pub statuses: Vec<u16>,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Retries may add at most this share of requests...
+    pub budget_ratio: f64,
+    /// ...plus this many per second.
+    pub budget_min_per_second: u32,
 }
 
 /// How instances of a plugin are used across requests.
@@ -113,10 +226,23 @@ pub enum Sticky {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: Arc<str>,
-    /// A path prefix, matched on segment boundaries.
-    pub path: String,
-    pub upstream: String,
+    /// What the route matches.
+    pub rule: crate::router::Rule,
+    pub rewrite: Option<Rewrite>,
+    /// Upstreams with their weights; one entry unless the route splits traffic.
+    pub targets: Vec<(String, u32)>,
+    /// Keeps a client on one split target.
+    pub split_sticky: Option<KeySource>,
     pub plugins: Vec<String>,
     /// The most a plugin may buffer when it reads a body.
     pub max_body_bytes: u64,
+}
+
+/// Replaces the route's literal prefix before the request goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// `/api`: the matched prefix, without a trailing slash.
+    pub prefix: String,
+    /// `""` strips it; `/v2` replaces it.
+    pub replacement: String,
 }

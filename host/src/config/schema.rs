@@ -43,7 +43,101 @@ pub struct Runtime {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
+    pub strategy: Option<String>,
+    pub hash_key: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+    pub total_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub slow_start: Option<String>,
+    pub health_check: Option<HealthCheck>,
+    pub passive_health: Option<PassiveHealth>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub retry: Option<Retry>,
+}
+
+/// `"host:port"`, or a table with a weight and an admin state.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: String,
+    pub weight: Option<u32>,
+    pub state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointTable {
+    address: String,
+    weight: Option<u32>,
+    state: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Endpoint;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "\"host:port\" or { address = \"host:port\", weight = N, state = \"up\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Endpoint, E> {
+                Ok(Endpoint { address: v.to_owned(), weight: None, state: None })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Endpoint, A::Error> {
+                let t =
+                    EndpointTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Endpoint { address: t.address, weight: t.weight, state: t.state })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub expected_statuses: Option<Vec<u16>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub failure_threshold: Option<u32>,
+    pub success_threshold: Option<u32>,
+    pub open_timeout: Option<String>,
+    pub half_open_requests: Option<u32>,
+    pub failures: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    pub attempts: Option<u32>,
+    pub statuses: Option<Vec<u16>>,
+    pub backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub budget_ratio: Option<f64>,
+    pub budget_min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,9 +170,39 @@ pub struct Rollout {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: Option<String>,
-    pub path: String,
-    pub upstream: String,
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<FieldMatch>,
+    #[serde(default)]
+    pub query: Vec<FieldMatch>,
+    pub strip_prefix: Option<bool>,
+    pub replace_prefix: Option<String>,
+    pub upstream: Option<String>,
+    pub split: Option<Vec<Split>>,
+    pub split_sticky: Option<String>,
     #[serde(default)]
     pub plugins: Vec<String>,
     pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    pub upstream: String,
+    pub weight: u32,
 }

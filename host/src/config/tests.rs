@@ -26,7 +26,7 @@ fn a_full_config_validates_into_the_model() {
         instances = "fresh"
         timeout = "20ms"
         [[routes]]
-        path = "/api/users"
+        prefix = "/api/users"
         upstream = "users"
         plugins = ["tag"]
         "#,
@@ -58,14 +58,14 @@ fn every_validation_error_is_reported_with_its_path() {
         module = "missing.wasm"
         instances = "pooled"
         [[routes]]
-        path = "/a"
+        prefix = "/a"
         upstream = "users"
         [[routes]]
-        path = "b"
+        prefix = "b"
         upstream = "nope"
         plugins = ["tag", "jwt"]
         [[routes]]
-        path = "/a/"
+        prefix = "/a/"
         upstream = "users"
         "#,
     )
@@ -77,10 +77,10 @@ fn every_validation_error_is_reported_with_its_path() {
         "upstreams.users.endpoints[0]: not a host:port endpoint",
         "plugins.tag.module: no such file",
         "plugins.tag.instances: expected \"reuse\" or \"fresh\"",
-        "routes[1].path: must start with '/'",
+        "routes[1].prefix: must start with '/'",
         "routes[1].upstream: unknown upstream \"nope\"",
         "routes[1].plugins[1]: unknown plugin \"jwt\"",
-        "routes[2].path: \"/a/\" is already routed by routes[0]",
+        "routes[2]: duplicate of routes[0] (\"/a\")",
     ];
     for want in expect {
         assert!(m.iter().any(|got| got.starts_with(want)), "missing {want:?} in {m:#?}");
@@ -92,7 +92,7 @@ fn every_validation_error_is_reported_with_its_path() {
 fn shape_errors_name_the_path_and_line() {
     let e = parse_in(
         Path::new("."),
-        "[server]\nlisten = \"127.0.0.1:1\"\n\n[[routes]]\npath = \"/\"\nupstream = \"u\"\nplugin = []\n",
+        "[server]\nlisten = \"127.0.0.1:1\"\n\n[[routes]]\nprefix = \"/\"\nupstream = \"u\"\nplugin = []\n",
     )
     .expect_err("unknown field");
     let m = messages(e);

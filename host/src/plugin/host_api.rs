@@ -142,6 +142,16 @@ impl wit_http::HostRequest for PluginState {
         Ok(self.request()?.meta.route.to_string())
     }
 
+    fn param(&mut self, _: Resource<RequestHandle>, name: String) -> HostResult<Option<String>> {
+        let params = &self.request()?.meta.params;
+        Ok(params.iter().find(|(n, _)| **n == *name).map(|(_, v)| v.clone()))
+    }
+
+    fn params(&mut self, _: Resource<RequestHandle>) -> HostResult<Vec<(String, String)>> {
+        let params = &self.request()?.meta.params;
+        Ok(params.iter().map(|(n, v)| (n.to_string(), v.clone())).collect())
+    }
+
     fn drop(&mut self, _: Resource<RequestHandle>) -> HostResult<()> {
         // Plugins only ever borrow the request; there is nothing to free.
         Ok(())

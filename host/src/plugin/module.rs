@@ -20,7 +20,7 @@ pub enum ModuleError {
     Compile(String),
     #[error(
         "built for sluice:plugin@{found}, but this Sluice implements @{WORLD_VERSION}; \
-         rebuild the plugin against this release's wit/ (sluice-pdk {WORLD_VERSION})"
+         rebuild the plugin against this release's wit/ and sluice-pdk"
     )]
     WrongVersion { found: String },
     #[error(

@@ -28,6 +28,10 @@ pub enum ProxyError {
     UpstreamTimeout { endpoint: String, timeout: Duration },
     #[error("upstream {endpoint} failed: {reason}")]
     Upstream { endpoint: String, reason: String },
+    #[error("upstream {upstream:?} has no healthy endpoint")]
+    NoHealthyEndpoint { upstream: String },
+    #[error("upstream {upstream:?}: every healthy endpoint's circuit is open")]
+    CircuitOpen { upstream: String, retry_after: Duration },
 }
 
 impl ProxyError {
@@ -41,6 +45,9 @@ impl ProxyError {
             },
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => S::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => S::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyEndpoint { .. } | ProxyError::CircuitOpen { .. } => {
+                S::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -50,17 +57,10 @@ impl ProxyError {
             ProxyError::Plugin(_) => Origin::Plugin,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::Upstream { .. } => Origin::Upstream,
+            | ProxyError::Upstream { .. }
+            | ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::CircuitOpen { .. } => Origin::Upstream,
         }
-    }
-
-    /// Whether sending the same request again (elsewhere) may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::UpstreamConnect { .. }
-                | ProxyError::Plugin(PluginError { kind: FailureKind::Overloaded(_), .. })
-        )
     }
 
     /// The client sees a short plain-text reason; details go to the log, not to the client.
@@ -75,6 +75,14 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream unavailable",
             ProxyError::UpstreamTimeout { .. } => "upstream timed out",
             ProxyError::Upstream { .. } => "upstream failed",
+            ProxyError::NoHealthyEndpoint { .. } => "no healthy upstream",
+            ProxyError::CircuitOpen { .. } => "upstream circuit open",
+        };
+        let retry_after = match &self {
+            ProxyError::CircuitOpen { retry_after, .. } => {
+                Some(super::attempts::retry_after_secs(*retry_after))
+            }
+            _ => None,
         };
         let body = Bytes::from(format!("{text}\n"));
         let mut resp = http::Response::new(
@@ -84,6 +92,9 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
         h.insert("x-request-id", request_id);
+        if let Some(secs) = retry_after {
+            h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         resp
     }
 }

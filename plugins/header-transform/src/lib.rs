@@ -13,6 +13,9 @@
 //!
 //! Per direction, edits apply in the order remove, set, add. A direction with no edits is
 //! never called.
+//!
+//! Values may use variables: `${param.NAME}` (a route parameter, e.g. `{id}` in
+//! `path = "/users/{id}"`; empty if absent), `${route}`, `${request_id}`, `${client_ip}`.
 
 use std::collections::BTreeMap;
 
@@ -47,8 +50,73 @@ struct Config {
 
 enum Edit {
     Remove(String),
-    Set(String, String),
-    Add(String, String),
+    Set(String, Template),
+    Add(String, Template),
+}
+
+/// A header value with `${...}` variables, parsed once at init.
+struct Template(Vec<Part>);
+
+enum Part {
+    Text(String),
+    Param(String),
+    Route,
+    RequestId,
+    ClientIp,
+}
+
+impl Template {
+    fn parse(value: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_owned()));
+            }
+            let Some(len) = rest[start..].find('}') else {
+                return Err(format!("unclosed `${{` in {value:?}"));
+            };
+            let var = &rest[start + 2..start + len];
+            parts.push(match var {
+                "route" => Part::Route,
+                "request_id" => Part::RequestId,
+                "client_ip" => Part::ClientIp,
+                _ => match var.strip_prefix("param.") {
+                    Some(name) if !name.is_empty() => Part::Param(name.to_owned()),
+                    _ => {
+                        return Err(format!(
+                            "unknown variable ${{{var}}} in {value:?} (known: param.NAME, \
+                             route, request_id, client_ip)"
+                        ));
+                    }
+                },
+            });
+            rest = &rest[start + len + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Template(parts))
+    }
+
+    fn render(&self, req: &Request) -> std::borrow::Cow<'_, str> {
+        match self.0.as_slice() {
+            [] => return "".into(),
+            [Part::Text(t)] => return t.as_str().into(),
+            _ => {}
+        }
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Param(n) => out.push_str(&req.param(n).unwrap_or_default()),
+                Part::Route => out.push_str(&req.route()),
+                Part::RequestId => out.push_str(&req.request_id()),
+                Part::ClientIp => out.push_str(&req.client_ip()),
+            }
+        }
+        out.into()
+    }
 }
 
 struct HeaderTransform {
@@ -73,6 +141,8 @@ fn edits(
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
                 return Err(format!("config.{at}.{kind}.{name}: value has CR, LF or NUL"));
             }
+            let value =
+                Template::parse(&value).map_err(|e| format!("config.{at}.{kind}.{name}: {e}"))?;
             out.push(match kind {
                 "set" => Edit::Set(name, value),
                 _ => Edit::Add(name, value),
@@ -105,12 +175,12 @@ fn check_name(at: &str, kind: &str, name: &str) -> Result<(), String> {
 }
 
 macro_rules! apply {
-    ($msg:expr, $edits:expr) => {
+    ($msg:expr, $req:expr, $edits:expr) => {
         for edit in $edits {
             let result = match edit {
                 Edit::Remove(n) => $msg.remove_header(n),
-                Edit::Set(n, v) => $msg.set_header(n, v),
-                Edit::Add(n, v) => $msg.append_header(n, v),
+                Edit::Set(n, v) => $msg.set_header(n, &v.render($req)),
+                Edit::Add(n, v) => $msg.append_header(n, &v.render($req)),
             };
             if let Err(e) = result {
                 sluice_pdk::warn!("header edit refused by the host: {e:?}");
@@ -137,12 +207,12 @@ impl Plugin for HeaderTransform {
     }
 
     fn on_request(&self, req: &Request) -> sluice_pdk::Action {
-        apply!(req, &self.request);
+        apply!(req, req, &self.request);
         sluice_pdk::Action::Continue
     }
 
-    fn on_response(&self, _req: &Request, resp: &Response) {
-        apply!(resp, &self.response);
+    fn on_response(&self, req: &Request, resp: &Response) {
+        apply!(resp, req, &self.response);
     }
 }
 

@@ -1,0 +1,192 @@
+//! Sending a request upstream: choosing the upstream (split) and the endpoint (balancer),
+//! then attempts with timeouts, retries with back-off under a budget, and each attempt's
+//! outcome reported to the endpoint's health and circuit breaker.
+//!
+//! What is retried: a connect failure for any method (nothing was sent); for idempotent
+//! methods also a timeout, a broken connection and the configured statuses. Never once the
+//! request body has been streamed, since it cannot be sent again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use tokio::time::Instant;
+
+use super::{ProxyError, error_chain};
+use crate::config::{KeySource, Strategy};
+use crate::gateway::Route;
+use crate::message::{BoxBody, Replay, RequestMeta};
+use crate::upstream::{InFlight, Outcome, Unavailable, Upstream, retry, stable_hash};
+
+/// Picks the upstream of a route: its only one, or one of its split by weight, sticky per
+/// client key when configured.
+pub fn choose_upstream<'r>(
+    route: &'r Route,
+    parts: &http::request::Parts,
+    meta: &RequestMeta,
+) -> &'r Arc<Upstream> {
+    if let [(only, _)] = route.targets.as_slice() {
+        return only;
+    }
+    let total: u64 = route.targets.iter().map(|(_, w)| u64::from(*w)).sum();
+    let key = route.split_sticky.as_ref().and_then(|k| request_key(k, parts, meta));
+    let mut point = match key {
+        Some(k) => k % total,
+        None => fastrand::u64(0..total),
+    };
+    for (u, w) in &route.targets {
+        if point < u64::from(*w) {
+            return u;
+        }
+        point -= u64::from(*w);
+    }
+    &route.targets[0].0
+}
+
+/// The hash of a request's client key, if the request has one.
+pub fn request_key(
+    source: &KeySource,
+    parts: &http::request::Parts,
+    meta: &RequestMeta,
+) -> Option<u64> {
+    match source {
+        KeySource::ClientIp => Some(stable_hash(meta.client_ip.to_string().as_bytes())),
+        KeySource::Header(name) => parts.headers.get(name).map(|v| stable_hash(v.as_bytes())),
+        KeySource::Cookie(name) => parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == name)
+            .map(|c| stable_hash(c.value().as_bytes())),
+    }
+}
+
+/// What came back from upstream: the response, and the in-flight guard that must live as
+/// long as its body when the balancer counts load.
+pub struct Sent {
+    pub response: http::Response<hyper::body::Incoming>,
+    pub in_flight: Option<InFlight>,
+}
+
+/// Sends `parts` + `body` to `upstream`, with retries. `prepare` fills in the upstream
+/// request for the chosen endpoint (URI, Host, forwarding headers).
+pub async fn send(
+    upstream: &Arc<Upstream>,
+    parts: &http::request::Parts,
+    body: crate::message::Body,
+    key: Option<u64>,
+    prepare: impl Fn(&mut Request<BoxBody>, &http::uri::Authority),
+) -> Result<Sent, ProxyError> {
+    let config = &upstream.config;
+    let policy = &config.retry;
+    let idempotent = matches!(
+        parts.method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+    let deadline = config.total_timeout.map(|t| Instant::now() + t);
+    let hold_load = upstream.tracks_load().then_some(upstream);
+    if policy.attempts > 1 {
+        upstream.budget.deposit();
+    }
+    let mut body = Replay::new(body);
+    let mut tried = Vec::new();
+    for attempt_no in 1..=policy.attempts {
+        let attempt = upstream.pick(key, &tried).map_err(|u| unavailable(upstream, u))?;
+        let (index, endpoint) = (attempt.index, attempt.endpoint().clone());
+        let Some(attempt_body) = body.for_attempt() else {
+            unreachable!("a retry happens only while the body is replayable")
+        };
+        let mut req = Request::from_parts(parts.clone(), attempt_body);
+        prepare(&mut req, &endpoint);
+        let timeout = match deadline {
+            Some(d) => config.timeout.min(d.saturating_duration_since(Instant::now())),
+            None => config.timeout,
+        };
+        let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
+        // What failed, and whether a retry may help.
+        let (error, retry) = match sent {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let in_flight = attempt.finish(Outcome::Status(status), hold_load);
+                let retry_status = idempotent && policy.statuses.contains(&status.as_u16());
+                if !(retry_status && may_retry(upstream, attempt_no, &body, deadline)) {
+                    return Ok(Sent { response, in_flight });
+                }
+                tracing::debug!(upstream = %upstream.name, %endpoint, "retrying after status {status}");
+                let error = ProxyError::Upstream {
+                    endpoint: endpoint.to_string(),
+                    reason: format!("status {status}"),
+                };
+                (error, true)
+            }
+            Err(_) => {
+                attempt.finish(Outcome::TimedOut, None);
+                (
+                    ProxyError::UpstreamTimeout { endpoint: endpoint.to_string(), timeout },
+                    idempotent,
+                )
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                attempt.finish(Outcome::ConnectFailed, None);
+                let reason = error_chain(&e);
+                (ProxyError::UpstreamConnect { endpoint: endpoint.to_string(), reason }, true)
+            }
+            Ok(Err(e)) => {
+                attempt.finish(Outcome::Failed, None);
+                let reason = error_chain(&e);
+                (ProxyError::Upstream { endpoint: endpoint.to_string(), reason }, idempotent)
+            }
+        };
+        if !(retry && may_retry(upstream, attempt_no, &body, deadline)) {
+            return Err(error);
+        }
+        tracing::debug!(upstream = %upstream.name, "attempt {attempt_no} failed, retrying: {error}");
+        tried.push(index);
+        let wait = retry::backoff(attempt_no, policy.backoff, policy.max_backoff);
+        tokio::time::sleep(wait).await;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// A further attempt is allowed, the body can be sent again, time is left, and the
+/// budget has a retry.
+fn may_retry(up: &Upstream, attempt_no: u32, body: &Replay, deadline: Option<Instant>) -> bool {
+    attempt_no < up.config.retry.attempts
+        && body.replayable()
+        && deadline.is_none_or(|d| d > Instant::now() + up.config.retry.backoff)
+        && up.budget.try_withdraw(Instant::now())
+}
+
+fn unavailable(up: &Upstream, u: Unavailable) -> ProxyError {
+    match u {
+        Unavailable::NoHealthy => ProxyError::NoHealthyEndpoint { upstream: up.name.clone() },
+        Unavailable::CircuitOpen { retry_after } => {
+            ProxyError::CircuitOpen { upstream: up.name.clone(), retry_after }
+        }
+    }
+}
+
+/// The hash key for consistent hashing, when the upstream uses it.
+pub fn balance_key(
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    meta: &RequestMeta,
+) -> Option<u64> {
+    match &upstream.config.strategy {
+        Strategy::ConsistentHash(source) => request_key(source, parts, meta),
+        _ => None,
+    }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
