@@ -298,6 +298,12 @@ endpoints = ["{slow}"]
 timeout = "200ms"
 retry = {{ attempts = 1 }}
 
+[upstreams.capped]
+endpoints = ["{slow}"]
+timeout = "200ms"
+total_timeout = "300ms"
+retry = {{ attempts = 5, backoff = "1ms", max_backoff = "2ms" }}
+
 [upstreams.pair]
 endpoints = ["{slow}", "{fast}"]
 timeout = "200ms"
@@ -312,6 +318,10 @@ passive_health = {{ enabled = false }}
 [[routes]]
 prefix = "/slow"
 upstream = "slow"
+
+[[routes]]
+prefix = "/capped"
+upstream = "capped"
 
 [[routes]]
 prefix = "/pair"
@@ -332,6 +342,12 @@ upstream = "flaky"
     assert_eq!(r.status, 504);
     assert_eq!(r.text(), "upstream timed out\n");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // total_timeout bounds all attempts together: five 200ms attempts stop at 300ms.
+    let started = Instant::now();
+    assert_eq!(get(gw.addr, "/capped", &[]).await.status, 504);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(700), "{took:?}");
 
     // A GET that times out on one endpoint is retried on the other.
     assert_eq!(tally(gw.addr, "/pair", 6, &[]).await, BTreeMap::from([("fast".into(), 6)]));

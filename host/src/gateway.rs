@@ -177,6 +177,11 @@ impl Gateway {
         self.router.find(req)
     }
 
+    /// Upstreams by name, with their endpoints' health, load and breaker state.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
     pub fn plugin(&self, name: &str) -> Option<&Arc<NamedPlugin>> {
         self.plugins.get(name)
     }

@@ -134,6 +134,9 @@ impl Reloader {
         let started = Instant::now();
         let source = lock(&self.source).clone();
         let config = source.parse(text).map_err(|e| self.refused(cause, e))?;
+        for w in &config.warnings {
+            tracing::warn!("reload ({cause}): {}: {w}", config.source_name);
+        }
         let previous = self.shared.load_full();
         warn_restart_only(&previous.config, &config);
         let (gateway, report) = Gateway::rebuild(config, &self.runtime, Some(&previous))

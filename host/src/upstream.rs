@@ -400,3 +400,72 @@ async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Endpoint as EndpointConfig, RetryPolicy, Strategy};
+
+    fn upstream(slow_start: Option<Duration>) -> Upstream {
+        let endpoint = |a: &str| EndpointConfig {
+            address: a.parse().unwrap(),
+            weight: 1,
+            state: EndpointState::Up,
+        };
+        Upstream::new(
+            "u".into(),
+            config::Upstream {
+                endpoints: vec![endpoint("10.0.0.1:80"), endpoint("10.0.0.2:80")],
+                strategy: Strategy::RoundRobin,
+                connect_timeout: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                total_timeout: None,
+                idle_timeout: Duration::from_secs(1),
+                slow_start,
+                health_check: None,
+                passive_health: None,
+                circuit_breaker: None,
+                retry: RetryPolicy {
+                    attempts: 1,
+                    statuses: vec![],
+                    backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(1),
+                    budget_ratio: 0.0,
+                    budget_min_per_second: 0,
+                },
+            },
+        )
+    }
+
+    /// Share of 4,000 picks that went to endpoint 1.
+    fn share_of_second(u: &Upstream) -> f64 {
+        let picks = (0..4000).filter(|_| u.pick(None, &[]).unwrap().index == 1).count();
+        picks as f64 / 4000.0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_recovered_endpoint_up_over_the_window() {
+        let u = upstream(Some(Duration::from_secs(10)));
+        u.endpoints[1].recovered_at.store(u.nanos(Instant::now()), Ordering::Relaxed);
+        let start = share_of_second(&u);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let middle = share_of_second(&u);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let after = share_of_second(&u);
+        assert!(start < 0.1, "just recovered: {start}");
+        assert!((0.2..0.4).contains(&middle), "half way: {middle}");
+        assert!((after - 0.5).abs() < 0.01, "warmed up: {after}");
+    }
+
+    #[tokio::test]
+    async fn retries_avoid_tried_endpoints_unless_none_other_is_left() {
+        let u = upstream(None);
+        for _ in 0..10 {
+            assert_eq!(u.pick(None, &[0]).unwrap().index, 1);
+        }
+        u.endpoints[1].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(u.pick(None, &[0]).unwrap().index, 0);
+        u.endpoints[0].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(u.pick(None, &[]).err(), Some(Unavailable::NoHealthy));
+    }
+}

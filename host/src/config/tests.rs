@@ -110,3 +110,39 @@ fn shipped_plugins_are_found_by_name_in_the_plugin_dir() {
     let err = resolve_module("jwt", &dirs, Path::new("/elsewhere")).unwrap_err();
     assert!(err.starts_with("no shipped plugin \"jwt\""), "{err}");
 }
+
+#[test]
+fn upstream_defaults_inherit_from_the_server_and_ties_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(
+        dir.path(),
+        r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        connect_timeout = "1s"
+        request_timeout = "7s"
+        [upstreams.u]
+        endpoints = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 4, state = "drain" }]
+        [[routes]]
+        name = "a"
+        path = "/x"
+        headers = [{ name = "a", present = true }]
+        upstream = "u"
+        [[routes]]
+        name = "b"
+        path = "/x"
+        headers = [{ name = "b", present = true }]
+        upstream = "u"
+        "#,
+    )
+    .unwrap();
+    let u = &c.upstreams["u"];
+    assert_eq!((u.connect_timeout, u.timeout), (Duration::from_secs(1), Duration::from_secs(7)));
+    assert_eq!(u.strategy, Strategy::RoundRobin);
+    assert_eq!((u.endpoints[1].weight, u.endpoints[1].state), (4, EndpointState::Drain));
+    assert_eq!(u.retry.attempts, traffic::DEFAULT_ATTEMPTS);
+    assert!(u.passive_health.is_some() && u.health_check.is_none() && u.circuit_breaker.is_none());
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("routes[1]: ambiguous: routes[0] (\"a\")"), "{warnings:?}");
+}
