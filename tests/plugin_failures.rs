@@ -132,3 +132,21 @@ async fn deadlines_still_fire_after_the_epoch_ticker_has_parked() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     gw.shutdown().await;
 }
+
+/// `timeout` is the plugin's own running time. Calls that wait for the CPU behind other
+/// calls are not charged for the wait: twelve concurrent calls of about 20 ms of work each
+/// on one thread take far longer than the 100 ms budget in wall time, and all succeed.
+#[tokio::test]
+async fn waiting_for_the_cpu_does_not_count_against_the_timeout() {
+    let gw = gateway(echo().await, &faults_config("fail", "100ms")).await;
+    let started = std::time::Instant::now();
+    let calls: Vec<_> =
+        (0..12).map(|_| tokio::spawn(get(gw.addr, "/", &[("x-fault", "work")]))).collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().status, 200);
+    }
+    let took = started.elapsed();
+    println!("12 concurrent calls of fixed work took {took:?}");
+    assert!(took > std::time::Duration::from_millis(150), "no contention to prove: {took:?}");
+    gw.shutdown().await;
+}

@@ -180,7 +180,7 @@ impl NamedPlugin {
         let _ticking = self.runtime.ticking();
         let store = &mut instance.store;
         store.data_mut().call = Some(call);
-        arm_deadline(store, self.spec.timeout);
+        arm_deadline(store, self.spec.timeout, self.queue_timeout);
         let filter = instance.world.sluice_plugin_filter();
         let outcome = match phase {
             Phase::Request => {
@@ -274,7 +274,7 @@ async fn instantiate(
     let mut store = runtime.new_store(spec.name.clone());
     // `init` may parse keys or compile patterns: give it ten hook budgets.
     let budget = spec.timeout * 10;
-    arm_deadline(&mut store, budget);
+    arm_deadline(&mut store, budget, budget * 10);
     let world = match module.pre.instantiate_async(&mut store).await {
         Ok(world) => world,
         Err(e) => {
@@ -289,8 +289,9 @@ async fn instantiate(
     }
 }
 
-fn arm_deadline(store: &mut Store<PluginState>, budget: Duration) {
-    store.data_mut().deadline = Instant::now() + budget;
+/// `budget` of running time, and at most `wall_limit` in all (waiting included).
+fn arm_deadline(store: &mut Store<PluginState>, budget: Duration, wall_limit: Duration) {
+    store.data_mut().budget.arm(budget, wall_limit.max(budget));
     store.set_epoch_deadline(1);
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -13,12 +14,16 @@ use wasmtime::{
 };
 
 use super::module::{Module, ModuleError};
-use super::state::PluginState;
+use super::state::{PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
 use crate::config;
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+
+/// A callback this soon after a yield ended is the one the waiting caused, not a tick of
+/// running.
+const HALF_TICK: u64 = super::ticker::EPOCH_TICK.as_nanos() as u64 / 2;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the plugin runtime: {0}")]
@@ -132,13 +137,32 @@ impl Runtime {
             .build();
         let mut store = Store::new(&self.engine, PluginState::new(name, limits));
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
+        store.epoch_deadline_callback(|mut ctx| {
+            let budget = &mut ctx.data_mut().budget;
+            if std::mem::take(&mut budget.yielded) {
+                let resumed_at = budget.resumed_at.load(Ordering::Relaxed);
+                if monotonic_nanos().saturating_sub(resumed_at) < HALF_TICK {
+                    // Just back from a yield, and the epoch moved on while the call waited:
+                    // let it run a tick first. Yielding again here would, under load, let
+                    // it progress only from one check to the next per scheduler round.
+                    return Ok(UpdateDeadline::Continue(1));
+                }
+            }
+            if budget.ticks_left == 0 || Instant::now() >= budget.wall_deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
+            budget.ticks_left -= 1;
+            budget.yielded = true;
+            let resumed_at = budget.resumed_at.clone();
             // tokio's yield, not wasmtime's plain re-wake: it defers the wake-up until the
             // I/O driver has run, so a busy plugin cannot starve other requests' sockets.
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    resumed_at.store(monotonic_nanos(), Ordering::Relaxed);
+                }),
+            ))
         });
         store
     }

@@ -2,6 +2,7 @@
 //! progress.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use wasmtime::StoreLimits;
@@ -17,11 +18,51 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limits: StoreLimits,
-    /// When the current hook call must have returned; checked on every epoch tick.
-    pub(super) deadline: Instant,
+    /// The current call's budget (see [`Budget`]); checked on every epoch tick.
+    pub(super) budget: Budget,
     pub(super) stderr: StderrTail,
     /// The messages of the hook call in progress; `None` between calls and during `init`.
     pub(super) call: Option<Call>,
+}
+
+/// How long a call may take. `timeout` counts the plugin's own running time, in epoch ticks
+/// while its code runs, not time spent waiting: for the CPU while other requests run (a
+/// yield), or for the host to read a body. A wall-clock limit bounds the waiting.
+#[derive(Debug)]
+pub(super) struct Budget {
+    /// Ticks of running left.
+    pub ticks_left: u64,
+    /// The call fails once this passes, whatever it was doing.
+    pub wall_deadline: Instant,
+    /// Set when the last tick yielded.
+    pub yielded: bool,
+    /// When the last yield ended (nanoseconds on [`monotonic_nanos`]), written by the
+    /// yield's future.
+    pub resumed_at: Arc<AtomicU64>,
+}
+
+/// Nanoseconds since the first call, for timestamps shared through atomics.
+pub(super) fn monotonic_nanos() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl Budget {
+    pub fn new(timeout: std::time::Duration, wall_limit: std::time::Duration) -> Self {
+        let ticks = timeout.as_nanos().div_ceil(super::ticker::EPOCH_TICK.as_nanos()) as u64;
+        Budget {
+            ticks_left: ticks.max(1),
+            wall_deadline: Instant::now() + wall_limit,
+            yielded: false,
+            resumed_at: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Starts a call's budget afresh, keeping the shared resume stamp.
+    pub fn arm(&mut self, timeout: std::time::Duration, wall_limit: std::time::Duration) {
+        let resumed_at = self.resumed_at.clone();
+        *self = Budget { resumed_at, ..Budget::new(timeout, wall_limit) };
+    }
 }
 
 /// The messages a hook call works on. They are moved into the store for the call and moved
@@ -40,7 +81,7 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             limits,
-            deadline: Instant::now(),
+            budget: Budget::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
             stderr,
             call: None,
         }

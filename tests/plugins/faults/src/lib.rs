@@ -4,7 +4,8 @@
 //! The request header `x-fault` picks the fault in the request phase, and
 //! `x-fault-response` in the response phase: `panic`, `trap`, `loop` (never returns),
 //! `oom` (allocates until the memory cap), `bad-status` (a local response with status 42),
-//! `busy` (30 ms of CPU, then continues),
+//! `busy` (30 ms of wall time spinning, then continues), `work` (a fixed amount of CPU work,
+//! about 20 ms alone, then continues),
 //! `stderr` (writes a line, then continues). With no fault the plugin counts the calls this
 //! instance has served and sends the count upstream as `x-instance-calls`. With
 //! `x-read-body: 1` it reads the request body and sends `x-body-bytes: N` (or `too-large`)
@@ -26,6 +27,8 @@ struct Faults {
     calls: Cell<u64>,
 }
 
+const WORK_ITERATIONS: u64 = 20_000_000;
+
 fn fault(kind: Option<String>) -> Option<Action> {
     match kind.as_deref()? {
         "panic" => panic!("fault injected: panic"),
@@ -46,6 +49,16 @@ fn fault(kind: Option<String>) -> Option<Action> {
             while sluice_pdk::clock::monotonic_ns() < until {
                 std::hint::black_box(0u8);
             }
+            None
+        }
+        "work" => {
+            // A fixed amount of work (about 20 ms of CPU on the development VM), however
+            // long it takes in wall time.
+            let mut x = 1u64;
+            for _ in 0..WORK_ITERATIONS {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            std::hint::black_box(x);
             None
         }
         "stderr" => {
