@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod config_ui;
+mod host_state;
 mod plugin_failures;
 mod proxy;
 mod reload;

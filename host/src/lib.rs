@@ -18,8 +18,10 @@
 pub mod config;
 pub mod echo;
 pub mod gateway;
+pub mod kv;
 pub mod message;
 pub mod plugin;
+pub mod plugin_metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -117,6 +117,11 @@ impl Reloader {
         }
     }
 
+    /// The plugin runtime, with the plugins' key-value store and metrics.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// Re-reads the config source and applies it.
     pub async fn reload(&self, cause: &str) -> Result<Outcome, ReloadError> {
         let source = lock(&self.source).clone();

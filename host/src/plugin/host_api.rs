@@ -1,4 +1,5 @@
-//! The host side of the WIT imports (`http`, `log`, `clock`): what a plugin can call.
+//! The host side of the WIT imports (`http`, `log`, `clock`, `kv`, `metrics`): what a
+//! plugin can call.
 //!
 //! Every function answers from the message of the call in progress; only reading a body
 //! waits (for the peer). Errors a plugin can handle are WIT results; a call outside a hook
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use sluice_bindings::sluice::plugin::{clock, http as wit_http, log};
+use sluice_bindings::sluice::plugin::{clock, http as wit_http, kv, log, metrics};
 use sluice_bindings::{RequestHandle, ResponseHandle};
 use wasmtime::component::Resource;
 use wit_http::{BodyError, FieldError};
@@ -286,6 +287,67 @@ impl clock::Host for PluginState {
     fn monotonic_ns(&mut self) -> HostResult<u64> {
         static START: OnceLock<Instant> = OnceLock::new();
         Ok(START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    }
+}
+
+/// Each plugin's keys live under its name (see `crate::kv`).
+impl kv::Host for PluginState {
+    fn get(&mut self, key: String) -> HostResult<Result<Option<Vec<u8>>, kv::KvError>> {
+        Ok(self.kv.get(&self.plugin, &key).map_err(kv_error))
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> HostResult<Result<(), kv::KvError>> {
+        Ok(self.kv.set(&self.plugin, &key, value, ttl_ms).map_err(kv_error))
+    }
+
+    fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> HostResult<Result<i64, kv::KvError>> {
+        Ok(self.kv.incr(&self.plugin, &key, delta, ttl_ms).map_err(kv_error))
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> HostResult<Result<bool, kv::KvError>> {
+        let swapped =
+            self.kv.compare_and_swap(&self.plugin, &key, expected.as_deref(), value, ttl_ms);
+        Ok(swapped.map_err(kv_error))
+    }
+
+    fn delete(&mut self, key: String) -> HostResult<Result<bool, kv::KvError>> {
+        Ok(self.kv.delete(&self.plugin, &key).map_err(kv_error))
+    }
+}
+
+fn kv_error(e: crate::kv::KvError) -> kv::KvError {
+    match e {
+        crate::kv::KvError::Unavailable(why) => kv::KvError::Unavailable(why),
+        crate::kv::KvError::NotANumber => kv::KvError::NotANumber,
+        crate::kv::KvError::TooLarge => kv::KvError::TooLarge,
+    }
+}
+
+impl metrics::Host for PluginState {
+    fn counter_add(&mut self, name: String, value: u64) -> HostResult<()> {
+        self.metrics.counter_add(&self.plugin, &name, value);
+        Ok(())
+    }
+
+    fn observe(&mut self, name: String, value: f64) -> HostResult<()> {
+        self.metrics.observe(&self.plugin, &name, value);
+        Ok(())
     }
 }
 

@@ -17,6 +17,8 @@ use super::module::{Module, ModuleError};
 use super::state::{PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
 use crate::config;
+use crate::kv::LocalKv;
+use crate::plugin_metrics::PluginMetrics;
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
@@ -40,6 +42,9 @@ pub struct Runtime {
     /// unchanged across reloads) is compiled once.
     modules: Mutex<HashMap<[u8; 32], Weak<Module>>>,
     ticker: Ticker,
+    /// The plugins' key-value store and metrics: per process, so they outlive reloads.
+    pub kv: Arc<LocalKv>,
+    pub metrics: Arc<PluginMetrics>,
 }
 
 impl Runtime {
@@ -81,6 +86,8 @@ impl Runtime {
             max_memory_bytes: cfg.max_memory_bytes,
             modules: Mutex::default(),
             ticker,
+            kv: Arc::default(),
+            metrics: Arc::default(),
         }))
     }
 
@@ -135,7 +142,10 @@ impl Runtime {
             .memory_size(self.max_memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, PluginState::new(name, limits));
+        let mut store = Store::new(
+            &self.engine,
+            PluginState::new(name, limits, self.kv.clone(), self.metrics.clone()),
+        );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| {
             let budget = &mut ctx.data_mut().budget;

@@ -10,7 +10,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::stderr::StderrTail;
+use crate::kv::LocalKv;
 use crate::message::{RequestMsg, ResponseMsg};
+use crate::plugin_metrics::PluginMetrics;
 
 /// The data of one plugin instance's store.
 pub struct PluginState {
@@ -23,6 +25,8 @@ pub struct PluginState {
     pub(super) stderr: StderrTail,
     /// The messages of the hook call in progress; `None` between calls and during `init`.
     pub(super) call: Option<Call>,
+    pub(super) kv: Arc<LocalKv>,
+    pub(super) metrics: Arc<PluginMetrics>,
 }
 
 /// How long a call may take. `timeout` counts the plugin's own running time, in epoch ticks
@@ -73,7 +77,12 @@ pub(super) struct Call {
 }
 
 impl PluginState {
-    pub(super) fn new(plugin: Arc<str>, limits: StoreLimits) -> Self {
+    pub(super) fn new(
+        plugin: Arc<str>,
+        limits: StoreLimits,
+        kv: Arc<LocalKv>,
+        metrics: Arc<PluginMetrics>,
+    ) -> Self {
         let stderr = StderrTail::new(plugin.clone());
         let wasi = WasiCtx::builder().stderr(stderr.clone()).stdout(stderr.clone()).build();
         Self {
@@ -84,6 +93,8 @@ impl PluginState {
             budget: Budget::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
             stderr,
             call: None,
+            kv,
+            metrics,
         }
     }
 

@@ -64,6 +64,25 @@ pub mod clock {
     pub use crate::bindings::sluice::plugin::clock::{monotonic_ns, now_ms};
 }
 
+/// The gateway's key-value store: shared by all instances of this plugin on every worker
+/// thread, kept across reloads, private to this plugin. Values are bytes; `incr` keeps a
+/// decimal counter. `ttl_ms` of 0 means no expiry.
+///
+/// ```ignore
+/// let hits = sluice_pdk::kv::incr(&format!("hits:{ip}"), 1, 60_000)?; // a 60 s window
+/// ```
+pub mod kv {
+    pub use crate::bindings::sluice::plugin::kv::{
+        KvError, compare_and_swap, delete, get, incr, set,
+    };
+}
+
+/// Metrics recorded under this plugin's name: `counter_add("rejected", 1)`,
+/// `observe("lookup_seconds", 0.002)`.
+pub mod metrics {
+    pub use crate::bindings::sluice::plugin::metrics::{counter_add, observe};
+}
+
 /// Logging through the gateway's log; lines are tagged with the plugin, route and request id.
 pub mod log {
     pub use crate::bindings::sluice::plugin::log::{Level, enabled, log};

@@ -9,7 +9,9 @@
 //! `stderr` (writes a line, then continues). With no fault the plugin counts the calls this
 //! instance has served and sends the count upstream as `x-instance-calls`. With
 //! `x-read-body: 1` it reads the request body and sends `x-body-bytes: N` (or `too-large`)
-//! upstream; with `x-replace-body: TEXT` it replaces the body with TEXT.
+//! upstream; with `x-replace-body: TEXT` it replaces the body with TEXT. With
+//! `x-kv-incr: KEY` it increments KEY in the host's key-value store, sends the new count
+//! upstream as `x-kv-count`, and adds 1 to its `kv_increments` metric.
 //! Config: `{ reject = "why" }` makes `init` refuse the config.
 
 use std::cell::Cell;
@@ -93,6 +95,14 @@ impl Plugin for Faults {
         }
         if let Some(text) = req.header("x-replace-body") {
             req.set_body(text.as_bytes());
+        }
+        if let Some(key) = req.header("x-kv-incr") {
+            let count = match sluice_pdk::kv::incr(&key, 1, 0) {
+                Ok(n) => n.to_string(),
+                Err(e) => format!("{e:?}"),
+            };
+            let _ = req.set_header("x-kv-count", &count);
+            sluice_pdk::metrics::counter_add("kv_increments", 1);
         }
         self.calls.set(self.calls.get() + 1);
         let _ = req.set_header("x-instance-calls", &self.calls.get().to_string());

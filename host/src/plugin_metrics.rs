@@ -1,0 +1,116 @@
+//! Metrics plugins record (WIT `metrics`): a counter family and a histogram family in a
+//! Prometheus registry, labelled with the plugin's name and the metric's name, ready for
+//! the gateway's metrics endpoint to export.
+//!
+//! A plugin chooses its metric names, so they are checked (letters, digits and `_`, at most
+//! 64 characters) and capped at 100 per plugin: a plugin cannot grow the registry without
+//! bound by naming a metric after each request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use prometheus::{CounterVec, HistogramOpts, HistogramVec, Opts, Registry};
+
+const MAX_NAMES_PER_PLUGIN: usize = 100;
+const MAX_NAME_LEN: usize = 64;
+
+pub struct PluginMetrics {
+    pub registry: Registry,
+    counters: CounterVec,
+    histograms: HistogramVec,
+    /// Names each plugin has used, and whether it was already warned about.
+    names: Mutex<HashMap<String, (HashSet<String>, bool)>>,
+}
+
+impl Default for PluginMetrics {
+    fn default() -> Self {
+        let counters = CounterVec::new(
+            Opts::new("sluice_plugin_counter_total", "Counters recorded by plugins"),
+            &["plugin", "name"],
+        )
+        .expect("a valid metric definition");
+        let histograms = HistogramVec::new(
+            HistogramOpts::new("sluice_plugin_observation", "Values observed by plugins"),
+            &["plugin", "name"],
+        )
+        .expect("a valid metric definition");
+        let registry = Registry::new();
+        registry.register(Box::new(counters.clone())).expect("registered once");
+        registry.register(Box::new(histograms.clone())).expect("registered once");
+        Self { registry, counters, histograms, names: Mutex::default() }
+    }
+}
+
+impl PluginMetrics {
+    pub fn counter_add(&self, plugin: &str, name: &str, value: u64) {
+        if self.admit(plugin, name) {
+            self.counters.with_label_values(&[plugin, name]).inc_by(value as f64);
+        }
+    }
+
+    pub fn observe(&self, plugin: &str, name: &str, value: f64) {
+        if value.is_finite() && self.admit(plugin, name) {
+            self.histograms.with_label_values(&[plugin, name]).observe(value);
+        }
+    }
+
+    /// The counter's value, for tests and the admin API.
+    pub fn counter(&self, plugin: &str, name: &str) -> Option<f64> {
+        let known = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(plugin)?
+            .0
+            .contains(name)
+            .then(|| self.counters.with_label_values(&[plugin, name]).get())
+    }
+
+    fn admit(&self, plugin: &str, name: &str) -> bool {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let mut all = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let (names, warned) = all.entry(plugin.to_owned()).or_default();
+        if valid && (names.contains(name) || names.len() < MAX_NAMES_PER_PLUGIN) {
+            names.insert(name.to_owned());
+            return true;
+        }
+        if !std::mem::replace(warned, true) {
+            tracing::warn!(
+                plugin,
+                "metric {name:?} dropped: names are letters, digits and _ (at most \
+                 {MAX_NAME_LEN}), at most {MAX_NAMES_PER_PLUGIN} per plugin; further drops \
+                 are not logged"
+            );
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_plugin_and_refuses_bad_or_too_many_names() {
+        let m = PluginMetrics::default();
+        m.counter_add("auth", "rejected", 2);
+        m.counter_add("auth", "rejected", 3);
+        m.counter_add("other", "rejected", 1);
+        m.observe("auth", "key_lookup_seconds", 0.25);
+        assert_eq!(m.counter("auth", "rejected"), Some(5.0));
+        assert_eq!(m.counter("other", "rejected"), Some(1.0));
+        m.counter_add("auth", "bad name!", 1);
+        assert_eq!(m.counter("auth", "bad name!"), None);
+        for i in 0..200 {
+            m.counter_add("greedy", &format!("n{i}"), 1);
+        }
+        assert_eq!(m.counter("greedy", "n99"), Some(1.0));
+        assert_eq!(m.counter("greedy", "n100"), None);
+        let text = prometheus::TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap();
+        assert!(
+            text.contains(r#"sluice_plugin_counter_total{name="rejected",plugin="auth"} 5"#),
+            "{text}"
+        );
+        assert!(text.contains("sluice_plugin_observation_count"), "{text}");
+    }
+}
