@@ -1,6 +1,6 @@
 //! The host's key-value store and plugin metrics, through real plugins: one namespace per
 //! named plugin, increments shared by every instance and worker thread, state kept across
-//! reloads.
+//! reloads; and per-request context from a plugin's request phase to its response phase.
 
 use crate::common::*;
 
@@ -62,5 +62,16 @@ async fn the_store_is_shared_by_instances_and_threads_and_private_to_each_plugin
     let metrics = &gw.reloader.runtime().metrics;
     assert_eq!(metrics.counter("counter-a", "kv_increments"), Some(65.0));
     assert_eq!(metrics.counter("counter-b", "kv_increments"), Some(1.0));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plugin_keeps_request_context_from_its_request_phase_to_its_response_phase() {
+    let gw = gateway(echo().await, &config("")).await;
+    let r = get(gw.addr, "/a", &[("x-context-set", "decided in on-request")]).await;
+    assert_eq!(r.header("x-context"), Some("decided in on-request"));
+    assert_eq!(r.echoed_header("x-context"), None, "context is never sent upstream");
+    let r = get(gw.addr, "/a", &[]).await;
+    assert_eq!(r.header("x-context"), None, "context lives for one request");
     gw.shutdown().await;
 }

@@ -65,7 +65,7 @@ fn request() -> RequestMsg {
         params: Vec::new(),
         max_body_bytes: 1 << 20,
     });
-    RequestMsg { parts, body: Body::empty(), meta }
+    RequestMsg { parts, body: Body::empty(), meta, context: Default::default() }
 }
 
 const SET_HEADER: &str = r#"{"request":{"set":{"x-env":"bench"}}}"#;

@@ -18,6 +18,37 @@ pub struct RequestMsg {
     pub parts: http::request::Parts,
     pub body: Body,
     pub meta: Arc<RequestMeta>,
+    /// Values plugins keep for their later phases (WIT `set-context`).
+    pub context: Context,
+}
+
+/// Per-request values, each owned by the plugin that stored it.
+#[derive(Debug, Default)]
+pub struct Context(Vec<(Arc<str>, String, String)>);
+
+impl Context {
+    pub const MAX_KEYS_PER_PLUGIN: usize = 32;
+    pub const MAX_BYTES_PER_PLUGIN: usize = 16 * 1024;
+
+    pub fn get(&self, plugin: &str, key: &str) -> Option<&str> {
+        self.0.iter().find(|(p, k, _)| **p == *plugin && k == key).map(|(_, _, v)| v.as_str())
+    }
+
+    /// Stores `value`; `false` (and nothing stored) past the per-plugin limits.
+    pub fn set(&mut self, plugin: &Arc<str>, key: String, value: String) -> bool {
+        let mine = || self.0.iter().filter(|(p, k, _)| *p == *plugin && *k != key);
+        let (keys, bytes) = mine().fold((0, 0), |(n, b), (_, k, v)| (n + 1, b + k.len() + v.len()));
+        if keys + 1 > Self::MAX_KEYS_PER_PLUGIN
+            || bytes + key.len() + value.len() > Self::MAX_BYTES_PER_PLUGIN
+        {
+            return false;
+        }
+        match self.0.iter_mut().find(|(p, k, _)| *p == *plugin && *k == key) {
+            Some(entry) => entry.2 = value,
+            None => self.0.push((plugin.clone(), key, value)),
+        }
+        true
+    }
 }
 
 /// Facts about a request that no plugin can change.
@@ -64,4 +95,25 @@ pub fn is_host_owned_header(name: &http::HeaderName) -> bool {
 pub fn set_fixed_length(headers: &mut http::HeaderMap, len: usize) {
     headers.remove(http::header::TRANSFER_ENCODING);
     headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_values_are_private_to_their_plugin_and_bounded() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut c = Context::default();
+        assert!(c.set(&a, "k".into(), "1".into()));
+        assert!(c.set(&a, "k".into(), "2".into()));
+        assert_eq!(c.get("a", "k"), Some("2"));
+        assert_eq!(c.get("b", "k"), None);
+        for i in 1..Context::MAX_KEYS_PER_PLUGIN {
+            assert!(c.set(&a, format!("k{i}"), String::new()));
+        }
+        assert!(!c.set(&a, "one-too-many".into(), String::new()));
+        assert!(c.set(&b, "big".into(), "x".repeat(Context::MAX_BYTES_PER_PLUGIN - 3)));
+        assert!(!c.set(&b, "more".into(), "x".into()));
+    }
 }

@@ -46,7 +46,12 @@ pub async fn handle(
         params,
         max_body_bytes: route.max_body_bytes,
     });
-    let request = RequestMsg { parts, body: Body::stream(body), meta: meta.clone() };
+    let request = RequestMsg {
+        parts,
+        body: Body::stream(body),
+        meta: meta.clone(),
+        context: Default::default(),
+    };
     match proxy(&route, request).await {
         Ok(mut resp) => {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), meta.id_header.clone());
@@ -91,7 +96,7 @@ async fn forward(
     request: RequestMsg,
     keep: bool,
 ) -> Result<(Option<RequestMsg>, ResponseMsg), ProxyError> {
-    let RequestMsg { parts, body, meta } = request;
+    let RequestMsg { parts, body, meta, context } = request;
     let upstream = attempts::choose_upstream(route, &parts, &meta);
     let key = attempts::balance_key(upstream, &parts, &meta);
     let sent = attempts::send(upstream, &parts, body, key, |req, endpoint| {
@@ -104,7 +109,7 @@ async fn forward(
         None => Body::stream(resp_body),
         Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
     };
-    let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta });
+    let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta, context });
     Ok((request, ResponseMsg { parts: resp_parts, body }))
 }
 

@@ -148,6 +148,22 @@ impl wit_http::HostRequest for PluginState {
         Ok(params.iter().find(|(n, _)| **n == *name).map(|(_, v)| v.clone()))
     }
 
+    fn context(&mut self, _: Resource<RequestHandle>, key: String) -> HostResult<Option<String>> {
+        let plugin = self.plugin.clone();
+        Ok(self.request()?.context.get(&plugin, &key).map(str::to_owned))
+    }
+
+    fn set_context(
+        &mut self,
+        _: Resource<RequestHandle>,
+        key: String,
+        value: String,
+    ) -> HostResult<Result<(), FieldError>> {
+        let plugin = self.plugin.clone();
+        let stored = self.request()?.context.set(&plugin, key, value);
+        Ok(if stored { Ok(()) } else { Err(FieldError::InvalidValue) })
+    }
+
     fn params(&mut self, _: Resource<RequestHandle>) -> HostResult<Vec<(String, String)>> {
         let params = &self.request()?.meta.params;
         Ok(params.iter().map(|(n, v)| (n.to_string(), v.clone())).collect())

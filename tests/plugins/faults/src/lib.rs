@@ -11,7 +11,9 @@
 //! `x-read-body: 1` it reads the request body and sends `x-body-bytes: N` (or `too-large`)
 //! upstream; with `x-replace-body: TEXT` it replaces the body with TEXT. With
 //! `x-kv-incr: KEY` it increments KEY in the host's key-value store, sends the new count
-//! upstream as `x-kv-count`, and adds 1 to its `kv_increments` metric.
+//! upstream as `x-kv-count`, and adds 1 to its `kv_increments` metric. With
+//! `x-context-set: VALUE` it keeps VALUE in the request context and returns it in the
+//! response phase as the response header `x-context`.
 //! Config: `{ reject = "why" }` makes `init` refuse the config.
 
 use std::cell::Cell;
@@ -104,13 +106,19 @@ impl Plugin for Faults {
             let _ = req.set_header("x-kv-count", &count);
             sluice_pdk::metrics::counter_add("kv_increments", 1);
         }
+        if let Some(value) = req.header("x-context-set") {
+            let _ = req.set_context("seen", &value);
+        }
         self.calls.set(self.calls.get() + 1);
         let _ = req.set_header("x-instance-calls", &self.calls.get().to_string());
         Action::Continue
     }
 
-    fn on_response(&self, req: &Request, _resp: &Response) {
+    fn on_response(&self, req: &Request, resp: &Response) {
         let _ = fault(req.header("x-fault-response"));
+        if let Some(value) = req.context("seen") {
+            let _ = resp.set_header("x-context", &value);
+        }
     }
 }
 
