@@ -98,11 +98,22 @@ pub async fn send(
     }
     let mut body = Replay::new(body);
     let mut tried = Vec::new();
+    // The previous attempt's failure: what the client gets if a retry cannot even start.
+    let mut last: Option<ProxyError> = None;
     for attempt_no in 1..=policy.attempts {
-        let attempt = upstream.pick(key, &tried).map_err(|u| unavailable(upstream, u))?;
+        let attempt = match (upstream.pick(key, &tried), last) {
+            (Ok(attempt), _) => attempt,
+            (Err(_), Some(previous)) => return Err(previous),
+            (Err(u), None) => return Err(unavailable(upstream, u)),
+        };
         let (index, endpoint) = (attempt.index, attempt.endpoint().clone());
         let Some(attempt_body) = body.for_attempt() else {
-            unreachable!("a retry happens only while the body is replayable")
+            // The failed attempt read the body after all (a race with its connection):
+            // it cannot be sent again.
+            return Err(ProxyError::Upstream {
+                endpoint: endpoint.to_string(),
+                reason: "the request body was already sent; not retried".into(),
+            });
         };
         let mut req = Request::from_parts(parts.clone(), attempt_body);
         prepare(&mut req, &endpoint);
@@ -150,10 +161,12 @@ pub async fn send(
         }
         tracing::debug!(upstream = %upstream.name, "attempt {attempt_no} failed, retrying: {error}");
         tried.push(index);
+        last = Some(error);
         let wait = retry::backoff(attempt_no, policy.backoff, policy.max_backoff);
         tokio::time::sleep(wait).await;
     }
-    unreachable!("the last attempt returns")
+    // Only reached if `attempts` were 0, which validation refuses.
+    Err(last.unwrap_or_else(|| unavailable(upstream, Unavailable::NoHealthy)))
 }
 
 /// A further attempt is allowed, the body can be sent again, time is left, and the
