@@ -452,7 +452,9 @@ mod tests {
         let middle = share_of_second(&u);
         tokio::time::advance(Duration::from_secs(6)).await;
         let after = share_of_second(&u);
-        assert!(start < 0.1, "just recovered: {start}");
+        // Round robin offers it every other pick and each refusal re-picks, so it is
+        // offered about once per request: ~10% at first, against 50% once warm.
+        assert!(start < 0.15, "just recovered: {start}");
         assert!((0.2..0.4).contains(&middle), "half way: {middle}");
         assert!((after - 0.5).abs() < 0.01, "warmed up: {after}");
     }
