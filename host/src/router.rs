@@ -121,7 +121,7 @@ impl HostPattern {
     fn covers(&self, other: &HostPattern) -> bool {
         match (self, other) {
             (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
-            (HostPattern::Suffix(s), HostPattern::Exact(h)) => self.matches(h) && h.len() > s.len(),
+            (HostPattern::Suffix(_), HostPattern::Exact(h)) => self.matches(h),
             (HostPattern::Suffix(a), HostPattern::Suffix(b)) => b.ends_with(a.as_str()),
             (HostPattern::Exact(_), HostPattern::Suffix(_)) => false,
         }
@@ -275,7 +275,7 @@ pub struct Found<'a, T> {
 
 struct Entry<T> {
     rule: Rule,
-    keys: Vec<String>,
+    keys: Vec<Key>,
     params: Vec<(Arc<str>, String)>,
     /// The rule's own patterns, for when it is reached as a fallback from another leaf.
     own: matchit::Router<()>,
@@ -310,13 +310,7 @@ impl<T> Router<T> {
                 .into_iter()
                 .map(|ParamName { name, key }| (Arc::from(name), key))
                 .collect();
-            entries.push(Entry {
-                keys: keys.into_iter().map(|k| k.text).collect(),
-                rule,
-                params,
-                own,
-                value,
-            });
+            entries.push(Entry { keys, rule, params, own, value });
         }
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by_key(|&i| entries[i].rule.rank(i));
@@ -326,7 +320,7 @@ impl<T> Router<T> {
         let mut keys: Vec<(Key, usize)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for e in &entries {
-            for k in e.rule.path.keys() {
+            for k in &e.keys {
                 if index.contains_key(&k.text) {
                     continue;
                 }
@@ -340,10 +334,9 @@ impl<T> Router<T> {
                     })
                     .expect("an empty tree takes any key");
                 index.insert(k.text.clone(), leaf);
-                keys.push((k, layer));
+                keys.push((k.clone(), layer));
             }
         }
-        let all_keys: Vec<Vec<Key>> = entries.iter().map(|e| e.rule.path.keys()).collect();
         let leaves = keys
             .iter()
             .map(|(leaf_key, layer)| {
@@ -357,8 +350,8 @@ impl<T> Router<T> {
                 let candidates = order
                     .iter()
                     .filter_map(|&i| {
-                        let same = entries[i].keys.contains(&leaf_key.text);
-                        (same || all_keys[i].iter().any(reachable)).then_some((i, same))
+                        let same = entries[i].keys.contains(leaf_key);
+                        (same || entries[i].keys.iter().any(reachable)).then_some((i, same))
                     })
                     .collect();
                 Leaf { candidates }
@@ -389,11 +382,6 @@ impl<T> Router<T> {
             return None;
         }
         None
-    }
-
-    /// The rules in config order.
-    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.entries.iter().map(|e| &e.rule)
     }
 }
 
