@@ -171,9 +171,8 @@ fn serve(
             Err(e) => return Err(e.into()),
         };
         running.gateway.load().log_summary();
-        let workers =
-            workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        tracing::info!("sluice listening on http://{} ({workers} worker threads)", running.addr);
+        // Watches and the SIGHUP handler go in before "listening" is announced, so an edit
+        // made by anyone who waited for that line is never missed.
         let _watch = match watch.then(|| sluice::reload::watch(running.reloader.clone())) {
             Some(Ok(w)) => Some(w),
             Some(Err(e)) => {
@@ -183,6 +182,9 @@ fn serve(
             None => None,
         };
         let _hup = tokio::spawn(reload_on_sighup(running.reloader.clone()));
+        let workers =
+            workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        tracing::info!("sluice listening on http://{} ({workers} worker threads)", running.addr);
         shutdown_signal().await;
         running.shutdown().await;
         tracing::info!("stopped");
@@ -190,15 +192,27 @@ fn serve(
     })
 }
 
-async fn reload_on_sighup(reloader: std::sync::Arc<sluice::Reloader>) {
+/// Registers the SIGHUP handler now (so a SIGHUP right after start reloads rather than
+/// killing the process) and returns the task that reloads on each one.
+fn reload_on_sighup(
+    reloader: std::sync::Arc<sluice::Reloader>,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-        while hup.recv().await.is_some() {
-            // Outcomes, good or bad, are logged by the reloader.
-            let _ = reloader.reload("SIGHUP").await;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hup = match hup {
+                Ok(hup) => hup,
+                Err(e) => return tracing::warn!("cannot handle SIGHUP: {e}"),
+            };
+            while hup.recv().await.is_some() {
+                // Outcomes, good or bad, are logged by the reloader.
+                let _ = reloader.reload("SIGHUP").await;
+            }
         }
+        #[cfg(not(unix))]
+        drop(reloader);
     }
 }
 
