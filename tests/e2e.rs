@@ -4,11 +4,13 @@
 
 mod common;
 
+mod auth;
 mod cli;
 mod config_ui;
 mod host_state;
 mod plugin_failures;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod reload_under_load;
 mod rollout;

@@ -29,6 +29,7 @@ fn runtime_config() -> config::Runtime {
         cache_dir: None,
         max_instances: 64,
         max_memory_bytes: 64 << 20,
+        kv: Default::default(),
     }
 }
 
@@ -37,6 +38,7 @@ fn spec(name: &str, stem: &str, config_json: &str, instances: InstanceModel) -> 
         name: Arc::from(name),
         module: plugin_path(stem),
         config_json: config_json.to_owned(),
+        files: Vec::new(),
         instances,
         on_error: FailPolicy::Fail,
         timeout: Duration::from_secs(1),

@@ -30,6 +30,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_INSTANCES: u32 = 512;
 pub const DEFAULT_MAX_MEMORY_MIB: u32 = 64;
+/// A key-value operation against Redis, connecting included.
+pub const DEFAULT_KV_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_KV_RECHECK: Duration = Duration::from_secs(1);
 
 /// Reads and validates the config file at `path`. Relative paths inside it are resolved
 /// against the file's folder.
@@ -76,7 +79,8 @@ fn validate(
     errors: &mut Errors,
 ) -> Option<Config> {
     let server = validate_server(&file.server, errors);
-    let runtime = validate_runtime(&file.runtime, base, errors);
+    let mut runtime = validate_runtime(&file.runtime, base, errors);
+    runtime.kv = validate_kv(&file.kv, errors).unwrap_or_default();
     let inherited = traffic::Inherited {
         connect_timeout: server.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.0.connect_timeout),
         request_timeout: server.as_ref().map_or(DEFAULT_REQUEST_TIMEOUT, |s| s.0.request_timeout),
@@ -154,7 +158,72 @@ fn validate_runtime(r: &schema::Runtime, base: &Path, errors: &mut Errors) -> Ru
         cache_dir,
         max_instances,
         max_memory_bytes: max_memory_mib as usize * 1024 * 1024,
+        kv: KvSettings::default(),
     }
+}
+
+fn validate_kv(k: &schema::Kv, errors: &mut Errors) -> Option<KvSettings> {
+    let redis =
+        traffic::one_of(errors, "kv.backend", &k.backend, &[("local", false), ("redis", true)]);
+    let on_unavailable = traffic::one_of(
+        errors,
+        "kv.on_unavailable",
+        &k.on_unavailable,
+        &[
+            ("fallback-local", OnUnavailable::FallbackLocal),
+            ("fail-open", OnUnavailable::FailOpen),
+            ("fail-closed", OnUnavailable::FailClosed),
+        ],
+    );
+    let timeout = duration(errors, "kv.timeout", &k.timeout);
+    let recheck = duration(errors, "kv.recheck", &k.recheck);
+    if redis == Some(false) {
+        for (key, set) in [
+            ("url", k.url.is_some()),
+            ("timeout", k.timeout.is_some()),
+            ("recheck", k.recheck.is_some()),
+            ("prefix", k.prefix.is_some()),
+            ("on_unavailable", k.on_unavailable.is_some()),
+        ] {
+            if set {
+                errors.push(format!("kv.{key}"), "only applies with backend = \"redis\"");
+            }
+        }
+    }
+    let backend = match redis? {
+        false => KvBackend::Local,
+        true => {
+            let url = match &k.url {
+                None => {
+                    errors.push(
+                        "kv.url",
+                        "required with backend = \"redis\", e.g. \"redis://127.0.0.1:6379\"",
+                    );
+                    None
+                }
+                Some(url)
+                    if !(url.starts_with("redis://")
+                        || url.starts_with("redis+unix://")
+                        || url.starts_with("unix://")) =>
+                {
+                    errors.push("kv.url", format!("expected a redis:// URL, got {url:?}"));
+                    None
+                }
+                Some(url) => Some(url.clone()),
+            };
+            let prefix = k.prefix.clone().unwrap_or_else(|| "sluice".to_owned());
+            if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+                errors.push("kv.prefix", "must be non-empty, without spaces");
+            }
+            KvBackend::Redis(RedisSettings {
+                url: url?,
+                timeout: timeout?.unwrap_or(DEFAULT_KV_TIMEOUT),
+                recheck: recheck?.unwrap_or(DEFAULT_KV_RECHECK),
+                prefix,
+            })
+        }
+    };
+    Some(KvSettings { backend, on_unavailable: on_unavailable? })
 }
 
 /// `$SLUICE_PLUGIN_DIR`, then next to the binary: `plugins/` for an installed layout, and
@@ -212,12 +281,15 @@ fn validate_plugin(
         None => Some(None),
         Some(r) => validate_rollout(name, r, runtime, base, errors).map(Some),
     };
-    let config = p.config.clone().unwrap_or_default();
-    let config_json = serde_json::to_string(&config).expect("a TOML table is valid JSON");
+    let mut config = serde_json::to_value(p.config.clone().unwrap_or_default())
+        .expect("a TOML table is valid JSON");
+    let files = read_plugin_files(name, p, base, &mut config, errors);
+    let config_json = config.to_string();
     Some(Plugin {
         name: Arc::from(name),
         module: module?,
         config_json,
+        files: files?,
         instances: instances?,
         on_error: on_error?,
         timeout: timeout?.unwrap_or(DEFAULT_PLUGIN_TIMEOUT),
@@ -225,6 +297,52 @@ fn validate_plugin(
         idle_timeout: idle_timeout?.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         rollout: rollout?,
     })
+}
+
+/// Files read into a plugin's config are at most this large.
+pub const MAX_PLUGIN_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads `plugins.NAME.files` into `config.files` (plugins have no file system access);
+/// returns the paths, to watch.
+fn read_plugin_files(
+    name: &str,
+    p: &schema::Plugin,
+    base: &Path,
+    config: &mut serde_json::Value,
+    errors: &mut Errors,
+) -> Option<Vec<PathBuf>> {
+    let Some(files) = &p.files else { return Some(Vec::new()) };
+    if config.get("files").is_some() {
+        errors.push(
+            format!("plugins.{name}.config.files"),
+            format!("is reserved for the contents of plugins.{name}.files"),
+        );
+        return None;
+    }
+    let mut paths = Vec::new();
+    let mut contents = serde_json::Map::new();
+    let mut ok = true;
+    for (key, file) in files {
+        let path = base.join(file);
+        let read = std::fs::metadata(&path)
+            .and_then(|m| match m.len() > MAX_PLUGIN_FILE_BYTES {
+                true => Err(std::io::Error::other(format!(
+                    "{} bytes, over the {MAX_PLUGIN_FILE_BYTES}-byte limit",
+                    m.len()
+                ))),
+                false => std::fs::read_to_string(&path),
+            })
+            .map_err(|e| format!("cannot read {}: {e}", path.display()));
+        match errors.check(format!("plugins.{name}.files.{key}"), read) {
+            Some(text) => {
+                contents.insert(key.clone(), serde_json::Value::String(text));
+            }
+            None => ok = false,
+        }
+        paths.push(path);
+    }
+    config["files"] = serde_json::Value::Object(contents);
+    ok.then_some(paths)
 }
 
 pub const DEFAULT_ROLLOUT_MAX_ERROR_RATE: f64 = 0.01;

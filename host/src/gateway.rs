@@ -188,7 +188,9 @@ impl Gateway {
 
     /// Every plugin module file in use, for the file watcher.
     pub fn module_paths(&self) -> impl Iterator<Item = &std::path::Path> {
-        self.config.plugins.values().map(|p| p.module.as_path())
+        self.config.plugins.values().flat_map(|p| {
+            std::iter::once(p.module.as_path()).chain(p.files.iter().map(PathBuf::as_path))
+        })
     }
 
     /// The start-up summary: plugins with their modules and compile times, then routes.

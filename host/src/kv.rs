@@ -1,22 +1,29 @@
-//! The plugins' key-value store (WIT `kv`): in memory, shared by every instance and worker
-//! thread of the gateway, kept across reloads, one namespace per named plugin.
+//! The plugins' key-value store (WIT `kv`): one namespace per named plugin, kept across
+//! reloads and module swaps.
 //!
-//! Sixteen mutex-guarded shards keep contention low; every operation is atomic per key.
-//! Expired entries are dropped when read, and each shard sweeps out the rest every 1,024
-//! writes, so keys that are never read again (rate-limit windows of clients that left) do
-//! not pile up.
+//! With the default `backend = "local"` it lives in this process ([`LocalKv`]), shared by
+//! every instance and worker thread. With `backend = "redis"` it lives in Redis
+//! ([`RedisKv`]), shared by every gateway process that points at the same server, and
+//! `on_unavailable` says what happens while Redis cannot be reached:
+//!
+//! - `fallback-local`: operations go to the local store, so limits still hold per process;
+//! - `fail-open`: operations return `unavailable` and the plugin carries on without state
+//!   (the shipped plugins let the request through);
+//! - `fail-closed`: the request fails with 503 at its first store operation.
+//!
+//! No operation waits longer than the backend's `timeout`; after a failure the backend is
+//! left alone for `recheck` (every operation takes the policy at once), then tried again.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
-use std::time::Duration;
+mod local;
+mod redis;
 
-use tokio::time::Instant;
+pub use local::LocalKv;
+pub use redis::RedisKv;
+
+use crate::config::{KvBackend, KvSettings, OnUnavailable};
 
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
-const SHARDS: usize = 16;
-const SWEEP_EVERY: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -28,226 +35,94 @@ pub enum KvError {
     TooLarge,
 }
 
-struct Entry {
-    value: Vec<u8>,
-    expires: Option<Instant>,
-}
+/// A store operation failed because the backend is unreachable and the policy is
+/// `fail-closed`: the host turns this into a 503 for the request.
+#[derive(Debug, thiserror::Error)]
+#[error("key-value store unavailable (on_unavailable = \"fail-closed\"): {0}")]
+pub struct StoreClosed(pub String);
 
-impl Entry {
-    fn live(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|e| now < e)
-    }
-}
-
+/// The store the plugins see: the configured backend and its unavailability policy.
 #[derive(Default)]
-struct Shard {
-    map: HashMap<String, Entry>,
-    writes: u32,
+pub struct Store {
+    local: LocalKv,
+    remote: Option<RedisKv>,
+    on_unavailable: OnUnavailable,
 }
 
-pub struct LocalKv {
-    shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+/// One operation, runnable against either backend.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Get,
+    Set { value: Vec<u8>, ttl_ms: u64 },
+    Incr { delta: i64, ttl_ms: u64 },
+    Cas { expected: Option<Vec<u8>>, value: Vec<u8>, ttl_ms: u64 },
+    Delete,
 }
 
-impl Default for LocalKv {
-    fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), hasher: RandomState::new() }
+/// What an [`Op`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Value(Option<Vec<u8>>),
+    Done,
+    Number(i64),
+    Flag(bool),
+}
+
+impl Store {
+    /// Must be called within a tokio runtime (the Redis connection runs as a task there);
+    /// it does not connect: the first operation does.
+    pub fn new(settings: &KvSettings) -> Result<Self, String> {
+        let remote = match &settings.backend {
+            KvBackend::Local => None,
+            KvBackend::Redis(r) => Some(RedisKv::new(r)?),
+        };
+        Ok(Self { local: LocalKv::default(), remote, on_unavailable: settings.on_unavailable })
     }
-}
 
-fn expiry(now: Instant, ttl_ms: u64) -> Option<Instant> {
-    (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms))
+    pub fn local(&self) -> &LocalKv {
+        &self.local
+    }
+
+    /// Runs `op` on `namespace`'s `key`. `Err(StoreClosed)` only under `fail-closed`.
+    pub async fn run(
+        &self,
+        namespace: &str,
+        key: &str,
+        op: Op,
+    ) -> Result<Result<Reply, KvError>, StoreClosed> {
+        if key.len() > MAX_KEY_BYTES {
+            return Ok(Err(KvError::TooLarge));
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(self.local.run(namespace, key, op));
+        };
+        // The local fallback needs the op again: the remote call consumes it.
+        let fallback = (self.on_unavailable == OnUnavailable::FallbackLocal).then(|| op.clone());
+        match remote.run(namespace, key, op).await {
+            Err(KvError::Unavailable(why)) => match (self.on_unavailable, fallback) {
+                (OnUnavailable::FallbackLocal, Some(op)) => Ok(self.local.run(namespace, key, op)),
+                (OnUnavailable::FailClosed, _) => Err(StoreClosed(why)),
+                _ => Ok(Err(KvError::Unavailable(why))),
+            },
+            other => Ok(other),
+        }
+    }
 }
 
 impl LocalKv {
-    /// Runs `f` on the shard of `namespace`'s `key`, with the full key and the time.
-    fn with<T>(
-        &self,
-        namespace: &str,
-        key: &str,
-        write: bool,
-        f: impl FnOnce(&mut HashMap<String, Entry>, String, Instant) -> T,
-    ) -> Result<T, KvError> {
-        if key.len() > MAX_KEY_BYTES {
-            return Err(KvError::TooLarge);
-        }
-        // The namespace cannot contain NUL (plugin names are TOML keys we validated), so
-        // no key of one plugin can spell another's.
-        let full = format!("{namespace}\0{key}");
-        let i = self.hasher.hash_one(&full) as usize % self.shards.len();
-        let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if write {
-            shard.writes += 1;
-            if shard.writes >= SWEEP_EVERY {
-                shard.writes = 0;
-                shard.map.retain(|_, e| e.live(now));
+    pub fn run(&self, namespace: &str, key: &str, op: Op) -> Result<Reply, KvError> {
+        match op {
+            Op::Get => self.get(namespace, key).map(Reply::Value),
+            Op::Set { value, ttl_ms } => {
+                self.set(namespace, key, value, ttl_ms).map(|()| Reply::Done)
             }
-        }
-        Ok(f(&mut shard.map, full, now))
-    }
-
-    pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.with(namespace, key, false, |map, full, now| match map.get(&full) {
-            Some(e) if e.live(now) => Some(e.value.clone()),
-            Some(_) => {
-                map.remove(&full);
-                None
+            Op::Incr { delta, ttl_ms } => {
+                self.incr(namespace, key, delta, ttl_ms).map(Reply::Number)
             }
-            None => None,
-        })
-    }
-
-    pub fn set(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: u64,
-    ) -> Result<(), KvError> {
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::TooLarge);
+            Op::Cas { expected, value, ttl_ms } => self
+                .compare_and_swap(namespace, key, expected.as_deref(), value, ttl_ms)
+                .map(Reply::Flag),
+            Op::Delete => self.delete(namespace, key).map(Reply::Flag),
         }
-        self.with(namespace, key, true, |map, full, now| {
-            map.insert(full, Entry { value, expires: expiry(now, ttl_ms) });
-        })
-    }
-
-    pub fn incr(
-        &self,
-        namespace: &str,
-        key: &str,
-        delta: i64,
-        ttl_ms: u64,
-    ) -> Result<i64, KvError> {
-        self.with(namespace, key, true, |map, full, now| {
-            let current = match map.get(&full).filter(|e| e.live(now)) {
-                Some(e) => {
-                    let text = std::str::from_utf8(&e.value).map_err(|_| KvError::NotANumber)?;
-                    Some((text.parse::<i64>().map_err(|_| KvError::NotANumber)?, e.expires))
-                }
-                None => None,
-            };
-            let (value, expires) = match current {
-                Some((n, expires)) => (n.saturating_add(delta), expires),
-                None => (delta, expiry(now, ttl_ms)),
-            };
-            map.insert(full, Entry { value: value.to_string().into_bytes(), expires });
-            Ok(value)
-        })?
-    }
-
-    pub fn compare_and_swap(
-        &self,
-        namespace: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: Vec<u8>,
-        ttl_ms: u64,
-    ) -> Result<bool, KvError> {
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::TooLarge);
-        }
-        self.with(namespace, key, true, |map, full, now| {
-            let current = map.get(&full).filter(|e| e.live(now)).map(|e| e.value.as_slice());
-            if current != expected {
-                return false;
-            }
-            map.insert(full, Entry { value, expires: expiry(now, ttl_ms) });
-            true
-        })
-    }
-
-    pub fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvError> {
-        self.with(namespace, key, true, |map, full, now| {
-            map.remove(&full).is_some_and(|e| e.live(now))
-        })
-    }
-
-    /// Live and expired-but-not-yet-swept entries, for tests and metrics.
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn values_expire_and_namespaces_are_separate() {
-        let kv = LocalKv::default();
-        kv.set("a", "k", b"1".to_vec(), 100).unwrap();
-        kv.set("b", "k", b"2".to_vec(), 0).unwrap();
-        assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(kv.get("b", "k").unwrap(), Some(b"2".to_vec()));
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(kv.get("a", "k").unwrap(), None);
-        assert_eq!(kv.get("b", "k").unwrap(), Some(b"2".to_vec()));
-        assert!(kv.delete("b", "k").unwrap());
-        assert!(!kv.delete("b", "k").unwrap());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn incr_counts_in_a_window_that_starts_at_the_first_hit() {
-        let kv = LocalKv::default();
-        assert_eq!(kv.incr("p", "ip", 1, 1000).unwrap(), 1);
-        tokio::time::advance(Duration::from_millis(600)).await;
-        // A later hit does not push the window's end out.
-        assert_eq!(kv.incr("p", "ip", 5, 1000).unwrap(), 6);
-        tokio::time::advance(Duration::from_millis(400)).await;
-        assert_eq!(kv.incr("p", "ip", 1, 1000).unwrap(), 1);
-        kv.set("p", "text", b"abc".to_vec(), 0).unwrap();
-        assert_eq!(kv.incr("p", "text", 1, 0), Err(KvError::NotANumber));
-    }
-
-    #[test]
-    fn compare_and_swap_only_stores_over_the_expected_value() {
-        let kv = LocalKv::default();
-        assert!(kv.compare_and_swap("p", "k", None, b"v1".to_vec(), 0).unwrap());
-        assert!(!kv.compare_and_swap("p", "k", None, b"v2".to_vec(), 0).unwrap());
-        assert!(!kv.compare_and_swap("p", "k", Some(b"v0"), b"v2".to_vec(), 0).unwrap());
-        assert!(kv.compare_and_swap("p", "k", Some(b"v1"), b"v2".to_vec(), 0).unwrap());
-        assert_eq!(kv.get("p", "k").unwrap(), Some(b"v2".to_vec()));
-        let big = "k".repeat(MAX_KEY_BYTES + 1);
-        assert_eq!(kv.get("p", &big), Err(KvError::TooLarge));
-        assert_eq!(kv.set("p", "k", vec![0; MAX_VALUE_BYTES + 1], 0), Err(KvError::TooLarge));
-    }
-
-    #[test]
-    fn increments_from_many_threads_are_not_lost() {
-        let kv = std::sync::Arc::new(LocalKv::default());
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let kv = kv.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..1000 {
-                        kv.incr("p", "n", 1, 0).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(kv.get("p", "n").unwrap(), Some(b"8000".to_vec()));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn expired_keys_that_are_never_read_again_are_swept() {
-        let kv = LocalKv::default();
-        for i in 0..SHARDS * SWEEP_EVERY as usize {
-            kv.set("p", &format!("client-{i}"), b"1".to_vec(), 10).unwrap();
-        }
-        tokio::time::advance(Duration::from_millis(20)).await;
-        for i in 0..SHARDS * SWEEP_EVERY as usize {
-            kv.set("p", &format!("fresh-{i}"), b"1".to_vec(), 0).unwrap();
-        }
-        assert!(kv.len() < 2 * SHARDS * SWEEP_EVERY as usize, "{} entries", kv.len());
     }
 }

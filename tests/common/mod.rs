@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod backend;
+pub mod proc;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +57,10 @@ pub fn plugin_dir() -> &'static Path {
 pub const PLUGIN_PACKAGES: &[&str] = &[
     "sluice-plugin-header-transform",
     "sluice-plugin-deny",
+    "sluice-plugin-rate-limit",
+    "sluice-plugin-jwt",
+    "sluice-plugin-api-key",
+    "sluice-plugin-basic-auth",
     "sluice-test-faults",
     "sluice-test-stamp-v1",
     "sluice-test-stamp-v2",

@@ -16,9 +16,15 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "plugin",
     imports: {
-        // Reading a body waits for the peer; everything else answers from memory.
+        // Reading a body waits for the peer, and the key-value store may be remote (Redis);
+        // everything else answers from memory.
         "sluice:plugin/http.[method]request.body": async | trappable,
         "sluice:plugin/http.[method]response.body": async | trappable,
+        "sluice:plugin/kv.get": async | trappable,
+        "sluice:plugin/kv.set": async | trappable,
+        "sluice:plugin/kv.incr": async | trappable,
+        "sluice:plugin/kv.compare-and-swap": async | trappable,
+        "sluice:plugin/kv.delete": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -43,6 +43,45 @@ pub struct Runtime {
     /// Instance slots in the pooling allocator, shared by all plugins.
     pub max_instances: u32,
     pub max_memory_bytes: usize,
+    /// The plugins' key-value store (`[kv]`); set at start, like the rest of the runtime.
+    pub kv: KvSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KvSettings {
+    pub backend: KvBackend,
+    pub on_unavailable: OnUnavailable,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum KvBackend {
+    #[default]
+    Local,
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`
+    pub url: String,
+    /// Connecting, and each operation.
+    pub timeout: Duration,
+    /// How long an unreachable server is left alone before the next try.
+    pub recheck: Duration,
+    /// Keys are `{prefix}:{plugin}:{key}`.
+    pub prefix: String,
+}
+
+/// What store operations do while a remote backend cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Use this process's local store.
+    #[default]
+    FallbackLocal,
+    /// Return `unavailable` to the plugin, which goes on without state.
+    FailOpen,
+    /// Fail the request with 503.
+    FailClosed,
 }
 
 /// An upstream: its endpoints and how requests are spread over them, checked and retried.
@@ -183,8 +222,11 @@ pub enum FailPolicy {
 pub struct Plugin {
     pub name: Arc<str>,
     pub module: PathBuf,
-    /// The `config` table, as the JSON text handed to the plugin's `init`.
+    /// The `config` table, as the JSON text handed to the plugin's `init`, with the
+    /// contents of `files` under `files`.
     pub config_json: String,
+    /// The files read into the config: a change to one reloads the config.
+    pub files: Vec<PathBuf>,
     pub instances: InstanceModel,
     pub on_error: FailPolicy,
     /// The longest one hook call may run before it is stopped (a trap).

@@ -12,6 +12,8 @@ pub struct File {
     #[serde(default)]
     pub runtime: Runtime,
     #[serde(default)]
+    pub kv: Kv,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub plugins: BTreeMap<String, Plugin>,
@@ -38,6 +40,17 @@ pub struct Runtime {
     pub cache: Option<bool>,
     pub max_instances: Option<u32>,
     pub max_memory_mib: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kv {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub timeout: Option<String>,
+    pub recheck: Option<String>,
+    pub prefix: Option<String>,
+    pub on_unavailable: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +159,8 @@ pub struct Plugin {
     pub module: String,
     #[serde(default)]
     pub config: Option<toml::Table>,
+    /// Files whose contents the plugin gets in `config.files.KEY` (keys, htpasswd, JWKS).
+    pub files: Option<BTreeMap<String, String>>,
     pub instances: Option<String>,
     pub on_error: Option<String>,
     pub timeout: Option<String>,

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::error::PluginError;
+use super::error::{FailureKind, PluginError};
 use super::named::{Decision, NamedPlugin};
 use crate::config::FailPolicy;
 use crate::message::{RequestMsg, ResponseMsg};
@@ -87,6 +87,7 @@ impl Chain {
 
 fn fail_or_skip(plugin: &NamedPlugin, e: PluginError, req: &RequestMsg) -> Result<(), PluginError> {
     match plugin.spec.on_error {
+        _ if matches!(e.kind, FailureKind::StoreClosed(_)) => Err(e),
         FailPolicy::Fail => Err(e),
         FailPolicy::Continue => {
             tracing::warn!(

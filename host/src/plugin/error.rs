@@ -33,6 +33,10 @@ pub enum FailureKind {
     Overloaded(Duration),
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
+    /// The key-value store is unreachable and `kv.on_unavailable = "fail-closed"`: the
+    /// request fails with 503 whatever the plugin's `on_error`.
+    #[error("{0}")]
+    StoreClosed(String),
 }
 
 /// A plugin failed one call of one request.

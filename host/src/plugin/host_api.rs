@@ -15,6 +15,7 @@ use wasmtime::component::Resource;
 use wit_http::{BodyError, FieldError};
 
 use super::state::PluginState;
+use crate::kv::{Op, Reply};
 use crate::message::{self, Body, BodyError as MsgBodyError};
 
 /// A host call's own outcome: `Err` traps the plugin.
@@ -306,52 +307,80 @@ impl clock::Host for PluginState {
     }
 }
 
-/// Each plugin's keys live under its name (see `crate::kv`).
+/// Each plugin's keys live under its name (see `crate::kv`). Under `fail-closed`, an
+/// unreachable store fails the call (and so the request, with 503) instead of returning.
 impl kv::Host for PluginState {
-    fn get(&mut self, key: String) -> HostResult<Result<Option<Vec<u8>>, kv::KvError>> {
-        Ok(self.kv.get(&self.plugin, &key).map_err(kv_error))
+    async fn get(&mut self, key: String) -> HostResult<Result<Option<Vec<u8>>, kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Get).await? {
+            Ok(Reply::Value(v)) => Ok(v),
+            other => Err(unexpected(other)),
+        })
     }
 
-    fn set(
+    async fn set(
         &mut self,
         key: String,
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> HostResult<Result<(), kv::KvError>> {
-        Ok(self.kv.set(&self.plugin, &key, value, ttl_ms).map_err(kv_error))
+        Ok(match self.kv_run(key, Op::Set { value, ttl_ms }).await? {
+            Ok(Reply::Done) => Ok(()),
+            other => Err(unexpected(other)),
+        })
     }
 
-    fn incr(
+    async fn incr(
         &mut self,
         key: String,
         delta: i64,
         ttl_ms: u64,
     ) -> HostResult<Result<i64, kv::KvError>> {
-        Ok(self.kv.incr(&self.plugin, &key, delta, ttl_ms).map_err(kv_error))
+        Ok(match self.kv_run(key, Op::Incr { delta, ttl_ms }).await? {
+            Ok(Reply::Number(n)) => Ok(n),
+            other => Err(unexpected(other)),
+        })
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> HostResult<Result<bool, kv::KvError>> {
-        let swapped =
-            self.kv.compare_and_swap(&self.plugin, &key, expected.as_deref(), value, ttl_ms);
-        Ok(swapped.map_err(kv_error))
+        Ok(match self.kv_run(key, Op::Cas { expected, value, ttl_ms }).await? {
+            Ok(Reply::Flag(b)) => Ok(b),
+            other => Err(unexpected(other)),
+        })
     }
 
-    fn delete(&mut self, key: String) -> HostResult<Result<bool, kv::KvError>> {
-        Ok(self.kv.delete(&self.plugin, &key).map_err(kv_error))
+    async fn delete(&mut self, key: String) -> HostResult<Result<bool, kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Delete).await? {
+            Ok(Reply::Flag(b)) => Ok(b),
+            other => Err(unexpected(other)),
+        })
     }
 }
 
-fn kv_error(e: crate::kv::KvError) -> kv::KvError {
-    match e {
-        crate::kv::KvError::Unavailable(why) => kv::KvError::Unavailable(why),
-        crate::kv::KvError::NotANumber => kv::KvError::NotANumber,
-        crate::kv::KvError::TooLarge => kv::KvError::TooLarge,
+impl PluginState {
+    async fn kv_run(
+        &mut self,
+        key: String,
+        op: Op,
+    ) -> HostResult<Result<Reply, crate::kv::KvError>> {
+        let store = self.kv.clone();
+        Ok(store.run(&self.plugin, &key, op).await?)
+    }
+}
+
+/// Maps the store's answer to the WIT error; a reply of the wrong shape cannot happen (each
+/// op has one reply kind) and would be reported as `unavailable`.
+fn unexpected(r: Result<Reply, crate::kv::KvError>) -> kv::KvError {
+    match r {
+        Err(crate::kv::KvError::Unavailable(why)) => kv::KvError::Unavailable(why),
+        Err(crate::kv::KvError::NotANumber) => kv::KvError::NotANumber,
+        Err(crate::kv::KvError::TooLarge) => kv::KvError::TooLarge,
+        Ok(reply) => kv::KvError::Unavailable(format!("store gave an unexpected reply: {reply:?}")),
     }
 }
 

@@ -303,6 +303,9 @@ fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duratio
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return FailureKind::Timeout(budget);
     }
+    if let Some(closed) = e.downcast_ref::<crate::kv::StoreClosed>() {
+        return FailureKind::StoreClosed(closed.to_string());
+    }
     let cause = e.chain().last().map_or_else(|| e.to_string(), |c| c.to_string());
     let mut message = cause.replace('\n', " ");
     if let Some(trace) = e.downcast_ref::<WasmBacktrace>() {

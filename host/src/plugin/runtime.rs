@@ -17,7 +17,7 @@ use super::module::{Module, ModuleError};
 use super::state::{PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
 use crate::config;
-use crate::kv::LocalKv;
+use crate::kv::Store as KvStore;
 use crate::plugin_metrics::PluginMetrics;
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
@@ -43,7 +43,7 @@ pub struct Runtime {
     modules: Mutex<HashMap<[u8; 32], Weak<Module>>>,
     ticker: Ticker,
     /// The plugins' key-value store and metrics: per process, so they outlive reloads.
-    pub kv: Arc<LocalKv>,
+    pub kv: Arc<KvStore>,
     pub metrics: Arc<PluginMetrics>,
 }
 
@@ -78,6 +78,7 @@ impl Runtime {
         sluice_bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("linking the host API: {e:#}")))?;
 
+        let kv = KvStore::new(&cfg.kv).map_err(|e| RuntimeError(format!("kv.url: {e}")))?;
         let ticker = Ticker::start(&engine);
         Ok(Arc::new(Self {
             engine,
@@ -86,7 +87,7 @@ impl Runtime {
             max_memory_bytes: cfg.max_memory_bytes,
             modules: Mutex::default(),
             ticker,
-            kv: Arc::default(),
+            kv: Arc::new(kv),
             metrics: Arc::default(),
         }))
     }

@@ -10,7 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::stderr::StderrTail;
-use crate::kv::LocalKv;
+use crate::kv::Store;
 use crate::message::{RequestMsg, ResponseMsg};
 use crate::plugin_metrics::PluginMetrics;
 
@@ -25,7 +25,7 @@ pub struct PluginState {
     pub(super) stderr: StderrTail,
     /// The messages of the hook call in progress; `None` between calls and during `init`.
     pub(super) call: Option<Call>,
-    pub(super) kv: Arc<LocalKv>,
+    pub(super) kv: Arc<Store>,
     pub(super) metrics: Arc<PluginMetrics>,
 }
 
@@ -80,7 +80,7 @@ impl PluginState {
     pub(super) fn new(
         plugin: Arc<str>,
         limits: StoreLimits,
-        kv: Arc<LocalKv>,
+        kv: Arc<Store>,
         metrics: Arc<PluginMetrics>,
     ) -> Self {
         let stderr = StderrTail::new(plugin.clone());

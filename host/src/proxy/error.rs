@@ -40,7 +40,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => S::NOT_FOUND,
             ProxyError::Plugin(e) => match e.kind {
-                FailureKind::Overloaded(_) => S::SERVICE_UNAVAILABLE,
+                FailureKind::Overloaded(_) | FailureKind::StoreClosed(_) => S::SERVICE_UNAVAILABLE,
                 _ => S::INTERNAL_SERVER_ERROR,
             },
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => S::BAD_GATEWAY,

@@ -173,6 +173,13 @@ impl LocalResponse {
     }
 }
 
+/// Whether `name` can be an HTTP header name (an RFC 9110 token), for checking names in a
+/// plugin's config at `init` rather than failing at request time.
+pub fn is_header_name(name: &str) -> bool {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !name.is_empty() && name.bytes().all(token)
+}
+
 /// Parses a plugin's JSON config, naming the offending field on error, e.g.
 /// `config.response.set: invalid type: integer, expected a string`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {

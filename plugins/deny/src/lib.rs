@@ -72,20 +72,51 @@ impl Plugin for Deny {
     }
 
     fn on_request(&self, req: &Request) -> Action {
-        let path_matches = match &self.prefix {
-            None => true,
-            Some(prefix) => {
-                let path = req.path();
-                path.strip_prefix(prefix.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            }
-        };
-        let method_matches = self.methods.is_empty() || self.methods.contains(&req.method());
-        match path_matches && method_matches {
+        match self.matches(&req.path(), &req.method()) {
             true => Action::Respond(self.response.clone()),
             false => Action::Continue,
         }
     }
 }
 
+impl Deny {
+    fn matches(&self, path: &str, method: &str) -> bool {
+        let path_matches = match &self.prefix {
+            None => true,
+            Some(prefix) => path
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+        };
+        path_matches && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+}
+
 sluice_pdk::export_plugin!(Deny);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deny(json: &str) -> Result<Deny, String> {
+        Deny::new(sluice_pdk::parse_config(json)?)
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments_and_methods_any_case() {
+        let d = deny(r#"{"path_prefix": "/admin/", "methods": ["delete"]}"#).unwrap();
+        assert!(d.matches("/admin", "DELETE"));
+        assert!(d.matches("/admin/users", "DELETE"));
+        assert!(!d.matches("/administrator", "DELETE"));
+        assert!(!d.matches("/admin", "GET"));
+        assert!(deny("{}").unwrap().matches("/anything", "GET"));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_their_field() {
+        assert!(deny(r#"{"status": 42}"#).err().unwrap().starts_with("config.status"));
+        assert!(
+            deny(r#"{"path_prefix": "admin"}"#).err().unwrap().starts_with("config.path_prefix")
+        );
+        assert!(deny(r#"{"prefix": "/a"}"#).err().unwrap().contains("unknown field `prefix`"));
+    }
+}

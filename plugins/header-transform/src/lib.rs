@@ -164,8 +164,7 @@ fn check_name(at: &str, kind: &str, name: &str) -> Result<(), String> {
         "proxy-connection",
         "host",
     ];
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if !sluice_pdk::is_header_name(name) {
         return Err(format!("config.{at}.{kind}: {name:?} is not a valid header name"));
     }
     if HOST_OWNED.contains(&name.to_ascii_lowercase().as_str()) {
@@ -217,3 +216,62 @@ impl Plugin for HeaderTransform {
 }
 
 sluice_pdk::export_plugin!(HeaderTransform);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_into_text_and_variables() {
+        let t = Template::parse("id=${param.id}; via ${route}/${request_id} from ${client_ip}")
+            .unwrap();
+        let kinds: Vec<String> =
+            t.0.iter()
+                .map(|p| match p {
+                    Part::Text(t) => format!("{t:?}"),
+                    Part::Param(n) => format!("param {n}"),
+                    Part::Route => "route".into(),
+                    Part::RequestId => "request_id".into(),
+                    Part::ClientIp => "client_ip".into(),
+                })
+                .collect();
+        assert_eq!(
+            kinds,
+            [
+                "\"id=\"",
+                "param id",
+                "\"; via \"",
+                "route",
+                "\"/\"",
+                "request_id",
+                "\" from \"",
+                "client_ip"
+            ]
+        );
+        assert!(Template::parse("${nope}").err().unwrap().contains("unknown variable ${nope}"));
+        assert!(Template::parse("${param.}").is_err());
+        assert!(Template::parse("${route").err().unwrap().contains("unclosed"));
+    }
+
+    #[test]
+    fn edits_refuse_bad_and_gateway_owned_headers() {
+        let cfg = |json: &str| -> EditsConfig { serde_json::from_str(json).unwrap() };
+        let e = |json: &str| edits("request", cfg(json), BTreeMap::new()).err().unwrap();
+        assert_eq!(
+            e(r#"{"remove": ["bad name"]}"#),
+            "config.request.remove: \"bad name\" is not a valid header name"
+        );
+        assert_eq!(
+            e(r#"{"set": {"Host": "x"}}"#),
+            "config.request.set: \"Host\" is managed by the gateway"
+        );
+        assert!(e(r#"{"add": {"x-a": "a\nb"}}"#).contains("CR, LF or NUL"));
+        let ok = edits(
+            "response",
+            cfg(r#"{"remove": ["a"], "set": {"b": "1"}, "add": {"c": "2"}}"#),
+            BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(matches!(ok.as_slice(), [Edit::Remove(_), Edit::Set(..), Edit::Add(..)]));
+    }
+}

@@ -1,0 +1,242 @@
+//! The in-memory store: shared by every instance and worker thread of one gateway process.
+//!
+//! Sixteen mutex-guarded shards keep contention low; every operation is atomic per key.
+//! Expired entries are dropped when read, and each shard sweeps out the rest every 1,024
+//! writes, so keys that are never read again (rate-limit windows of clients that left) do
+//! not pile up.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{KvError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+const SHARDS: usize = 16;
+const SWEEP_EVERY: u32 = 1024;
+
+struct Entry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<String, Entry>,
+    writes: u32,
+}
+
+pub struct LocalKv {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+impl Default for LocalKv {
+    fn default() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), hasher: RandomState::new() }
+    }
+}
+
+fn expiry(now: Instant, ttl_ms: u64) -> Option<Instant> {
+    (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms))
+}
+
+impl LocalKv {
+    /// Runs `f` on the shard of `namespace`'s `key`, with the full key and the time.
+    fn with<T>(
+        &self,
+        namespace: &str,
+        key: &str,
+        write: bool,
+        f: impl FnOnce(&mut HashMap<String, Entry>, String, Instant) -> T,
+    ) -> Result<T, KvError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KvError::TooLarge);
+        }
+        // The namespace cannot contain NUL (plugin names are TOML keys we validated), so
+        // no key of one plugin can spell another's.
+        let full = format!("{namespace}\0{key}");
+        let i = self.hasher.hash_one(&full) as usize % self.shards.len();
+        let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if write {
+            shard.writes += 1;
+            if shard.writes >= SWEEP_EVERY {
+                shard.writes = 0;
+                shard.map.retain(|_, e| e.live(now));
+            }
+        }
+        Ok(f(&mut shard.map, full, now))
+    }
+
+    pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.with(namespace, key, false, |map, full, now| match map.get(&full) {
+            Some(e) if e.live(now) => Some(e.value.clone()),
+            Some(_) => {
+                map.remove(&full);
+                None
+            }
+            None => None,
+        })
+    }
+
+    pub fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<(), KvError> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(KvError::TooLarge);
+        }
+        self.with(namespace, key, true, |map, full, now| {
+            map.insert(full, Entry { value, expires: expiry(now, ttl_ms) });
+        })
+    }
+
+    pub fn incr(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> Result<i64, KvError> {
+        self.with(namespace, key, true, |map, full, now| {
+            let current = match map.get(&full).filter(|e| e.live(now)) {
+                Some(e) => {
+                    let text = std::str::from_utf8(&e.value).map_err(|_| KvError::NotANumber)?;
+                    Some((text.parse::<i64>().map_err(|_| KvError::NotANumber)?, e.expires))
+                }
+                None => None,
+            };
+            let (value, expires) = match current {
+                Some((n, expires)) => (n.saturating_add(delta), expires),
+                None => (delta, expiry(now, ttl_ms)),
+            };
+            map.insert(full, Entry { value: value.to_string().into_bytes(), expires });
+            Ok(value)
+        })?
+    }
+
+    pub fn compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<bool, KvError> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(KvError::TooLarge);
+        }
+        self.with(namespace, key, true, |map, full, now| {
+            let current = map.get(&full).filter(|e| e.live(now)).map(|e| e.value.as_slice());
+            if current != expected {
+                return false;
+            }
+            map.insert(full, Entry { value, expires: expiry(now, ttl_ms) });
+            true
+        })
+    }
+
+    pub fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvError> {
+        self.with(namespace, key, true, |map, full, now| {
+            map.remove(&full).is_some_and(|e| e.live(now))
+        })
+    }
+
+    /// Live and expired-but-not-yet-swept entries, for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn values_expire_and_namespaces_are_separate() {
+        let kv = LocalKv::default();
+        kv.set("a", "k", b"1".to_vec(), 100).unwrap();
+        kv.set("b", "k", b"2".to_vec(), 0).unwrap();
+        assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get("b", "k").unwrap(), Some(b"2".to_vec()));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(kv.get("a", "k").unwrap(), None);
+        assert_eq!(kv.get("b", "k").unwrap(), Some(b"2".to_vec()));
+        assert!(kv.delete("b", "k").unwrap());
+        assert!(!kv.delete("b", "k").unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incr_counts_in_a_window_that_starts_at_the_first_hit() {
+        let kv = LocalKv::default();
+        assert_eq!(kv.incr("p", "ip", 1, 1000).unwrap(), 1);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        // A later hit does not push the window's end out.
+        assert_eq!(kv.incr("p", "ip", 5, 1000).unwrap(), 6);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(kv.incr("p", "ip", 1, 1000).unwrap(), 1);
+        kv.set("p", "text", b"abc".to_vec(), 0).unwrap();
+        assert_eq!(kv.incr("p", "text", 1, 0), Err(KvError::NotANumber));
+    }
+
+    #[test]
+    fn compare_and_swap_only_stores_over_the_expected_value() {
+        let kv = LocalKv::default();
+        assert!(kv.compare_and_swap("p", "k", None, b"v1".to_vec(), 0).unwrap());
+        assert!(!kv.compare_and_swap("p", "k", None, b"v2".to_vec(), 0).unwrap());
+        assert!(!kv.compare_and_swap("p", "k", Some(b"v0"), b"v2".to_vec(), 0).unwrap());
+        assert!(kv.compare_and_swap("p", "k", Some(b"v1"), b"v2".to_vec(), 0).unwrap());
+        assert_eq!(kv.get("p", "k").unwrap(), Some(b"v2".to_vec()));
+        let big = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(kv.get("p", &big), Err(KvError::TooLarge));
+        assert_eq!(kv.set("p", "k", vec![0; MAX_VALUE_BYTES + 1], 0), Err(KvError::TooLarge));
+    }
+
+    #[test]
+    fn increments_from_many_threads_are_not_lost() {
+        let kv = std::sync::Arc::new(LocalKv::default());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        kv.incr("p", "n", 1, 0).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(kv.get("p", "n").unwrap(), Some(b"8000".to_vec()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_that_are_never_read_again_are_swept() {
+        let kv = LocalKv::default();
+        for i in 0..SHARDS * SWEEP_EVERY as usize {
+            kv.set("p", &format!("client-{i}"), b"1".to_vec(), 10).unwrap();
+        }
+        tokio::time::advance(Duration::from_millis(20)).await;
+        for i in 0..SHARDS * SWEEP_EVERY as usize {
+            kv.set("p", &format!("fresh-{i}"), b"1".to_vec(), 0).unwrap();
+        }
+        assert!(kv.len() < 2 * SHARDS * SWEEP_EVERY as usize, "{} entries", kv.len());
+    }
+}

@@ -1,0 +1,253 @@
+//! Token verification, independent of the gateway: keys from the config, checks by
+//! `jsonwebtoken` (pure-Rust crypto, so it compiles to a component).
+//!
+//! Each key is bound to one algorithm family (HMAC, RSA, EC, EdDSA) when it is loaded, and
+//! a token is only ever checked against keys of its `alg`'s family: an RSA public key is
+//! never used as an HMAC secret (the classic algorithm-confusion attack), and `alg: none`
+//! is refused before any key is looked at.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A key as written in the config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Matched against the token's `kid` header when both have one.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The algorithm(s) this key verifies; for JWKs, defaults to the JWK's `alg` or its
+    /// curve's algorithm.
+    #[serde(default)]
+    pub alg: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_base64: Option<String>,
+    /// A PEM public key (SPKI or PKCS#1 for RSA).
+    #[serde(default)]
+    pub pem: Option<String>,
+    #[serde(default)]
+    pub jwk: Option<Value>,
+}
+
+pub struct Key {
+    kid: Option<String>,
+    algs: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Why a request is refused; `Missing` answers without `error=` (RFC 6750 section 3.1).
+#[derive(Debug, PartialEq)]
+pub enum Failure {
+    Missing,
+    Invalid(String),
+}
+
+pub struct Checks {
+    pub algorithms: Option<Vec<Algorithm>>,
+    pub issuer: Vec<String>,
+    pub audience: Vec<String>,
+    pub leeway_s: u64,
+    pub required: Vec<String>,
+}
+
+pub fn parse_alg(s: &str) -> Result<Algorithm, String> {
+    match s {
+        "none" => Err("\"none\" is not allowed".to_owned()),
+        _ => s.parse::<Algorithm>().map_err(|_| {
+            format!(
+                "unknown algorithm {s:?}; expected HS256/384/512, RS256/384/512, \
+                 PS256/384/512, ES256/384 or EdDSA"
+            )
+        }),
+    }
+}
+
+impl Key {
+    pub fn from_config(at: &str, k: KeyConfig) -> Result<Key, String> {
+        let algs = match &k.alg {
+            Some(a) => Some(vec![parse_alg(a).map_err(|e| format!("{at}.alg: {e}"))?]),
+            None => None,
+        };
+        let (key, default_algs): (DecodingKey, Option<Vec<Algorithm>>) =
+            match (&k.secret, &k.secret_base64, &k.pem, &k.jwk) {
+                (Some(s), None, None, None) => (DecodingKey::from_secret(s.as_bytes()), None),
+                (None, Some(b), None, None) => (
+                    DecodingKey::from_base64_secret(b)
+                        .map_err(|e| format!("{at}.secret_base64: {e}"))?,
+                    None,
+                ),
+                (None, None, Some(pem), None) => {
+                    let key =
+                        pem_key(pem, algs.as_deref()).map_err(|e| format!("{at}.pem: {e}"))?;
+                    let default = default_algs_for(&key);
+                    (key, default)
+                }
+                (None, None, None, Some(jwk)) => {
+                    let jwk: Jwk = serde_json::from_value(jwk.clone())
+                        .map_err(|e| format!("{at}.jwk: {e}"))?;
+                    let (key, jwk_algs) = jwk_key(&jwk).map_err(|e| format!("{at}.jwk: {e}"))?;
+                    let kid = k.kid.clone().or(jwk.common.key_id.clone());
+                    return Key::checked(at, kid, algs.or(jwk_algs), key);
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}: give exactly one of secret, secret_base64, pem, jwk"
+                    ));
+                }
+            };
+        let algs = algs.or(default_algs);
+        Key::checked(at, k.kid, algs, key)
+    }
+
+    fn checked(
+        at: &str,
+        kid: Option<String>,
+        algs: Option<Vec<Algorithm>>,
+        key: DecodingKey,
+    ) -> Result<Key, String> {
+        let Some(algs) = algs else {
+            return Err(format!("{at}.alg: required for this key (e.g. \"HS256\" or \"RS256\")"));
+        };
+        if let Some(bad) = algs.iter().find(|a| a.family() != key.family()) {
+            return Err(format!("{at}.alg: {bad:?} does not fit a {:?} key", key.family()));
+        }
+        Ok(Key { kid, algs, key })
+    }
+}
+
+fn default_algs_for(key: &DecodingKey) -> Option<Vec<Algorithm>> {
+    match key.family() {
+        jsonwebtoken::AlgorithmFamily::Ed => Some(vec![Algorithm::EdDSA]),
+        _ => None,
+    }
+}
+
+fn pem_key(pem: &str, algs: Option<&[Algorithm]>) -> Result<DecodingKey, String> {
+    let family = algs.and_then(|a| a.first()).map(|a| a.family());
+    use jsonwebtoken::AlgorithmFamily as F;
+    let r = match family {
+        Some(F::Rsa) => DecodingKey::from_rsa_pem(pem.as_bytes()),
+        Some(F::Ec) => DecodingKey::from_ec_pem(pem.as_bytes()),
+        Some(F::Ed) => DecodingKey::from_ed_pem(pem.as_bytes()),
+        Some(F::Hmac) => return Err("an HMAC key is a `secret`, not a PEM".to_owned()),
+        None => return Err("set `alg` to say how to read this PEM key".to_owned()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// A JWK's key and the algorithms it verifies: its `alg`, else what its type allows.
+fn jwk_key(jwk: &Jwk) -> Result<(DecodingKey, Option<Vec<Algorithm>>), String> {
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    if let Some(alg) = &jwk.common.key_algorithm {
+        let alg = parse_alg(&alg.to_string())?;
+        return Ok((key, Some(vec![alg])));
+    }
+    let algs = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => Some(vec![Algorithm::ES256]),
+            EllipticCurve::P384 => Some(vec![Algorithm::ES384]),
+            _ => return Err(format!("unsupported curve {:?}", p.curve)),
+        },
+        AlgorithmParameters::OctetKeyPair(_) => Some(vec![Algorithm::EdDSA]),
+        AlgorithmParameters::RSA(_) | AlgorithmParameters::OctetKey(_) => {
+            Some(key.family().algorithms().to_vec())
+        }
+        _ => None,
+    };
+    Ok((key, algs))
+}
+
+/// Every key of a JWKS document (`{"keys": [...]}`); keys of unsupported types are skipped.
+pub fn jwks_keys(text: &str) -> Result<Vec<Key>, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        if let Ok((key, Some(algs))) = jwk_key(jwk) {
+            keys.push(Key { kid: jwk.common.key_id.clone(), algs, key });
+        }
+    }
+    if keys.is_empty() {
+        return Err("no usable key in the JWKS document".to_owned());
+    }
+    Ok(keys)
+}
+
+/// Verifies `token` with one of `keys` and returns its claims.
+pub fn verify(token: &str, keys: &[Key], checks: &Checks) -> Result<Map<String, Value>, Failure> {
+    let invalid = |m: &str| Failure::Invalid(m.to_owned());
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
+    if let Some(allowed) = &checks.algorithms
+        && !allowed.contains(&header.alg)
+    {
+        return Err(invalid("algorithm not allowed"));
+    }
+    let mut candidates = keys
+        .iter()
+        .filter(|k| k.algs.contains(&header.alg))
+        .filter(|k| match (&header.kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            _ => true,
+        })
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(invalid("no key for this token"));
+    }
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = checks.leeway_s;
+    validation.validate_nbf = true;
+    validation.required_spec_claims = HashSet::new();
+    if !checks.issuer.is_empty() {
+        validation.set_issuer(&checks.issuer);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    if checks.audience.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&checks.audience);
+        validation.required_spec_claims.insert("aud".to_owned());
+    }
+    for c in &checks.required {
+        if ["exp", "nbf", "aud", "iss", "sub"].contains(&c.as_str()) {
+            validation.required_spec_claims.insert(c.clone());
+        }
+    }
+    let mut last = invalid("signature does not verify");
+    for key in candidates {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+            Ok(data) => {
+                if let Some(missing) =
+                    checks.required.iter().find(|c| !data.claims.contains_key(*c))
+                {
+                    return Err(Failure::Invalid(format!("missing required claim {missing:?}")));
+                }
+                return Ok(data.claims);
+            }
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind as K;
+                last = Failure::Invalid(match e.kind() {
+                    K::InvalidSignature => "signature does not verify".to_owned(),
+                    K::ExpiredSignature => "token expired".to_owned(),
+                    K::ImmatureSignature => "token not valid yet".to_owned(),
+                    K::InvalidIssuer => "wrong issuer".to_owned(),
+                    K::InvalidAudience => "wrong audience".to_owned(),
+                    K::MissingRequiredClaim(c) => format!("missing required claim {c:?}"),
+                    K::InvalidClaimFormat(c) => format!("malformed claim {c:?}"),
+                    _ => "invalid token".to_owned(),
+                });
+                // Only a bad signature may mean "another key": anything else is final.
+                if !matches!(e.kind(), K::InvalidSignature) {
+                    return Err(last);
+                }
+            }
+        }
+    }
+    Err(last)
+}
