@@ -70,7 +70,11 @@ fn invalid_configs_fail_with_the_expected_errors() {
 
 #[test]
 fn valid_configs_and_the_shipped_examples_pass() {
-    let shipped = ["config/demo.toml", "plugin-sdk/rust/examples/hello/sluice.toml"];
+    let shipped = [
+        "config/demo.toml",
+        "config/api-gateway.toml",
+        "plugin-sdk/rust/examples/hello/sluice.toml",
+    ];
     for case in files("valid").into_iter().chain(shipped.iter().map(|f| workspace().join(f))) {
         let out = check(&case);
         assert!(

@@ -173,3 +173,62 @@ async fn sdk_example_hello_greets_and_stamps_responses() {
     assert_eq!(r.header("x-hello"), Some("plugin author"));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn transform_rewrites_path_query_headers_status_and_json_bodies() {
+    let gw = gateway(
+        echo().await,
+        &(r#"
+[plugins.t]
+module = "transform"
+[plugins.t.config.request]
+path = { regex = "^/old/(.*)$", replace = "/new/$1" }
+query = { add = { source = "gw ${route}" }, remove = ["debug"] }
+headers = { rename = { "x-token" = "x-auth-token" }, remove = ["x-debug"], set = { "x-client" = "${client_ip}" } }
+json = { set = { "/meta/by" = "${request_id}" }, remove = ["/password"], rename = { "/user_name" = "/username" } }
+[plugins.t.config.response]
+status = { "200" = 203 }
+headers = { set = { "x-upstream-ms" = "${latency}" } }
+json = { remove = ["/headers/x-client"], rename = { "/body_sha256" = "/received_sha256" } }
+"#
+        .to_owned()
+            + "[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [\"t\"]\n"),
+    )
+    .await;
+    let body = r#"{"user_name": "ada", "password": "s3cret"}"#;
+    let req = http::Request::post(format!("http://{}/old/a?debug=1&page=2", gw.addr))
+        .header("content-type", "application/json")
+        .header("x-token", "abc")
+        .header("x-debug", "1")
+        .header("x-request-id", "req-9")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.status, 203, "status mapped");
+    assert!(r.header("x-upstream-ms").unwrap().parse::<u64>().is_ok());
+    let echoed = r.echoed();
+    assert_eq!(echoed["path"], "/new/a");
+    assert_eq!(echoed["query"], "page=2&source=gw%20r");
+    let headers = &echoed["headers"];
+    assert_eq!(headers["x-auth-token"], "abc");
+    assert!(headers.get("x-token").is_none() && headers.get("x-debug").is_none());
+    assert!(headers.get("x-client").is_none(), "removed from the response JSON");
+    // The upstream received the edited JSON (compact, keys in order).
+    let sent = r#"{"meta":{"by":"req-9"},"username":"ada"}"#;
+    assert_eq!(echoed["received_sha256"], sha256_hex(sent.as_bytes()));
+    assert_eq!(echoed["body_bytes"], sent.len());
+
+    // Not JSON: the body passes untouched.
+    let req = http::Request::post(format!("http://{}/x", gw.addr))
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from("password=kept")))
+        .unwrap();
+    let echoed = send(&client(), req).await.echoed();
+    assert_eq!(echoed["received_sha256"], sha256_hex(b"password=kept"));
+    gw.shutdown().await;
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -61,6 +61,8 @@ pub const PLUGIN_PACKAGES: &[&str] = &[
     "sluice-plugin-jwt",
     "sluice-plugin-api-key",
     "sluice-plugin-basic-auth",
+    "sluice-plugin-cors",
+    "sluice-plugin-transform",
     "sluice-test-faults",
     "sluice-test-stamp-v1",
     "sluice-test-stamp-v2",

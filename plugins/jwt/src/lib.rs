@@ -13,6 +13,7 @@
 //! required_claims = ["sub"]
 //! token_from = ["header:authorization", "cookie:session", "query:access_token"]
 //! forward_claims = { sub = "x-user-id", role = "x-user-role" }
+//! run_on_preflight = false                     # let CORS preflights through (default true)
 //! ```
 //!
 //! A request without a token, or with one that does not verify, gets 401 with
@@ -74,6 +75,15 @@ pub struct Config {
     forward_claims: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     realm: Option<String>,
+    /// Check CORS preflights too (`OPTIONS` with `Access-Control-Request-Method`, which
+    /// browsers send without credentials). Set `false` when a `cors` plugin after this one
+    /// should answer them.
+    #[serde(default = "yes")]
+    run_on_preflight: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, PartialEq)]
@@ -90,6 +100,7 @@ pub struct Jwt {
     sources: Vec<Source>,
     forward: Vec<(String, String)>,
     realm: String,
+    run_on_preflight: bool,
 }
 
 impl Jwt {
@@ -155,6 +166,7 @@ impl Jwt {
             sources,
             forward: c.forward_claims.into_iter().collect(),
             realm: c.realm.unwrap_or_else(|| "sluice".to_owned()),
+            run_on_preflight: c.run_on_preflight,
         })
     }
 
@@ -230,6 +242,12 @@ impl Plugin for Jwt {
     fn on_request(&self, req: &Request) -> Action {
         for (_, header) in &self.forward {
             let _ = req.remove_header(header);
+        }
+        if !self.run_on_preflight
+            && req.method() == "OPTIONS"
+            && req.header("access-control-request-method").is_some()
+        {
+            return Action::Continue;
         }
         let Some(token) = self.token(req) else {
             sluice_pdk::metrics::counter_add("missing", 1);
