@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the plugin runtime: one hook call with a reused instance, with a
-//! fresh instance per call, and a chain of four plugins; plus router lookups.
+//! fresh instance per call, and a chain of four plugins; each shipped plugin's request phase
+//! and the jwt -> rate-limit -> cors -> transform chain; plus router lookups.
 //!
 //! Run with `./dev bench` (it builds the plugins first). Every iteration includes a
 //! `block_on` of a current-thread runtime, the same for each case, so compare cases by
@@ -110,6 +111,127 @@ fn plugin_calls(c: &mut Criterion) {
     g.finish();
 }
 
+/// A request each shipped plugin lets through: a valid HS256 token (expires in 2100), an API
+/// key, Basic credentials (bcrypt cost 8; verified once, then served from the plugin's
+/// cache, which is what a returning client costs) and a CORS origin.
+fn authorized_request() -> RequestMsg {
+    const BEARER: &str = "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZGEiLCJleHAiOjQxMDI0NDQ4MDB9.dVQ2bwQWYtL_mtTRnwqaZ9yzRefPigE8YP99zP0w7Jw";
+    let mut req = request();
+    let h = &mut req.parts.headers;
+    h.insert("authorization", http::HeaderValue::from_static(BEARER));
+    h.insert("x-api-key", http::HeaderValue::from_static("bench-key"));
+    h.insert("x-basic", http::HeaderValue::from_static("Basic YWRhOmxvdmVsYWNl"));
+    h.insert("origin", http::HeaderValue::from_static("https://app.example.com"));
+    req
+}
+
+/// Each shipped plugin's request phase on a request it lets through, and the
+/// jwt -> rate-limit -> cors -> transform chain of config/api-gateway.toml.
+fn shipped_plugins(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = Runtime::new(&runtime_config()).unwrap();
+    let load = |name: &str, stem: &str, cfg: &str| {
+        rt.block_on(async {
+            let s = spec(name, stem, cfg, InstanceModel::Reuse);
+            let module = runtime.load_module(&s.module).await.unwrap();
+            Arc::new(
+                NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
+        })
+    };
+    let plugins = [
+        (
+            "jwt",
+            load(
+                "jwt",
+                "sluice_plugin_jwt",
+                r#"{"keys":[{"alg":"HS256","secret":"bench-secret-of-at-least-thirty-two-bytes"}],"forward_claims":{"sub":"x-user-id"}}"#,
+            ),
+        ),
+        (
+            "api_key",
+            load(
+                "api-key",
+                "sluice_plugin_api_key",
+                r#"{"keys":{"sha256:b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7":"bench"},"keep_key":true}"#,
+            ),
+        ),
+        (
+            "basic_auth",
+            load(
+                "basic-auth",
+                "sluice_plugin_basic_auth",
+                r#"{"users":{"ada":"$2b$08$Y8S1QNPgXHgFNp/7fl3gW.PfbiM2fUyclSFlvcZToTaPQ2kxnvxe."}}"#,
+            ),
+        ),
+        (
+            "rate_limit_sliding_window",
+            load(
+                "rl-sw",
+                "sluice_plugin_rate_limit",
+                r#"{"limit":1000000000000,"window":"1h","key":"header:x-user-id"}"#,
+            ),
+        ),
+        (
+            "rate_limit_token_bucket",
+            load(
+                "rl-tb",
+                "sluice_plugin_rate_limit",
+                r#"{"algorithm":"token-bucket","limit":1000000000000,"window":"1h"}"#,
+            ),
+        ),
+        (
+            "cors",
+            load("cors", "sluice_plugin_cors", r#"{"allow_origins":["https://app.example.com"]}"#),
+        ),
+        (
+            "transform",
+            load(
+                "transform",
+                "sluice_plugin_transform",
+                r#"{"request":{"path":{"strip_prefix":"/api","add_prefix":"/v2"},"headers":{"set":{"x-request-id":"${request_id}"}},"query":{"remove":["page"]}}}"#,
+            ),
+        ),
+    ];
+    // basic-auth's Authorization comes from x-basic here, so jwt's token can stay put.
+    let basic_request = || {
+        let mut r = authorized_request();
+        let basic = r.parts.headers.remove("x-basic").unwrap();
+        r.parts.headers.insert("authorization", basic);
+        r
+    };
+    let mut g = c.benchmark_group("shipped_plugin_request_phase");
+    for (name, plugin) in &plugins {
+        let make = if *name == "basic_auth" {
+            &basic_request as &dyn Fn() -> RequestMsg
+        } else {
+            &authorized_request
+        };
+        // Refuse to measure a plugin that answers instead of letting the request through.
+        let (_, decision) = rt.block_on(plugin.on_request(make()));
+        assert!(
+            matches!(decision, Ok(sluice::plugin::Decision::Continue)),
+            "{name} did not let the request through"
+        );
+        g.bench_function(*name, |b| b.iter(|| rt.block_on(plugin.on_request(make())).1.unwrap()));
+    }
+    let chain = Chain::new(vec![
+        plugins[0].1.clone(),
+        plugins[3].1.clone(),
+        plugins[5].1.clone(),
+        plugins[6].1.clone(),
+    ]);
+    g.bench_function("chain_jwt_rate_limit_cors_transform", |b| {
+        b.iter(|| rt.block_on(chain.run_request(authorized_request())).unwrap())
+    });
+    g.bench_function("no_plugin_baseline", |b| {
+        b.iter(|| rt.block_on(async { authorized_request() }))
+    });
+    g.finish();
+}
+
 /// Route tables of `n` routes: half prefixes (`/svc{i}/api/v{k}`), half parameter patterns
 /// (`/svc{i}/users/{id}`), and a root fallback; lookups that hit a prefix, a parameter
 /// route, and the fallback (the most candidates to rule out).
@@ -150,6 +272,6 @@ fn router(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = plugin_calls, router
+    targets = plugin_calls, shipped_plugins, router
 }
 criterion_main!(benches);

@@ -240,6 +240,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
         tracing::warn!("server.workers changed; it takes effect on restart");
     }
     let (a, b) = (&old.runtime, &new.runtime);
+    if a.kv != b.kv {
+        tracing::warn!("kv changed; it takes effect on restart (the running store is kept)");
+    }
     if a.max_instances != b.max_instances || a.max_memory_bytes != b.max_memory_bytes {
         tracing::warn!(
             "runtime.max_instances / max_memory_mib changed; they take effect on restart"
