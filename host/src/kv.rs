@@ -79,10 +79,6 @@ impl Store {
         Ok(Self { local: LocalKv::default(), remote, on_unavailable: settings.on_unavailable })
     }
 
-    pub fn local(&self) -> &LocalKv {
-        &self.local
-    }
-
     /// Runs `op` on `namespace`'s `key`. `Err(StoreClosed)` only under `fail-closed`.
     pub async fn run(
         &self,

@@ -313,7 +313,7 @@ impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> HostResult<Result<Option<Vec<u8>>, kv::KvError>> {
         Ok(match self.kv_run(key, Op::Get).await? {
             Ok(Reply::Value(v)) => Ok(v),
-            other => Err(unexpected(other)),
+            other => Err(wit_error(other)),
         })
     }
 
@@ -325,7 +325,7 @@ impl kv::Host for PluginState {
     ) -> HostResult<Result<(), kv::KvError>> {
         Ok(match self.kv_run(key, Op::Set { value, ttl_ms }).await? {
             Ok(Reply::Done) => Ok(()),
-            other => Err(unexpected(other)),
+            other => Err(wit_error(other)),
         })
     }
 
@@ -337,7 +337,7 @@ impl kv::Host for PluginState {
     ) -> HostResult<Result<i64, kv::KvError>> {
         Ok(match self.kv_run(key, Op::Incr { delta, ttl_ms }).await? {
             Ok(Reply::Number(n)) => Ok(n),
-            other => Err(unexpected(other)),
+            other => Err(wit_error(other)),
         })
     }
 
@@ -350,14 +350,14 @@ impl kv::Host for PluginState {
     ) -> HostResult<Result<bool, kv::KvError>> {
         Ok(match self.kv_run(key, Op::Cas { expected, value, ttl_ms }).await? {
             Ok(Reply::Flag(b)) => Ok(b),
-            other => Err(unexpected(other)),
+            other => Err(wit_error(other)),
         })
     }
 
     async fn delete(&mut self, key: String) -> HostResult<Result<bool, kv::KvError>> {
         Ok(match self.kv_run(key, Op::Delete).await? {
             Ok(Reply::Flag(b)) => Ok(b),
-            other => Err(unexpected(other)),
+            other => Err(wit_error(other)),
         })
     }
 }
@@ -368,14 +368,13 @@ impl PluginState {
         key: String,
         op: Op,
     ) -> HostResult<Result<Reply, crate::kv::KvError>> {
-        let store = self.kv.clone();
-        Ok(store.run(&self.plugin, &key, op).await?)
+        Ok(self.kv.run(&self.plugin, &key, op).await?)
     }
 }
 
-/// Maps the store's answer to the WIT error; a reply of the wrong shape cannot happen (each
-/// op has one reply kind) and would be reported as `unavailable`.
-fn unexpected(r: Result<Reply, crate::kv::KvError>) -> kv::KvError {
+/// The WIT error for a store answer that is not the op's own reply kind: the store's error,
+/// or (cannot happen: each op has one reply kind) a reply of another shape, as `unavailable`.
+fn wit_error(r: Result<Reply, crate::kv::KvError>) -> kv::KvError {
     match r {
         Err(crate::kv::KvError::Unavailable(why)) => kv::KvError::Unavailable(why),
         Err(crate::kv::KvError::NotANumber) => kv::KvError::NotANumber,

@@ -180,6 +180,16 @@ pub fn is_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(token)
 }
 
+/// The raw (not percent-decoded) value of the first `name` parameter in `query`; a bare
+/// `name` without `=` has the empty value.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| match pair.split_once('=') {
+        Some((k, v)) if k == name => Some(v),
+        None if pair == name => Some(""),
+        _ => None,
+    })
+}
+
 /// Parses a plugin's JSON config, naming the offending field on error, e.g.
 /// `config.response.set: invalid type: integer, expected a string`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {

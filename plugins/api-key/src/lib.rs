@@ -65,36 +65,6 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
 }
 
 impl ApiKey {
-    pub fn from_config(c: Config) -> Result<Self, String> {
-        if c.keys.is_empty() {
-            return Err("config.keys: no keys; map \"sha256:<hex>\" to a consumer id".into());
-        }
-        let mut keys = HashMap::new();
-        for (hash, consumer) in c.keys {
-            let Some(digest) = parse_hash(&hash.to_ascii_lowercase()) else {
-                return Err(format!(
-                    "config.keys.{hash}: expected \"sha256:\" and 64 hex digits (the key's \
-                     SHA-256, e.g. from `printf %s \"$KEY\" | sha256sum`); keys are never \
-                     written in clear"
-                ));
-            };
-            if consumer.is_empty() || consumer.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                return Err(format!("config.keys.{hash}: the consumer id must be printable text"));
-            }
-            keys.insert(digest, consumer);
-        }
-        Ok(ApiKey {
-            header: header_name("config.header", c.header.as_deref().unwrap_or("x-api-key"))?,
-            query: c.query,
-            consumer_header: header_name(
-                "config.consumer_header",
-                c.consumer_header.as_deref().unwrap_or("x-consumer"),
-            )?,
-            keys,
-            keep_key: c.keep_key,
-        })
-    }
-
     /// The consumer for a presented key.
     fn consumer(&self, key: &str) -> Option<&str> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
@@ -132,7 +102,33 @@ impl Plugin for ApiKey {
     type Config = Config;
 
     fn new(c: Config) -> Result<Self, String> {
-        Self::from_config(c)
+        if c.keys.is_empty() {
+            return Err("config.keys: no keys; map \"sha256:<hex>\" to a consumer id".into());
+        }
+        let mut keys = HashMap::new();
+        for (hash, consumer) in c.keys {
+            let Some(digest) = parse_hash(&hash.to_ascii_lowercase()) else {
+                return Err(format!(
+                    "config.keys.{hash}: expected \"sha256:\" and 64 hex digits (the key's \
+                     SHA-256, e.g. from `printf %s \"$KEY\" | sha256sum`); keys are never \
+                     written in clear"
+                ));
+            };
+            if consumer.is_empty() || consumer.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                return Err(format!("config.keys.{hash}: the consumer id must be printable text"));
+            }
+            keys.insert(digest, consumer);
+        }
+        Ok(ApiKey {
+            header: header_name("config.header", c.header.as_deref().unwrap_or("x-api-key"))?,
+            query: c.query,
+            consumer_header: header_name(
+                "config.consumer_header",
+                c.consumer_header.as_deref().unwrap_or("x-consumer"),
+            )?,
+            keys,
+            keep_key: c.keep_key,
+        })
     }
 
     fn hooks(&self) -> Hooks {
@@ -182,7 +178,7 @@ mod tests {
     }
 
     fn plugin(json: &str) -> Result<ApiKey, String> {
-        ApiKey::from_config(sluice_pdk::parse_config(json)?)
+        ApiKey::new(sluice_pdk::parse_config(json)?)
     }
 
     #[test]

@@ -86,50 +86,6 @@ fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 impl BasicAuth {
-    pub fn from_config(c: Config) -> Result<Self, String> {
-        let mut users = HashMap::new();
-        if let Some(text) = c.files.and_then(|f| f.htpasswd) {
-            users.extend(parse_htpasswd(&text)?);
-        }
-        for (user, hash) in c.users {
-            if !is_bcrypt(&hash) {
-                return Err(format!("config.users.{user}: not a bcrypt hash (htpasswd -B)"));
-            }
-            users.insert(user, hash);
-        }
-        if users.is_empty() {
-            return Err("config: no users; give `users` or an `htpasswd` file".into());
-        }
-        let realm = c.realm.unwrap_or_else(|| "sluice".to_owned());
-        if realm.contains(['"', '\\', '\r', '\n']) {
-            return Err("config.realm: may not contain quotes, backslashes or line breaks".into());
-        }
-        let user_header = c.user_header.unwrap_or_else(|| "x-user".to_owned()).to_ascii_lowercase();
-        if !sluice_pdk::is_header_name(&user_header) {
-            return Err(format!("config.user_header: {user_header:?} is not a header name"));
-        }
-        let cache_ttl_ms = match c.cache_ttl {
-            None => 60_000,
-            Some(t) => parse_ms(&t).ok_or_else(|| {
-                format!("config.cache_ttl: not a duration: {t:?} (e.g. \"60s\", \"0s\" to disable)")
-            })?,
-        };
-        // Random per instance (std's hasher keys come from the host's WASI random source),
-        // so cached digests say nothing outside it.
-        let random = || std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
-        let mut salt = [0u8; 16];
-        salt[..8].copy_from_slice(&random().to_le_bytes());
-        salt[8..].copy_from_slice(&random().to_le_bytes());
-        Ok(BasicAuth {
-            users,
-            challenge: format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
-            user_header,
-            cache_ttl_ms,
-            verified: RefCell::default(),
-            salt,
-        })
-    }
-
     /// Checks an `Authorization` header value; the user on success.
     fn check(&self, authorization: &str, now_ms: u64) -> Option<String> {
         let (scheme, b64) = authorization.trim().split_once(' ')?;
@@ -166,24 +122,53 @@ impl BasicAuth {
     }
 }
 
-fn parse_ms(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = text[..split].parse().ok()?;
-    match &text[split..] {
-        "ms" => Some(n),
-        "s" => Some(n * 1000),
-        "m" => Some(n * 60_000),
-        "h" => Some(n * 3_600_000),
-        _ => None,
-    }
-}
-
 impl Plugin for BasicAuth {
     type Config = Config;
 
     fn new(c: Config) -> Result<Self, String> {
-        Self::from_config(c)
+        let mut users = HashMap::new();
+        if let Some(text) = c.files.and_then(|f| f.htpasswd) {
+            users.extend(parse_htpasswd(&text)?);
+        }
+        for (user, hash) in c.users {
+            if !is_bcrypt(&hash) {
+                return Err(format!("config.users.{user}: not a bcrypt hash (htpasswd -B)"));
+            }
+            users.insert(user, hash);
+        }
+        if users.is_empty() {
+            return Err("config: no users; give `users` or an `htpasswd` file".into());
+        }
+        let realm = c.realm.unwrap_or_else(|| "sluice".to_owned());
+        if realm.contains(['"', '\\', '\r', '\n']) {
+            return Err("config.realm: may not contain quotes, backslashes or line breaks".into());
+        }
+        let user_header = c.user_header.unwrap_or_else(|| "x-user".to_owned()).to_ascii_lowercase();
+        if !sluice_pdk::is_header_name(&user_header) {
+            return Err(format!("config.user_header: {user_header:?} is not a header name"));
+        }
+        let cache_ttl_ms = match c.cache_ttl {
+            None => 60_000,
+            Some(t) => humantime::parse_duration(&t)
+                .map_err(|e| {
+                    format!("config.cache_ttl: {e}: {t:?} (e.g. \"60s\", \"0s\" to disable)")
+                })?
+                .as_millis() as u64,
+        };
+        // Random per instance (std's hasher keys come from the host's WASI random source),
+        // so cached digests say nothing outside it.
+        let random = || std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+        let mut salt = [0u8; 16];
+        salt[..8].copy_from_slice(&random().to_le_bytes());
+        salt[8..].copy_from_slice(&random().to_le_bytes());
+        Ok(BasicAuth {
+            users,
+            challenge: format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+            user_header,
+            cache_ttl_ms,
+            verified: RefCell::default(),
+            salt,
+        })
     }
 
     fn hooks(&self) -> Hooks {
@@ -223,7 +208,7 @@ mod tests {
     fn plugin(users: &[(&str, &str)], ttl: &str) -> BasicAuth {
         let users: BTreeMap<String, String> =
             users.iter().map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap())).collect();
-        BasicAuth::from_config(Config {
+        BasicAuth::new(Config {
             files: None,
             users,
             realm: Some("staff".into()),

@@ -97,45 +97,6 @@ pub struct Cors {
 }
 
 impl Cors {
-    pub fn from_config(c: Config) -> Result<Self, String> {
-        if c.allow_origins.is_empty() {
-            return Err("config.allow_origins: empty; list origins, or \"*\" for any".into());
-        }
-        let origins = c
-            .allow_origins
-            .iter()
-            .enumerate()
-            .map(|(i, o)| Origin::parse(&format!("config.allow_origins[{i}]"), o))
-            .collect::<Result<_, _>>()?;
-        let methods: Vec<String> = c
-            .allow_methods
-            .unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()])
-            .into_iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect();
-        for (i, h) in c.allow_headers.iter().chain(&c.expose_headers).enumerate() {
-            if h != "*" && !sluice_pdk::is_header_name(h) {
-                return Err(format!("config: header {i} ({h:?}) is not a header name"));
-            }
-        }
-        let max_age = match c.max_age {
-            None => None,
-            Some(t) => Some(
-                humantime::parse_duration(&t)
-                    .map_err(|e| format!("config.max_age: {e}: {t:?}"))?
-                    .as_secs(),
-            ),
-        };
-        Ok(Cors {
-            origins,
-            methods,
-            headers: c.allow_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            expose: c.expose_headers.join(", "),
-            credentials: c.allow_credentials,
-            max_age,
-        })
-    }
-
     fn allowed(&self, origin: &str) -> bool {
         let origin = origin.to_ascii_lowercase();
         self.origins.iter().any(|o| o.matches(&origin))
@@ -190,7 +151,42 @@ impl Plugin for Cors {
     type Config = Config;
 
     fn new(c: Config) -> Result<Self, String> {
-        Self::from_config(c)
+        if c.allow_origins.is_empty() {
+            return Err("config.allow_origins: empty; list origins, or \"*\" for any".into());
+        }
+        let origins = c
+            .allow_origins
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Origin::parse(&format!("config.allow_origins[{i}]"), o))
+            .collect::<Result<_, _>>()?;
+        let methods: Vec<String> = c
+            .allow_methods
+            .unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()])
+            .into_iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        for (i, h) in c.allow_headers.iter().chain(&c.expose_headers).enumerate() {
+            if h != "*" && !sluice_pdk::is_header_name(h) {
+                return Err(format!("config: header {i} ({h:?}) is not a header name"));
+            }
+        }
+        let max_age = match c.max_age {
+            None => None,
+            Some(t) => Some(
+                humantime::parse_duration(&t)
+                    .map_err(|e| format!("config.max_age: {e}: {t:?}"))?
+                    .as_secs(),
+            ),
+        };
+        Ok(Cors {
+            origins,
+            methods,
+            headers: c.allow_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            expose: c.expose_headers.join(", "),
+            credentials: c.allow_credentials,
+            max_age,
+        })
     }
 
     fn hooks(&self) -> Hooks {
@@ -248,7 +244,7 @@ mod tests {
     use super::*;
 
     fn cors(json: &str) -> Cors {
-        Cors::from_config(sluice_pdk::parse_config(json).unwrap()).unwrap()
+        Cors::new(sluice_pdk::parse_config(json).unwrap()).unwrap()
     }
 
     #[test]
@@ -296,7 +292,7 @@ mod tests {
 
     #[test]
     fn bad_origins_are_refused() {
-        let err = |j: &str| Cors::from_config(sluice_pdk::parse_config(j).unwrap()).err().unwrap();
+        let err = |j: &str| Cors::new(sluice_pdk::parse_config(j).unwrap()).err().unwrap();
         assert!(err(r#"{"allow_origins": ["app.test"]}"#).starts_with("config.allow_origins[0]"));
         assert!(err(r#"{"allow_origins": ["https://app.*.test"]}"#).contains("subdomains"));
         assert!(err(r#"{"allow_origins": []}"#).starts_with("config.allow_origins: empty"));

@@ -104,7 +104,67 @@ pub struct Jwt {
 }
 
 impl Jwt {
-    pub fn from_config(c: Config) -> Result<Self, String> {
+    fn token(&self, req: &Request) -> Option<String> {
+        self.sources
+            .iter()
+            .find_map(|s| match s {
+                Source::Header(name) => {
+                    let v = req.header(name)?;
+                    let v = v.trim();
+                    match name.as_str() {
+                        "authorization" => {
+                            let (scheme, token) = v.split_once(' ')?;
+                            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+                        }
+                        _ => Some(v.to_owned()),
+                    }
+                }
+                Source::Cookie(name) => req.header_all("cookie").iter().find_map(|line| {
+                    line.split(';').find_map(|kv| {
+                        let (k, v) = kv.trim().split_once('=')?;
+                        (k == name).then(|| v.trim_matches('"').to_owned())
+                    })
+                }),
+                Source::Query(name) => {
+                    Some(sluice_pdk::query_param(&req.query()?, name)?.to_owned())
+                }
+            })
+            .filter(|t| !t.is_empty())
+    }
+
+    fn refuse(&self, failure: Failure) -> Action {
+        let challenge = match &failure {
+            Failure::Missing => format!("Bearer realm=\"{}\"", self.realm),
+            Failure::Invalid(why) => format!(
+                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{why}\"",
+                self.realm
+            ),
+        };
+        let body = match failure {
+            Failure::Missing => "missing bearer token\n".to_owned(),
+            Failure::Invalid(why) => format!("invalid token: {why}\n"),
+        };
+        Action::Respond(
+            LocalResponse::new(401)
+                .header("content-type", "text/plain")
+                .header("www-authenticate", challenge)
+                .body(body),
+        )
+    }
+}
+
+/// A claim as a header value: strings as they are, anything else as JSON.
+fn claim_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Plugin for Jwt {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
         let mut keys = Vec::new();
         for (i, k) in c.keys.into_iter().enumerate() {
             keys.push(Key::from_config(&format!("config.keys[{i}]"), k)?);
@@ -168,71 +228,6 @@ impl Jwt {
             realm: c.realm.unwrap_or_else(|| "sluice".to_owned()),
             run_on_preflight: c.run_on_preflight,
         })
-    }
-
-    fn token(&self, req: &Request) -> Option<String> {
-        self.sources
-            .iter()
-            .find_map(|s| match s {
-                Source::Header(name) => {
-                    let v = req.header(name)?;
-                    let v = v.trim();
-                    match name.as_str() {
-                        "authorization" => {
-                            let (scheme, token) = v.split_once(' ')?;
-                            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
-                        }
-                        _ => Some(v.to_owned()),
-                    }
-                }
-                Source::Cookie(name) => req.header_all("cookie").iter().find_map(|line| {
-                    line.split(';').find_map(|kv| {
-                        let (k, v) = kv.trim().split_once('=')?;
-                        (k == name).then(|| v.trim_matches('"').to_owned())
-                    })
-                }),
-                Source::Query(name) => req.query()?.split('&').find_map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    (k == name).then(|| v.to_owned())
-                }),
-            })
-            .filter(|t| !t.is_empty())
-    }
-
-    fn refuse(&self, failure: Failure) -> Action {
-        let challenge = match &failure {
-            Failure::Missing => format!("Bearer realm=\"{}\"", self.realm),
-            Failure::Invalid(why) => format!(
-                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{why}\"",
-                self.realm
-            ),
-        };
-        let body = match failure {
-            Failure::Missing => "missing bearer token\n".to_owned(),
-            Failure::Invalid(why) => format!("invalid token: {why}\n"),
-        };
-        Action::Respond(
-            LocalResponse::new(401)
-                .header("content-type", "text/plain")
-                .header("www-authenticate", challenge)
-                .body(body),
-        )
-    }
-}
-
-/// A claim as a header value: strings as they are, anything else as JSON.
-fn claim_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-impl Plugin for Jwt {
-    type Config = Config;
-
-    fn new(c: Config) -> Result<Self, String> {
-        Self::from_config(c)
     }
 
     fn hooks(&self) -> Hooks {

@@ -20,7 +20,7 @@ MCowBQYDK2VwAyEAD389yh4e7qM/xF8SvqvbCv4bazu8/WSeFmYi1zr4vVE=
 -----END PUBLIC KEY-----";
 
 fn jwt(config: Value) -> Result<Jwt, String> {
-    Jwt::from_config(sluice_pdk::parse_config(&config.to_string())?)
+    Jwt::new(sluice_pdk::parse_config(&config.to_string())?)
 }
 
 fn now() -> i64 {

@@ -105,7 +105,67 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn from_config(c: Config) -> Result<Self, String> {
+    /// The key parts joined with `|`; a missing header or query parameter counts as empty.
+    fn key_of(&self, req: &Request) -> String {
+        let mut out = String::new();
+        for (i, part) in self.key.iter().enumerate() {
+            if i > 0 {
+                out.push('|');
+            }
+            match part {
+                KeyPart::ClientIp => out.push_str(&req.client_ip()),
+                KeyPart::Route => out.push_str(&req.route()),
+                KeyPart::Header(name) => out.push_str(&req.header(name).unwrap_or_default()),
+                KeyPart::Query(name) => out.push_str(
+                    req.query()
+                        .as_deref()
+                        .and_then(|q| sluice_pdk::query_param(q, name))
+                        .unwrap_or(""),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// The gateway's store.
+struct Kv;
+
+impl Store for Kv {
+    type Error = KvError;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        sluice_pdk::kv::get(key)
+    }
+    fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, KvError> {
+        sluice_pdk::kv::incr(key, delta, ttl_ms)
+    }
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, KvError> {
+        sluice_pdk::kv::compare_and_swap(key, expected, value, ttl_ms)
+    }
+}
+
+fn seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+fn rate_headers(v: &Verdict) -> [(&'static str, String); 3] {
+    [
+        ("x-ratelimit-limit", v.limit.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", seconds(v.reset_ms).to_string()),
+    ]
+}
+
+impl Plugin for RateLimit {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
         let algorithm = match c.algorithm.as_deref() {
             None | Some("sliding-window") => Algorithm::SlidingWindow,
             Some("token-bucket") => Algorithm::TokenBucket,
@@ -153,77 +213,6 @@ impl RateLimit {
             })
             .collect::<Result<_, _>>()?;
         Ok(RateLimit { algorithm, key, tiers, bypass: c.bypass, headers: c.headers })
-    }
-
-    /// The key parts joined with `|`; a missing header or query parameter counts as empty.
-    fn key_of(&self, req: &Request) -> String {
-        let mut out = String::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                out.push('|');
-            }
-            match part {
-                KeyPart::ClientIp => out.push_str(&req.client_ip()),
-                KeyPart::Route => out.push_str(&req.route()),
-                KeyPart::Header(name) => out.push_str(&req.header(name).unwrap_or_default()),
-                KeyPart::Query(name) => out.push_str(&query_param(req.query().as_deref(), name)),
-            }
-        }
-        out
-    }
-}
-
-fn query_param(query: Option<&str>, name: &str) -> String {
-    query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => Some(v.to_owned()),
-            None if pair == name => Some(String::new()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-/// The gateway's store.
-struct Kv;
-
-impl Store for Kv {
-    type Error = KvError;
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        sluice_pdk::kv::get(key)
-    }
-    fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, KvError> {
-        sluice_pdk::kv::incr(key, delta, ttl_ms)
-    }
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-        ttl_ms: u64,
-    ) -> Result<bool, KvError> {
-        sluice_pdk::kv::compare_and_swap(key, expected, value, ttl_ms)
-    }
-}
-
-fn seconds(ms: u64) -> u64 {
-    ms.div_ceil(1000)
-}
-
-fn rate_headers(v: &Verdict) -> [(&'static str, String); 3] {
-    [
-        ("x-ratelimit-limit", v.limit.to_string()),
-        ("x-ratelimit-remaining", v.remaining.to_string()),
-        ("x-ratelimit-reset", seconds(v.reset_ms).to_string()),
-    ]
-}
-
-impl Plugin for RateLimit {
-    type Config = Config;
-
-    fn new(c: Config) -> Result<Self, String> {
-        Self::from_config(c)
     }
 
     fn hooks(&self) -> Hooks {
@@ -304,7 +293,7 @@ mod tests {
     use super::*;
 
     fn config(json: &str) -> Result<RateLimit, String> {
-        RateLimit::from_config(sluice_pdk::parse_config(json)?)
+        RateLimit::new(sluice_pdk::parse_config(json)?)
     }
 
     #[test]
@@ -348,8 +337,9 @@ mod tests {
 
     #[test]
     fn query_parameters_are_found_by_name() {
-        assert_eq!(query_param(Some("a=1&tenant=acme&b"), "tenant"), "acme");
-        assert_eq!(query_param(Some("a=1&b"), "b"), "");
-        assert_eq!(query_param(None, "tenant"), "");
+        use sluice_pdk::query_param;
+        assert_eq!(query_param("a=1&tenant=acme&b", "tenant"), Some("acme"));
+        assert_eq!(query_param("a=1&b", "b"), Some(""));
+        assert_eq!(query_param("a=1", "tenant"), None);
     }
 }

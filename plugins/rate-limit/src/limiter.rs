@@ -59,7 +59,7 @@ pub struct Verdict {
 /// A tier's charge that can be given back when a later tier rejects the request.
 pub enum Charge {
     Window { key: String, ttl_ms: u64 },
-    Bucket { key: String, window_ms: u64, limit: u64 },
+    Bucket { key: String, tier: Tier },
     None,
 }
 
@@ -196,10 +196,7 @@ fn token_bucket<S: Store>(
                 reset_ms: per_token_ms(tier.limit * MICRO - left),
                 retry_after_ms: 0,
             };
-            return Ok((
-                verdict,
-                Charge::Bucket { key: key.to_owned(), window_ms: w, limit: tier.limit },
-            ));
+            return Ok((verdict, Charge::Bucket { key: key.to_owned(), tier: tier.clone() }));
         }
     }
     // Lost the race every time: that many clients share this key this very moment. Letting
@@ -216,13 +213,13 @@ pub fn refund<S: Store>(store: &S, charge: &Charge, now_ms: u64) -> Result<(), S
         Charge::Window { key, ttl_ms } => {
             store.incr(key, -1, *ttl_ms)?;
         }
-        Charge::Bucket { key, window_ms, limit } => {
-            let tier = Tier { limit: *limit, window: Duration::from_millis(*window_ms) };
+        Charge::Bucket { key, tier } => {
             for _ in 0..CAS_TRIES {
                 let old = store.get(key)?;
-                let tokens = refilled(old.as_deref().and_then(parse_bucket), &tier, now_ms);
-                let new = format!("{}:{now_ms}", (tokens + MICRO).min(limit * MICRO));
-                if store.compare_and_swap(key, old.as_deref(), new.as_bytes(), 2 * window_ms)? {
+                let tokens = refilled(old.as_deref().and_then(parse_bucket), tier, now_ms);
+                let new = format!("{}:{now_ms}", (tokens + MICRO).min(tier.limit * MICRO));
+                let ttl_ms = 2 * tier.window_ms();
+                if store.compare_and_swap(key, old.as_deref(), new.as_bytes(), ttl_ms)? {
                     break;
                 }
             }

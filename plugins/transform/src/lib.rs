@@ -269,7 +269,91 @@ pub struct Transform {
 }
 
 impl Transform {
-    pub fn from_config(c: Config) -> Result<Self, String> {
+    fn rewrite_query(&self, req: &Request, query: Option<&str>) -> Option<String> {
+        let mut pairs: Vec<String> = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let k = p.split_once('=').map_or(*p, |(k, _)| k);
+                !self.query_remove.iter().any(|r| r == k)
+                    && !self.query_add.iter().any(|(a, _)| a == k)
+            })
+            .map(str::to_owned)
+            .collect();
+        for (k, v) in &self.query_add {
+            pairs.push(format!("{}={}", encode(k), encode(&v.render(req, None))));
+        }
+        (!pairs.is_empty()).then(|| pairs.join("&"))
+    }
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters, for a query component.
+fn encode(s: &str) -> String {
+    const COMPONENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+fn is_json(content_type: Option<String>) -> bool {
+    content_type.is_some_and(|c| {
+        let c = c.to_ascii_lowercase();
+        c.starts_with("application/json") || c.contains("+json")
+    })
+}
+
+macro_rules! edit_headers {
+    ($msg:expr, $req:expr, $edits:expr, $latency:expr) => {
+        for edit in $edits {
+            let _ = match edit {
+                HeaderEdit::Remove(n) => $msg.remove_header(n),
+                HeaderEdit::Rename(from, to) => {
+                    let values = $msg.header_all(from);
+                    if values.is_empty() {
+                        Ok(())
+                    } else {
+                        let _ = $msg.remove_header(from);
+                        let _ = $msg.remove_header(to);
+                        values.iter().try_for_each(|v| $msg.append_header(to, v))
+                    }
+                }
+                HeaderEdit::Set(n, t) => $msg.set_header(n, &t.render($req, $latency)),
+                HeaderEdit::Add(n, t) => $msg.append_header(n, &t.render($req, $latency)),
+            };
+        }
+    };
+}
+
+/// Edits a JSON body in place; a body that is not JSON, or too large, is left alone.
+fn edit_json(
+    body: Result<Vec<u8>, sluice_pdk::BodyError>,
+    edits: &[JsonEdit],
+    max: usize,
+    render: &dyn Fn(&Value) -> Value,
+) -> Option<Vec<u8>> {
+    let body = body.ok()?;
+    if body.len() > max {
+        return None;
+    }
+    let mut value: Value = serde_json::from_slice(&body).ok()?;
+    json::apply(&mut value, edits, render);
+    serde_json::to_vec(&value).ok()
+}
+
+fn render_json(v: &Value, req: &Request, latency: Option<u64>) -> Value {
+    match v {
+        Value::String(s) if s.contains("${") => match Template::parse("", s, true) {
+            Ok(t) => Value::String(t.render(req, latency)),
+            Err(_) => v.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+impl Plugin for Transform {
+    type Config = Config;
+
+    fn new(c: Config) -> Result<Self, String> {
         let path = match c.request.path {
             None => None,
             Some(PathConfig {
@@ -342,101 +426,6 @@ impl Transform {
         })
     }
 
-    fn rewrite_query(&self, req: &Request, query: Option<&str>) -> Option<String> {
-        let mut pairs: Vec<String> = query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter(|p| !p.is_empty())
-            .filter(|p| {
-                let k = p.split_once('=').map_or(*p, |(k, _)| k);
-                !self.query_remove.iter().any(|r| r == k)
-                    && !self.query_add.iter().any(|(a, _)| a == k)
-            })
-            .map(str::to_owned)
-            .collect();
-        for (k, v) in &self.query_add {
-            pairs.push(format!("{}={}", encode(k), encode(&v.render(req, None))));
-        }
-        (!pairs.is_empty()).then(|| pairs.join("&"))
-    }
-}
-
-/// Percent-encodes what may not stand in a query component.
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-fn is_json(content_type: Option<String>) -> bool {
-    content_type.is_some_and(|c| {
-        let c = c.to_ascii_lowercase();
-        c.starts_with("application/json") || c.contains("+json")
-    })
-}
-
-macro_rules! edit_headers {
-    ($msg:expr, $req:expr, $edits:expr, $latency:expr) => {
-        for edit in $edits {
-            let _ = match edit {
-                HeaderEdit::Remove(n) => $msg.remove_header(n),
-                HeaderEdit::Rename(from, to) => {
-                    let values = $msg.header_all(from);
-                    if values.is_empty() {
-                        Ok(())
-                    } else {
-                        let _ = $msg.remove_header(from);
-                        let _ = $msg.remove_header(to);
-                        values.iter().try_for_each(|v| $msg.append_header(to, v))
-                    }
-                }
-                HeaderEdit::Set(n, t) => $msg.set_header(n, &t.render($req, $latency)),
-                HeaderEdit::Add(n, t) => $msg.append_header(n, &t.render($req, $latency)),
-            };
-        }
-    };
-}
-
-/// Edits a JSON body in place; a body that is not JSON, or too large, is left alone.
-fn edit_json(
-    body: Result<Vec<u8>, sluice_pdk::BodyError>,
-    edits: &[JsonEdit],
-    max: usize,
-    render: &dyn Fn(&Value) -> Value,
-) -> Option<Vec<u8>> {
-    let body = body.ok()?;
-    if body.len() > max {
-        return None;
-    }
-    let mut value: Value = serde_json::from_slice(&body).ok()?;
-    json::apply(&mut value, edits, render);
-    serde_json::to_vec(&value).ok()
-}
-
-fn render_json(v: &Value, req: &Request, latency: Option<u64>) -> Value {
-    match v {
-        Value::String(s) if s.contains("${") => match Template::parse("", s, true) {
-            Ok(t) => Value::String(t.render(req, latency)),
-            Err(_) => v.clone(),
-        },
-        other => other.clone(),
-    }
-}
-
-impl Plugin for Transform {
-    type Config = Config;
-
-    fn new(c: Config) -> Result<Self, String> {
-        Self::from_config(c)
-    }
-
     fn hooks(&self) -> Hooks {
         let mut h = Hooks::empty();
         let request = !self.req_headers.is_empty()
@@ -501,7 +490,7 @@ mod tests {
     use super::*;
 
     fn t(json: &str) -> Result<Transform, String> {
-        Transform::from_config(sluice_pdk::parse_config(json)?)
+        Transform::new(sluice_pdk::parse_config(json)?)
     }
 
     #[test]
