@@ -17,5 +17,6 @@ mod reload;
 mod reload_under_load;
 mod rollout;
 mod routing;
+mod sdks;
 mod shipped_plugins;
 mod traffic;

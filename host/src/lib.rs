@@ -15,6 +15,7 @@
 //! `config` turns TOML into a validated model, `gateway` builds routes, chains and
 //! upstreams from it, and `proxy` runs one request through them.
 
+pub mod author;
 pub mod config;
 pub mod echo;
 pub mod gateway;

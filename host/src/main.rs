@@ -1,4 +1,4 @@
-//! The `sluice` command: `run`, `check`, `demo` and `echo`.
+//! The `sluice` command: `run`, `check`, `demo`, `echo`, and `plugin new|build|test`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +54,36 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
     },
+    /// Write, build and test plugins: `new`, `build`, `test`.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin project in ./NAME that builds, passes its own test cases, and runs.
+    New {
+        #[arg(long, value_enum)]
+        lang: sluice::author::Lang,
+        name: String,
+        /// Create it in this folder instead of the current one.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin project in DIR (default: here) into DIR/<folder name>.wasm.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Write the component here instead.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Replay the requests in a cases file through one plugin, without a proxy; print what
+    /// it did and its logs; exit 1 if an expectation fails.
+    Test {
+        #[arg(default_value = "cases.toml")]
+        cases: PathBuf,
+    },
 }
 
 /// The demo config, built into the binary; `sluice demo` points its `echo` upstream at a
@@ -64,6 +94,15 @@ const DEMO_UPSTREAM: &str = "127.0.0.1:9000";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Plugin(PluginCommand::Test { cases }) = &cli.command {
+        return match plugin_test(cases) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(cli.log_format);
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -110,6 +149,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             serve(source, Some(()), true)
         }
+        Command::Plugin(PluginCommand::New { lang, name, dir }) => {
+            let (dir, files) = sluice::author::new_project(lang, &name, &dir)?;
+            println!("created {} ({} plugin):", dir.display(), lang.title());
+            for f in files.iter().filter(|f| !f.starts_with("sdk/") && !f.starts_with("wit/")) {
+                println!("  {f}");
+            }
+            println!(
+                "  wit/, {}",
+                if lang == sluice::author::Lang::Js { "build.mjs, sluice.d.ts" } else { "sdk/" }
+            );
+            println!("next: cd {} && sluice plugin build && sluice plugin test", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Build { dir, output }) => {
+            let built = sluice::author::build(&dir, output.as_deref())?;
+            println!(
+                "built {} ({} plugin, {:.1} MB) in {:.1}s",
+                built.output.display(),
+                built.lang.title(),
+                built.bytes as f64 / 1e6,
+                built.took.as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Test { .. }) => {
+            unreachable!("handled before logging starts")
+        }
         Command::Echo { listen } => {
             let rt = runtime(None)?;
             rt.block_on(async {
@@ -120,6 +186,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `sluice plugin test`: plugin log lines are captured per case and printed with it; the
+/// gateway's own warnings still go to stderr.
+fn plugin_test(cases: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let logs = sluice::author::CaptureLogs::default();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=trace"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != "plugin"));
+    tracing_subscriber::registry().with(filter).with(logs.clone()).with(stderr).init();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = rt.block_on(sluice::author::run_cases(cases, &logs, &mut std::io::stdout()))?;
+    Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn report(errors: &str) -> ExitCode {

@@ -325,8 +325,8 @@ fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duratio
 /// The backtrace's function names, demangled, innermost first, without the language
 /// runtime's own frames (panic and abort machinery), which say nothing about the plugin.
 fn plugin_frames(trace: &WasmBacktrace) -> Vec<String> {
-    const RUNTIME: [&str; 7] =
-        ["std::", "core::", "alloc::", "__rustc", "__rust_", "abort", "rust_"];
+    const RUNTIME: [&str; 8] =
+        ["std::", "core::", "alloc::", "__rustc", "__rust_", "abort", "rust_", "runtime."];
     let names: Vec<String> = trace
         .frames()
         .iter()

@@ -1,0 +1,27 @@
+// {{name}}: stamps requests with a greeting, answers GET /hello, marks responses.
+// Types: sluice.d.ts. Build: `sluice plugin build` (or `npm run build`).
+import { log } from 'sluice:plugin/log@0.2.0';
+
+let greeting;
+
+export const filter = {
+  init(json) {
+    const config = JSON.parse(json);
+    if (typeof config.greeting !== 'string' || config.greeting.trim() === '') {
+      throw new Error('config.greeting: must be a non-empty string');
+    }
+    greeting = config.greeting;
+  },
+
+  onRequest(req) {
+    log('info', `${req.method()} ${req.path()}`);
+    if (req.path() === '/hello') {
+      return { status: 200, headers: { 'content-type': 'text/plain' }, body: `${greeting} from {{name}}\n` };
+    }
+    req.setHeader('x-greeting', greeting);
+  },
+
+  onResponse(_req, resp) {
+    resp.setHeader('x-plugin', '{{name}}');
+  },
+};

@@ -1,0 +1,3 @@
+module sluice.dev/pdk
+
+go 1.24

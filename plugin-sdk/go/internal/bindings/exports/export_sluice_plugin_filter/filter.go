@@ -1,0 +1,109 @@
+// Package export_sluice_plugin_filter is where the generated export glue (wit_exports)
+// looks for the filter's functions. It is hand-written, not generated: it forwards to the
+// handlers that package sluice installs, and keeps memory steady between calls.
+package export_sluice_plugin_filter
+
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+
+	witRuntime "sluice.dev/pdk/internal/wit/runtime"
+	witTypes "sluice.dev/pdk/internal/wit/types"
+
+	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_filter"
+	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_http"
+)
+
+type (
+	Request  = sluice_plugin_http.Request
+	Response = sluice_plugin_http.Response
+	Hooks    = sluice_plugin_filter.Hooks
+	Action   = sluice_plugin_filter.Action
+)
+
+// Set by package sluice when the plugin registers.
+var (
+	InitFn       func(config string) (Hooks, error)
+	OnRequestFn  func(req *Request) Action
+	OnResponseFn func(req *Request, resp *Response)
+)
+
+func Init(config string) witTypes.Result[Hooks, string] {
+	defer release()
+	if InitFn == nil {
+		return witTypes.Err[Hooks, string]("this Go plugin never called sluice.Register (call it from an init function)")
+	}
+	hooks, err := InitFn(config)
+	if err != nil {
+		return witTypes.Err[Hooks, string](err.Error())
+	}
+	return witTypes.Ok[Hooks, string](hooks)
+}
+
+// The request and response are borrowed from the host: the component model requires the
+// borrow handles to be dropped before the call returns (or the call traps with "borrow
+// handles still remain at the end of the call"). The generated code leaves that to us.
+
+func OnRequest(req *Request) Action {
+	defer release()
+	defer req.Drop()
+	return OnRequestFn(req)
+}
+
+func OnResponse(req *Request, resp *Response) {
+	defer release()
+	defer req.Drop()
+	defer resp.Drop()
+	OnResponseFn(req, resp)
+}
+
+// release runs when a hook call returns. It does two things the generated bindings do not:
+//
+//  1. It unpins what the host placed in Go memory during the call (the results of host
+//     calls: header values, bodies). The bindings pin each such allocation, and only unpin
+//     for exports that take list or string arguments: without this, every header a plugin
+//     ever read would stay pinned and memory would grow with every request. Values the
+//     plugin still holds stay alive as ordinary Go memory.
+//  2. It runs the garbage collector when it is due (see collect).
+func release() {
+	witRuntime.Unpin()
+	collect()
+}
+
+// Go's collector must never start inside cabi_realloc, the allocator the host calls to
+// place arguments and results in Go memory: a collection reads the wall clock through WASI,
+// and the component model forbids leaving the instance there ("cannot leave component
+// instance", seen here after a few hundred requests). The WASI adapter can pause the
+// monotonic clock for this, but not the wall clock. So automatic collection is off, and
+// collect() runs it between calls, paced like GOGC=100: once the bytes allocated since the
+// last collection exceed the live heap it left (and at least minGCBudget).
+const minGCBudget = 4 << 20
+
+var (
+	gcSamples    = []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	allocsAtGC   uint64
+	gcBudget     uint64 = minGCBudget
+	gcCollecting bool
+)
+
+func init() {
+	debug.SetGCPercent(-1)
+}
+
+func collect() {
+	if gcCollecting {
+		return
+	}
+	metrics.Read(gcSamples[:1])
+	allocs := gcSamples[0].Value.Uint64()
+	if allocs-allocsAtGC < gcBudget {
+		return
+	}
+	gcCollecting = true
+	runtime.GC()
+	gcCollecting = false
+	metrics.Read(gcSamples)
+	allocsAtGC = gcSamples[0].Value.Uint64()
+	gcBudget = max(gcSamples[1].Value.Uint64(), minGCBudget)
+}

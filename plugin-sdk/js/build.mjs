@@ -1,0 +1,108 @@
+#!/usr/bin/env node
+// Builds a JavaScript Sluice plugin into a Wasm component for the sluice:plugin world.
+//
+//   node build.mjs plugin.js -o plugin.wasm [--wit DIR] [--enable clocks,http]
+//
+// The component embeds the StarlingMonkey engine (about 12 MB) and keeps only the WASI
+// features a plugin needs: `stdio` (console.* and uncaught errors go to the gateway's trap
+// reports) and `random` (Math.random, crypto.getRandomValues). `clocks` and `http` are
+// left out unless enabled: use the `clock` import (`sluice:plugin/clock@0.2.0`) for time.
+import { componentize } from '@bytecodealliance/componentize-js';
+import { rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// What the plugin author writes is plain JavaScript; this wrapper maps it to the world:
+// - `init` may return nothing (the hooks are then the handlers the plugin defines) and may
+//   throw anything (the component model wants a string: the message is passed on);
+// - `onRequest` may return nothing (continue), `{ tag: 'continue' }`, `{ tag: 'respond',
+//   val }`, or a plain response `{ status, headers, body }` with headers as an object or a
+//   list of pairs and body as a string or bytes.
+const ENTRY = `import { filter as plugin } from PLUGIN;
+const encoder = new TextEncoder();
+const message = (e) => (typeof e === 'string' ? e : e && e.message ? e.message : String(e));
+function action(value) {
+  if (value === undefined || value === null) return { tag: 'continue' };
+  if (value.tag === 'continue' || value.tag === 'respond') return value;
+  if (typeof value.status === 'number') {
+    const headers = Array.isArray(value.headers)
+      ? value.headers
+      : Object.entries(value.headers ?? {}).map(([k, v]) => [k, String(v)]);
+    const body = value.body === undefined ? new Uint8Array() : typeof value.body === 'string' ? encoder.encode(value.body) : value.body;
+    return { tag: 'respond', val: { status: value.status, headers, body } };
+  }
+  throw new Error('onRequest returned something that is not an action or a response');
+}
+export const filter = {
+  init(config) {
+    let hooks;
+    try {
+      hooks = plugin.init ? plugin.init(config) : undefined;
+    } catch (e) {
+      throw message(e);
+    }
+    return hooks ?? { onRequest: !!plugin.onRequest, onResponse: !!plugin.onResponse };
+  },
+  onRequest(req) {
+    return action(plugin.onRequest ? plugin.onRequest(req) : undefined);
+  },
+  onResponse(req, resp) {
+    if (plugin.onResponse) plugin.onResponse(req, resp);
+  },
+};
+`;
+
+const ALL = ['stdio', 'random', 'clocks', 'http', 'fetch-event'];
+const DEFAULT_ENABLED = ['stdio', 'random'];
+
+function usage(message) {
+  if (message) console.error(`error: ${message}`);
+  console.error('usage: node build.mjs <plugin.js> -o <out.wasm> [--wit DIR] [--enable FEATURE,...]');
+  console.error(`features: ${ALL.join(', ')} (default: ${DEFAULT_ENABLED.join(', ')})`);
+  process.exit(2);
+}
+
+const args = process.argv.slice(2);
+let source;
+let out;
+let wit = join(dirname(fileURLToPath(import.meta.url)), 'wit');
+let enabled = [...DEFAULT_ENABLED];
+for (let i = 0; i < args.length; i++) {
+  const arg = args[i];
+  const value = () => args[++i] ?? usage(`${arg} needs a value`);
+  if (arg === '-o' || arg === '--out') out = value();
+  else if (arg === '--wit') wit = value();
+  else if (arg === '--enable') {
+    const extra = value().split(',').filter(Boolean);
+    const unknown = extra.filter((f) => !ALL.includes(f));
+    if (unknown.length) usage(`unknown feature(s): ${unknown.join(', ')}`);
+    enabled.push(...extra);
+  } else if (arg === '-h' || arg === '--help') usage();
+  else if (arg.startsWith('-')) usage(`unknown option ${arg}`);
+  else if (source === undefined) source = arg;
+  else usage(`unexpected argument ${arg}`);
+}
+if (!source) usage('no plugin source given');
+if (!out) out = source.replace(/\.[cm]?[jt]s$/, '') + '.wasm';
+
+// The component's entry is a small wrapper around the plugin module (see ENTRY below),
+// written next to it so its relative import resolves.
+const entry = join(dirname(resolve(source)), `.sluice-entry-${process.pid}.mjs`);
+await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify('./' + basename(source))));
+const started = Date.now();
+try {
+  const { component } = await componentize({
+    sourcePath: entry,
+    witPath: resolve(wit),
+    worldName: 'plugin',
+    disableFeatures: ALL.filter((f) => !enabled.includes(f)),
+  });
+  await writeFile(out, component);
+  const mb = (component.length / 1e6).toFixed(1);
+  console.error(`built ${out} (${mb} MB) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+} catch (e) {
+  console.error(`error: building ${source} failed: ${e?.message ?? e}`);
+  process.exitCode = 1;
+} finally {
+  await rm(entry, { force: true });
+}

@@ -1,0 +1,52 @@
+// A header transform in JavaScript: sets request headers before the upstream sees them,
+// removes some, and sets response headers on the way back.
+//
+//   config = { request_headers = { "x-lang" = "js" }, remove_request_headers = ["x-debug"],
+//              response_headers = { "x-served-by" = "sluice-js" } }
+import { log } from 'sluice:plugin/log@0.2.0';
+
+let config = { request_headers: {}, remove_request_headers: [], response_headers: {} };
+
+function headerMap(value, path) {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new Error(`config.${path}: expected a table of header names to values`);
+  }
+  for (const [name, v] of Object.entries(value)) {
+    if (typeof v !== 'string') throw new Error(`config.${path}.${name}: expected a string`);
+  }
+  return value;
+}
+
+export const filter = {
+  init(json) {
+    const raw = JSON.parse(json);
+    const known = ['request_headers', 'remove_request_headers', 'response_headers'];
+    for (const key of Object.keys(raw)) {
+      if (!known.includes(key)) throw new Error(`config.${key}: unknown field (expected ${known.join(', ')})`);
+    }
+    const remove = raw.remove_request_headers ?? [];
+    if (!Array.isArray(remove) || remove.some((h) => typeof h !== 'string')) {
+      throw new Error('config.remove_request_headers: expected a list of header names');
+    }
+    config = {
+      request_headers: headerMap(raw.request_headers, 'request_headers'),
+      remove_request_headers: remove,
+      response_headers: headerMap(raw.response_headers, 'response_headers'),
+    };
+    return {
+      onRequest: true,
+      onResponse: Object.keys(config.response_headers).length > 0,
+    };
+  },
+
+  onRequest(req) {
+    for (const name of config.remove_request_headers) req.removeHeader(name);
+    for (const [name, value] of Object.entries(config.request_headers)) req.setHeader(name, value);
+    log('debug', `set ${Object.keys(config.request_headers).length} request header(s)`);
+  },
+
+  onResponse(_req, resp) {
+    for (const [name, value] of Object.entries(config.response_headers)) resp.setHeader(name, value);
+  },
+};

@@ -1,0 +1,169 @@
+// TypeScript declarations for the sluice:plugin@0.2.0 world (wit/), as componentize-js maps
+// it to JavaScript. The WIT files are the reference; this mirrors them:
+//
+// - kebab-case names become camelCase (`set-header` -> `setHeader`);
+// - `option<T>` is `T | undefined`; `u64`/`s64` are `bigint`; `list<u8>` is `Uint8Array`;
+// - a host function returning `result<T, E>` returns `T` or throws an `Error` whose
+//   `payload` is the `E` (e.g. `{ tag: 'forbidden' }`);
+// - `init` returns the hooks (or nothing), or throws to reject the config;
+// - `onRequest` returns nothing to continue, or a response (see `Filter` below).
+//
+// A plugin module exports `filter`:
+//
+//   import { log } from 'sluice:plugin/log@0.2.0';
+//   export const filter = {
+//     init(config) { JSON.parse(config); },
+//     onRequest(req) {
+//       if (!req.header('authorization')) return { status: 401, body: 'who are you?\n' };
+//       req.setHeader('x-hello', 'js');
+//     },
+//   };
+
+declare module 'sluice:plugin/http@0.2.0' {
+  /** Why a method, path, query, status or header could not be changed. */
+  export type FieldError =
+    | { tag: 'invalid-name' }
+    | { tag: 'invalid-value' }
+    | { tag: 'forbidden' };
+
+  /** Why a body could not be read. `too-large` carries the route's `max_body_bytes`. */
+  export type BodyError =
+    | { tag: 'too-large'; val: bigint }
+    | { tag: 'read-failed'; val: string };
+
+  /** The request as it will be sent upstream. Owned by the host; valid during the call. */
+  export class Request {
+    private constructor();
+    method(): string;
+    /** @throws {FieldError} */
+    setMethod(value: string): void;
+    path(): string;
+    /** @throws {FieldError} */
+    setPath(value: string): void;
+    query(): string | undefined;
+    /** @throws {FieldError} */
+    setQuery(value: string | undefined): void;
+    header(name: string): string | undefined;
+    headerAll(name: string): string[];
+    headerNames(): string[];
+    /** @throws {FieldError} */
+    setHeader(name: string, value: string): void;
+    /** @throws {FieldError} */
+    appendHeader(name: string, value: string): void;
+    /** @throws {FieldError} */
+    removeHeader(name: string): void;
+    /** Buffers the body on the first call. @throws {BodyError} */
+    body(): Uint8Array;
+    setBody(body: Uint8Array): void;
+    clientIp(): string;
+    requestId(): string;
+    route(): string;
+    param(name: string): string | undefined;
+    params(): [string, string][];
+    context(key: string): string | undefined;
+    /** @throws {FieldError} past 32 keys or 16 KiB per plugin per request */
+    setContext(key: string, value: string): void;
+  }
+
+  /** The response that will be sent to the client. */
+  export class Response {
+    private constructor();
+    status(): number;
+    /** @throws {FieldError} */
+    setStatus(code: number): void;
+    header(name: string): string | undefined;
+    headerAll(name: string): string[];
+    headerNames(): string[];
+    /** @throws {FieldError} */
+    setHeader(name: string, value: string): void;
+    /** @throws {FieldError} */
+    appendHeader(name: string, value: string): void;
+    /** @throws {FieldError} */
+    removeHeader(name: string): void;
+    /** @throws {BodyError} */
+    body(): Uint8Array;
+    setBody(body: Uint8Array): void;
+  }
+}
+
+declare module 'sluice:plugin/log@0.2.0' {
+  export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  /** Written to the gateway log, tagged with the plugin, route and request id. */
+  export function log(level: Level, message: string): void;
+  export function enabled(level: Level): boolean;
+}
+
+declare module 'sluice:plugin/clock@0.2.0' {
+  /** Wall-clock milliseconds since the Unix epoch. */
+  export function nowMs(): bigint;
+  /** Monotonic nanoseconds; only differences mean anything. */
+  export function monotonicNs(): bigint;
+}
+
+declare module 'sluice:plugin/kv@0.2.0' {
+  export type KvError =
+    | { tag: 'unavailable'; val: string }
+    | { tag: 'not-a-number' }
+    | { tag: 'too-large' };
+  /** @throws {KvError} */
+  export function get(key: string): Uint8Array | undefined;
+  /** `ttlMs` of 0n keeps the value until deleted. @throws {KvError} */
+  export function set(key: string, value: Uint8Array, ttlMs: bigint): void;
+  /** @throws {KvError} */
+  export function incr(key: string, delta: bigint, ttlMs: bigint): bigint;
+  /** @throws {KvError} */
+  export function compareAndSwap(
+    key: string,
+    expected: Uint8Array | undefined,
+    value: Uint8Array,
+    ttlMs: bigint,
+  ): boolean;
+  /** @throws {KvError} */
+  function delete_(key: string): boolean;
+  export { delete_ as delete };
+}
+
+declare module 'sluice:plugin/metrics@0.2.0' {
+  export function counterAdd(name: string, value: bigint): void;
+  export function observe(name: string, value: number): void;
+}
+
+declare module 'sluice:plugin/filter@0.2.0' {
+  import type { Request, Response } from 'sluice:plugin/http@0.2.0';
+
+  /** The phases a plugin takes part in. */
+  export interface Hooks {
+    onRequest?: boolean;
+    onResponse?: boolean;
+  }
+
+  /** A reply made by the plugin instead of the upstream's. */
+  export interface LocalResponse {
+    status: number;
+    headers: [string, string][];
+    body: Uint8Array;
+  }
+
+  export type Action = { tag: 'continue' } | { tag: 'respond'; val: LocalResponse };
+
+  /** A reply written plainly; `build.mjs` turns it into a `respond` action. */
+  export interface PlainResponse {
+    status: number;
+    headers?: Record<string, string> | [string, string][];
+    body?: string | Uint8Array;
+  }
+
+  /**
+   * What a plugin module exports as `filter`. Every member is optional.
+   *
+   * - `init` runs once per instance with the plugin's `config` table as JSON. Throw to
+   *   reject the config (the message is reported with the TOML path). Return the hooks, or
+   *   nothing: the hooks are then the handlers defined here.
+   * - `onRequest` returns nothing to continue, an `Action`, or a `PlainResponse`.
+   */
+  export interface Filter {
+    init?(config: string): Hooks | void;
+    onRequest?(req: Request): Action | PlainResponse | void;
+    onResponse?(req: Request, resp: Response): void;
+  }
+}
