@@ -3,7 +3,7 @@
 //! real upstream; a Go plugin survives 20,000 requests; and `sluice plugin new`, `build`
 //! and `test` work for each language.
 //!
-//! Needs `go` (1.24+) and `node`/`npm` on PATH, and `npm ci` done in plugin-sdk/js:
+//! Needs `go` (1.24+) and `node`/`npm` on PATH, and `npm install` done in plugin-sdk/js:
 //! `./dev test` sees to all three.
 
 use std::path::{Path, PathBuf};
