@@ -190,6 +190,107 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
+/// A config value with `${...}` variables taken from the request, parsed once at `init` and
+/// rendered per request: `${request_id}`, `${client_ip}`, `${route}`, `${param.NAME}` (a
+/// route parameter), and `${latency}` where the plugin measures it (see [`Latency`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template(Vec<TemplatePart>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum TemplatePart {
+    Text(String),
+    RequestId,
+    ClientIp,
+    Route,
+    Param(String),
+    Latency,
+}
+
+/// Whether a template may use `${latency}` (the upstream's time, which only a plugin that
+/// measures it can fill in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    /// Allowed: the plugin passes the latency to [`Template::render`].
+    Known,
+    /// Refused with "only known in the response": a request-phase value.
+    OnlyInResponse,
+    /// Not a variable of this plugin at all.
+    Unknown,
+}
+
+impl Template {
+    /// Parses `value`. Errors name the bad variable and the known ones; prefix them with the
+    /// config path.
+    pub fn parse(value: &str, latency: Latency) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(TemplatePart::Text(rest[..start].to_owned()));
+            }
+            let Some(len) = rest[start..].find('}') else {
+                return Err(format!("unclosed `${{` in {value:?}"));
+            };
+            let var = &rest[start + 2..start + len];
+            parts.push(match (var, latency) {
+                ("request_id", _) => TemplatePart::RequestId,
+                ("client_ip", _) => TemplatePart::ClientIp,
+                ("route", _) => TemplatePart::Route,
+                ("latency", Latency::Known) => TemplatePart::Latency,
+                ("latency", Latency::OnlyInResponse) => {
+                    return Err("${latency} is only known in the response".into());
+                }
+                _ => match var.strip_prefix("param.") {
+                    Some(name) if !name.is_empty() => TemplatePart::Param(name.to_owned()),
+                    _ => {
+                        let extra = if latency == Latency::Unknown { "" } else { ", latency" };
+                        return Err(format!(
+                            "unknown variable ${{{var}}} in {value:?} (known: request_id, \
+                             client_ip, route, param.NAME{extra})"
+                        ));
+                    }
+                },
+            });
+            rest = &rest[start + len + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Text(rest.to_owned()));
+        }
+        Ok(Template(parts))
+    }
+
+    /// The value for this request; plain text is borrowed, not copied. `latency_ms` fills
+    /// `${latency}` (empty when `None`).
+    pub fn render(&self, req: &Request, latency_ms: Option<u64>) -> std::borrow::Cow<'_, str> {
+        match self.0.as_slice() {
+            [] => return "".into(),
+            [TemplatePart::Text(t)] => return t.as_str().into(),
+            _ => {}
+        }
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::RequestId => out.push_str(&req.request_id()),
+                TemplatePart::ClientIp => out.push_str(&req.client_ip()),
+                TemplatePart::Route => out.push_str(&req.route()),
+                TemplatePart::Param(n) => out.push_str(&req.param(n).unwrap_or_default()),
+                TemplatePart::Latency => {
+                    if let Some(ms) = latency_ms {
+                        out.push_str(&ms.to_string());
+                    }
+                }
+            }
+        }
+        out.into()
+    }
+
+    /// Whether rendering needs the latency (so the plugin knows to measure it).
+    pub fn uses_latency(&self) -> bool {
+        self.0.contains(&TemplatePart::Latency)
+    }
+}
+
 /// Parses a plugin's JSON config, naming the offending field on error, e.g.
 /// `config.response.set: invalid type: integer, expected a string`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sluice_pdk::{Hooks, Plugin, Request, Response};
+use sluice_pdk::{Hooks, Latency, Plugin, Request, Response, Template};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -54,71 +54,6 @@ enum Edit {
     Add(String, Template),
 }
 
-/// A header value with `${...}` variables, parsed once at init.
-struct Template(Vec<Part>);
-
-enum Part {
-    Text(String),
-    Param(String),
-    Route,
-    RequestId,
-    ClientIp,
-}
-
-impl Template {
-    fn parse(value: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = value;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                parts.push(Part::Text(rest[..start].to_owned()));
-            }
-            let Some(len) = rest[start..].find('}') else {
-                return Err(format!("unclosed `${{` in {value:?}"));
-            };
-            let var = &rest[start + 2..start + len];
-            parts.push(match var {
-                "route" => Part::Route,
-                "request_id" => Part::RequestId,
-                "client_ip" => Part::ClientIp,
-                _ => match var.strip_prefix("param.") {
-                    Some(name) if !name.is_empty() => Part::Param(name.to_owned()),
-                    _ => {
-                        return Err(format!(
-                            "unknown variable ${{{var}}} in {value:?} (known: param.NAME, \
-                             route, request_id, client_ip)"
-                        ));
-                    }
-                },
-            });
-            rest = &rest[start + len + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        Ok(Template(parts))
-    }
-
-    fn render(&self, req: &Request) -> std::borrow::Cow<'_, str> {
-        match self.0.as_slice() {
-            [] => return "".into(),
-            [Part::Text(t)] => return t.as_str().into(),
-            _ => {}
-        }
-        let mut out = String::new();
-        for p in &self.0 {
-            match p {
-                Part::Text(t) => out.push_str(t),
-                Part::Param(n) => out.push_str(&req.param(n).unwrap_or_default()),
-                Part::Route => out.push_str(&req.route()),
-                Part::RequestId => out.push_str(&req.request_id()),
-                Part::ClientIp => out.push_str(&req.client_ip()),
-            }
-        }
-        out.into()
-    }
-}
-
 struct HeaderTransform {
     request: Vec<Edit>,
     response: Vec<Edit>,
@@ -141,8 +76,8 @@ fn edits(
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
                 return Err(format!("config.{at}.{kind}.{name}: value has CR, LF or NUL"));
             }
-            let value =
-                Template::parse(&value).map_err(|e| format!("config.{at}.{kind}.{name}: {e}"))?;
+            let value = Template::parse(&value, Latency::Unknown)
+                .map_err(|e| format!("config.{at}.{kind}.{name}: {e}"))?;
             out.push(match kind {
                 "set" => Edit::Set(name, value),
                 _ => Edit::Add(name, value),
@@ -178,8 +113,8 @@ macro_rules! apply {
         for edit in $edits {
             let result = match edit {
                 Edit::Remove(n) => $msg.remove_header(n),
-                Edit::Set(n, v) => $msg.set_header(n, &v.render($req)),
-                Edit::Add(n, v) => $msg.append_header(n, &v.render($req)),
+                Edit::Set(n, v) => $msg.set_header(n, &v.render($req, None)),
+                Edit::Add(n, v) => $msg.append_header(n, &v.render($req, None)),
             };
             if let Err(e) = result {
                 sluice_pdk::warn!("header edit refused by the host: {e:?}");
@@ -223,34 +158,17 @@ mod tests {
 
     #[test]
     fn templates_parse_into_text_and_variables() {
-        let t = Template::parse("id=${param.id}; via ${route}/${request_id} from ${client_ip}")
-            .unwrap();
-        let kinds: Vec<String> =
-            t.0.iter()
-                .map(|p| match p {
-                    Part::Text(t) => format!("{t:?}"),
-                    Part::Param(n) => format!("param {n}"),
-                    Part::Route => "route".into(),
-                    Part::RequestId => "request_id".into(),
-                    Part::ClientIp => "client_ip".into(),
-                })
-                .collect();
+        let parse = |v: &str| Template::parse(v, Latency::Unknown);
+        let t = parse("id=${param.id}; via ${route}/${request_id} from ${client_ip}").unwrap();
         assert_eq!(
-            kinds,
-            [
-                "\"id=\"",
-                "param id",
-                "\"; via \"",
-                "route",
-                "\"/\"",
-                "request_id",
-                "\" from \"",
-                "client_ip"
-            ]
+            format!("{t:?}"),
+            "Template([Text(\"id=\"), Param(\"id\"), Text(\"; via \"), Route, Text(\"/\"), \
+             RequestId, Text(\" from \"), ClientIp])"
         );
-        assert!(Template::parse("${nope}").err().unwrap().contains("unknown variable ${nope}"));
-        assert!(Template::parse("${param.}").is_err());
-        assert!(Template::parse("${route").err().unwrap().contains("unclosed"));
+        assert!(parse("${nope}").err().unwrap().contains("unknown variable ${nope}"));
+        assert!(parse("${latency}").err().unwrap().contains("unknown variable ${latency}"));
+        assert!(parse("${param.}").is_err());
+        assert!(parse("${route").err().unwrap().contains("unclosed"));
     }
 
     #[test]

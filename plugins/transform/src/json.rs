@@ -2,9 +2,10 @@
 
 use serde_json::{Map, Value};
 
+/// An edit; `V` is what `Set` stores (rendered into a JSON value per body by `apply`).
 #[derive(Debug, Clone)]
-pub enum JsonEdit {
-    Set(Vec<String>, Value),
+pub enum JsonEdit<V = Value> {
+    Set(Vec<String>, V),
     Remove(Vec<String>),
     Rename(Vec<String>, Vec<String>),
 }
@@ -63,7 +64,7 @@ fn put(root: &mut Value, path: &[String], value: Value) {
 }
 
 /// Applies `edits` in order; a path that does not exist is skipped.
-pub fn apply(root: &mut Value, edits: &[JsonEdit], render: &dyn Fn(&Value) -> Value) {
+pub fn apply<V>(root: &mut Value, edits: &[JsonEdit<V>], render: &dyn Fn(&V) -> Value) {
     for edit in edits {
         match edit {
             JsonEdit::Set(path, value) => put(root, path, render(value)),

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use json::JsonEdit;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_pdk::{Action, Hooks, Plugin, Request, Response};
+use sluice_pdk::{Action, Hooks, Latency, Plugin, Request, Response, Template};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -112,69 +112,20 @@ pub struct Config {
     max_body_bytes: Option<usize>,
 }
 
-/// A value with `${...}` variables, parsed once.
-#[derive(Debug, Clone)]
-struct Template(Vec<Part>);
-
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    RequestId,
-    ClientIp,
-    Route,
-    Latency,
+/// Which variables a value may use: `${latency}` only in the response phase.
+fn latency(in_response: bool) -> Latency {
+    if in_response { Latency::Known } else { Latency::OnlyInResponse }
 }
 
-impl Template {
-    fn parse(at: &str, value: &str, latency_ok: bool) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut rest = value;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                parts.push(Part::Text(rest[..start].to_owned()));
-            }
-            let Some(len) = rest[start..].find('}') else {
-                return Err(format!("{at}: unclosed `${{` in {value:?}"));
-            };
-            parts.push(match &rest[start + 2..start + len] {
-                "request_id" => Part::RequestId,
-                "client_ip" => Part::ClientIp,
-                "route" => Part::Route,
-                "latency" if latency_ok => Part::Latency,
-                "latency" => return Err(format!("{at}: ${{latency}} is only known in the response")),
-                other => {
-                    return Err(format!(
-                        "{at}: unknown variable ${{{other}}} (known: request_id, client_ip, route, latency)"
-                    ));
-                }
-            });
-            rest = &rest[start + len + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        Ok(Template(parts))
-    }
+fn template(at: &str, value: &str, in_response: bool) -> Result<Template, String> {
+    Template::parse(value, latency(in_response)).map_err(|e| format!("{at}: {e}"))
+}
 
-    fn render(&self, req: &Request, latency_ms: Option<u64>) -> String {
-        let mut out = String::new();
-        for p in &self.0 {
-            match p {
-                Part::Text(t) => out.push_str(t),
-                Part::RequestId => out.push_str(&req.request_id()),
-                Part::ClientIp => out.push_str(&req.client_ip()),
-                Part::Route => out.push_str(&req.route()),
-                Part::Latency => {
-                    out.push_str(&latency_ms.map(|l| l.to_string()).unwrap_or_default())
-                }
-            }
-        }
-        out
-    }
-
-    fn uses_latency(&self) -> bool {
-        self.0.contains(&Part::Latency)
-    }
+/// What a JSON `set` writes: a JSON value, or a string with variables, parsed at init.
+#[derive(Debug, Clone)]
+enum SetValue {
+    Plain(Value),
+    Template(Template),
 }
 
 enum HeaderEdit {
@@ -198,7 +149,7 @@ fn header_edits(at: &str, c: HeadersConfig, latency_ok: bool) -> Result<Vec<Head
     }
     for (kind, map) in [("set", c.set), ("add", c.add)] {
         for (n, v) in map {
-            let t = Template::parse(&format!("{at}.headers.{kind}.{n}"), &v, latency_ok)?;
+            let t = template(&format!("{at}.headers.{kind}.{n}"), &v, latency_ok)?;
             let n = name(kind, &n)?;
             out.push(if kind == "set" { HeaderEdit::Set(n, t) } else { HeaderEdit::Add(n, t) });
         }
@@ -207,7 +158,11 @@ fn header_edits(at: &str, c: HeadersConfig, latency_ok: bool) -> Result<Vec<Head
 }
 
 /// A JSON value whose strings may hold variables.
-fn json_edits(at: &str, c: JsonConfig, latency_ok: bool) -> Result<Vec<JsonEdit>, String> {
+fn json_edits(
+    at: &str,
+    c: JsonConfig,
+    latency_ok: bool,
+) -> Result<Vec<JsonEdit<SetValue>>, String> {
     let mut out = Vec::new();
     for p in &c.remove {
         out.push(JsonEdit::Remove(json::pointer(&format!("{at}.json.remove"), p)?));
@@ -218,10 +173,13 @@ fn json_edits(at: &str, c: JsonConfig, latency_ok: bool) -> Result<Vec<JsonEdit>
     }
     for (p, v) in c.set {
         let at = format!("{at}.json.set.{p}");
-        if let Value::String(s) = &v {
-            Template::parse(&at, s, latency_ok)?;
-        }
-        out.push(JsonEdit::Set(json::pointer(&at, &p)?, v));
+        let value = match v {
+            Value::String(s) if s.contains("${") => {
+                SetValue::Template(template(&at, &s, latency_ok)?)
+            }
+            v => SetValue::Plain(v),
+        };
+        out.push(JsonEdit::Set(json::pointer(&at, &p)?, value));
     }
     Ok(out)
 }
@@ -260,10 +218,10 @@ pub struct Transform {
     path: Option<PathRewrite>,
     query_add: Vec<(String, Template)>,
     query_remove: Vec<String>,
-    req_json: Vec<JsonEdit>,
+    req_json: Vec<JsonEdit<SetValue>>,
     resp_headers: Vec<HeaderEdit>,
     status: BTreeMap<u16, u16>,
-    resp_json: Vec<JsonEdit>,
+    resp_json: Vec<JsonEdit<SetValue>>,
     max_body: usize,
     needs_latency: bool,
 }
@@ -327,9 +285,9 @@ macro_rules! edit_headers {
 /// Edits a JSON body in place; a body that is not JSON, or too large, is left alone.
 fn edit_json(
     body: Result<Vec<u8>, sluice_pdk::BodyError>,
-    edits: &[JsonEdit],
+    edits: &[JsonEdit<SetValue>],
     max: usize,
-    render: &dyn Fn(&Value) -> Value,
+    render: &dyn Fn(&SetValue) -> Value,
 ) -> Option<Vec<u8>> {
     let body = body.ok()?;
     if body.len() > max {
@@ -340,13 +298,10 @@ fn edit_json(
     serde_json::to_vec(&value).ok()
 }
 
-fn render_json(v: &Value, req: &Request, latency: Option<u64>) -> Value {
+fn render_json(v: &SetValue, req: &Request, latency: Option<u64>) -> Value {
     match v {
-        Value::String(s) if s.contains("${") => match Template::parse("", s, true) {
-            Ok(t) => Value::String(t.render(req, latency)),
-            Err(_) => v.clone(),
-        },
-        other => other.clone(),
+        SetValue::Template(t) => Value::String(t.render(req, latency).into_owned()),
+        SetValue::Plain(v) => v.clone(),
     }
 }
 
@@ -399,10 +354,7 @@ impl Plugin for Transform {
             .add
             .into_iter()
             .map(|(k, v)| {
-                Ok((
-                    k.clone(),
-                    Template::parse(&format!("config.request.query.add.{k}"), &v, false)?,
-                ))
+                Ok((k.clone(), template(&format!("config.request.query.add.{k}"), &v, false)?))
             })
             .collect::<Result<Vec<_>, String>>()?;
         let resp_headers = header_edits("config.response", c.response.headers, true)?;
@@ -411,7 +363,7 @@ impl Plugin for Transform {
             |e| matches!(e, HeaderEdit::Set(_, t) | HeaderEdit::Add(_, t) if t.uses_latency()),
         ) || resp_json
             .iter()
-            .any(|e| matches!(e, JsonEdit::Set(_, Value::String(s)) if s.contains("${latency}")));
+            .any(|e| matches!(e, JsonEdit::Set(_, SetValue::Template(t)) if t.uses_latency()));
         Ok(Transform {
             req_headers: header_edits("config.request", c.request.headers, false)?,
             path,
@@ -454,7 +406,7 @@ impl Plugin for Transform {
             let _ = req.set_query(query.as_deref());
         }
         if !self.req_json.is_empty() && is_json(req.header("content-type")) {
-            let render = |v: &Value| render_json(v, req, None);
+            let render = |v: &SetValue| render_json(v, req, None);
             if let Some(body) = edit_json(req.body(), &self.req_json, self.max_body, &render) {
                 req.set_body(&body);
             }
@@ -475,7 +427,7 @@ impl Plugin for Transform {
         }
         edit_headers!(resp, req, &self.resp_headers, latency);
         if !self.resp_json.is_empty() && is_json(resp.header("content-type")) {
-            let render = |v: &Value| render_json(v, req, latency);
+            let render = |v: &SetValue| render_json(v, req, latency);
             if let Some(body) = edit_json(resp.body(), &self.resp_json, self.max_body, &render) {
                 resp.set_body(&body);
             }
@@ -550,12 +502,12 @@ mod tests {
         assert!(!is_json(None));
         let edits = [JsonEdit::Remove(json::pointer("t", "/a").unwrap())];
         assert_eq!(
-            edit_json(Ok(b"{\"a\":1,\"b\":2}".to_vec()), &edits, 100, &|v| v.clone()).unwrap(),
+            edit_json(Ok(b"{\"a\":1,\"b\":2}".to_vec()), &edits, 100, &|_| Value::Null).unwrap(),
             b"{\"b\":2}"
         );
-        assert_eq!(edit_json(Ok(b"not json".to_vec()), &edits, 100, &|v| v.clone()), None);
+        assert_eq!(edit_json(Ok(b"not json".to_vec()), &edits, 100, &|_| Value::Null), None);
         assert_eq!(
-            edit_json(Ok(b"{\"a\":1}".to_vec()), &edits, 3, &|v| v.clone()),
+            edit_json(Ok(b"{\"a\":1}".to_vec()), &edits, 3, &|_| Value::Null),
             None,
             "over the limit"
         );
