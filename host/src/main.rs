@@ -94,16 +94,10 @@ const DEMO_UPSTREAM: &str = "127.0.0.1:9000";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Plugin(PluginCommand::Test { cases }) = &cli.command {
-        return match plugin_test(cases) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    // `plugin test` sets up its own logging: it captures plugin log lines per case.
+    if !matches!(cli.command, Command::Plugin(PluginCommand::Test { .. })) {
+        init_logging(cli.log_format);
     }
-    init_logging(cli.log_format);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -173,9 +167,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCommand::Test { .. }) => {
-            unreachable!("handled before logging starts")
-        }
+        Command::Plugin(PluginCommand::Test { cases }) => plugin_test(&cases),
         Command::Echo { listen } => {
             let rt = runtime(None)?;
             rt.block_on(async {

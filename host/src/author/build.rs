@@ -55,11 +55,8 @@ pub fn build(dir: &Path, output: Option<&Path>) -> Result<Built, BuildError> {
         Lang::Go => build_go(&dir, &output)?,
         Lang::Js => build_js(&dir, &output)?,
     };
-    if let Some(component) = component {
-        write_atomically(&output, &component)?;
-    }
-    let bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    Ok(Built { lang, output, bytes, took: started.elapsed() })
+    write_atomically(&output, &component)?;
+    Ok(Built { lang, output, bytes: component.len() as u64, took: started.elapsed() })
 }
 
 /// Writes next to the target, then renames: a gateway watching the file never loads a
@@ -92,7 +89,7 @@ fn run(
     Ok(out)
 }
 
-fn build_rust(dir: &Path) -> Result<Option<Vec<u8>>, BuildError> {
+fn build_rust(dir: &Path) -> Result<Vec<u8>, BuildError> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir).args([
         "build",
@@ -124,11 +121,10 @@ fn build_rust(dir: &Path) -> Result<Option<Vec<u8>>, BuildError> {
             BuildError::Other("cargo built no .wasm file: is the crate a cdylib?".into())
         })?;
     std::fs::read(&wasm)
-        .map(Some)
         .map_err(|e| BuildError::Other(format!("cannot read {}: {e}", wasm.display())))
 }
 
-fn build_go(dir: &Path, output: &Path) -> Result<Option<Vec<u8>>, BuildError> {
+fn build_go(dir: &Path, output: &Path) -> Result<Vec<u8>, BuildError> {
     let core = output.with_extension("core.wasm");
     let mut cmd = Command::new("go");
     cmd.current_dir(dir)
@@ -152,7 +148,7 @@ fn build_go(dir: &Path, output: &Path) -> Result<Option<Vec<u8>>, BuildError> {
     let module = std::fs::read(&core)
         .map_err(|e| BuildError::Other(format!("cannot read {}: {e}", core.display())))?;
     let _ = std::fs::remove_file(&core);
-    componentize(module).map(Some).map_err(|e| BuildError::Other(format!("{e:#}")))
+    componentize(module).map_err(|e| BuildError::Other(format!("{e:#}")))
 }
 
 /// Embeds the world and wraps a wasip1 reactor module into a component.
@@ -205,7 +201,7 @@ fn tempdir() -> std::io::Result<TempDir> {
 
 /// The build script is `build.mjs` in the project (as `sluice plugin new` writes it), or the
 /// one `package.json` names in `sluice.build` (the SDK's examples use the SDK's own).
-fn build_js(dir: &Path, output: &Path) -> Result<Option<Vec<u8>>, BuildError> {
+fn build_js(dir: &Path, output: &Path) -> Result<Vec<u8>, BuildError> {
     let package: serde_json::Value = std::fs::read_to_string(dir.join("package.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -218,8 +214,12 @@ fn build_js(dir: &Path, output: &Path) -> Result<Option<Vec<u8>>, BuildError> {
         cmd.current_dir(dir).args(["install", "--no-audit", "--no-fund"]);
         run(cmd, "npm", "install Node.js 18 or newer with npm")?;
     }
+    let staged = output.with_extension("js.wasm");
     let mut cmd = Command::new("node");
-    cmd.current_dir(dir).arg(&script).arg(main).arg("-o").arg(output);
+    cmd.current_dir(dir).arg(&script).arg(main).arg("-o").arg(&staged);
     run(cmd, "node", "install Node.js 18 or newer")?;
-    Ok(None)
+    let component = std::fs::read(&staged)
+        .map_err(|e| BuildError::Other(format!("cannot read {}: {e}", staged.display())))?;
+    let _ = std::fs::remove_file(&staged);
+    Ok(component)
 }

@@ -68,13 +68,10 @@ enum OneOrMany {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct Upstream {
-    #[serde(default = "ok")]
     status: u16,
-    #[serde(default)]
     headers: BTreeMap<String, OneOrMany>,
-    #[serde(default)]
     body: String,
 }
 
@@ -122,9 +119,6 @@ fn root() -> String {
 }
 fn loopback() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])
-}
-fn ok() -> u16 {
-    200
 }
 
 /// The outcome of a run.
@@ -265,21 +259,19 @@ fn gateway_config(mut plugin: toml::Table, base: &Path) -> anyhow::Result<(Strin
     }
     let mut plugins = toml::Table::new();
     plugins.insert(name.clone(), toml::Value::Table(plugin));
-    let route: toml::Table = toml::toml! {
+    let mut route = toml::toml! {
         name = "test"
         prefix = "/"
         upstream = "none"
     };
-    let mut route = route;
     route.insert("plugins".into(), toml::Value::Array(vec![toml::Value::String(name.clone())]));
-    let config: toml::Table = toml::toml! {
+    let mut config = toml::toml! {
         [server]
         listen = "127.0.0.1:0"
         workers = 1
         [upstreams.none]
         endpoints = ["127.0.0.1:9"]
     };
-    let mut config = config;
     config.insert("plugins".into(), toml::Value::Table(plugins));
     config.insert("routes".into(), toml::Value::Array(vec![toml::Value::Table(route)]));
     Ok((name, toml::to_string(&config)?))

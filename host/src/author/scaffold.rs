@@ -52,12 +52,13 @@ pub fn new_project(
             ("plugin.js", include_str!("templates/js/plugin.js")),
         ],
     };
+    // Templates get the plugin's name; the SDK files and the WIT are copied as they are.
     for (path, text) in own {
-        add(path.to_string(), text);
+        add(path.to_string(), &fill(text, lang, name));
     }
-    add("cases.toml".into(), include_str!("templates/common/cases.toml"));
-    add("sluice.toml".into(), include_str!("templates/common/sluice.toml"));
-    add(".gitignore".into(), GITIGNORE[lang as usize]);
+    add("cases.toml".into(), &fill(include_str!("templates/common/cases.toml"), lang, name));
+    add("sluice.toml".into(), &fill(include_str!("templates/common/sluice.toml"), lang, name));
+    add(".gitignore".into(), gitignore(lang));
     for (path, text) in sdk::WIT {
         add(format!("wit/{path}"), text);
     }
@@ -82,7 +83,7 @@ pub fn new_project(
     }
     let listing = files_listing(lang, name);
     let readme = fill(include_str!("templates/common/README.md"), lang, name)
-        .replace("{{prerequisites}}", PREREQUISITES[lang as usize])
+        .replace("{{prerequisites}}", prerequisites(lang))
         .replace("{{files}}", &listing);
     files.push(("README.md".into(), readme));
 
@@ -90,7 +91,7 @@ pub fn new_project(
         let target = dir.join(path);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(target.parent().expect("a file in the project"))?;
-            std::fs::write(&target, fill(text, lang, name))
+            std::fs::write(&target, text)
         };
         write().map_err(|source| ScaffoldError::Write { path: target.clone(), source })?;
     }
@@ -106,17 +107,33 @@ fn fill(text: &str, lang: Lang, name: &str) -> String {
         .replace("{{world_version}}", sluice_bindings::WORLD_VERSION)
 }
 
-const GITIGNORE: [&str; 3] = ["/target\n*.wasm\n", "*.wasm\n", "/node_modules\n*.wasm\n"];
+fn gitignore(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "/target\n*.wasm\n",
+        Lang::Go => "*.wasm\n",
+        Lang::Js => "/node_modules\n*.wasm\n",
+    }
+}
 
-const PREREQUISITES: [&str; 3] = [
-    "Needs Rust with the `wasm32-wasip2` target \
-     (`rustup target add wasm32-wasip2`).",
-    "Needs mainline Go 1.24 or newer (not TinyGo). Nothing is downloaded: the SDK is in \
-     `sdk/go`, and `sluice plugin build` turns Go's wasip1 module into a component itself.",
-    "Needs Node.js 18 or newer; `sluice plugin build` runs `npm install` the first time \
-     (it fetches `@bytecodealliance/componentize-js`). The component embeds a JavaScript \
-     engine (about 12 MB); Sluice compiles it once in the background and caches it.",
-];
+fn prerequisites(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => {
+            "Needs Rust with the `wasm32-wasip2` target \
+             (`rustup target add wasm32-wasip2`)."
+        }
+        Lang::Go => {
+            "Needs mainline Go 1.24 or newer (not TinyGo). Nothing is downloaded: the SDK is \
+             in `sdk/go`, and `sluice plugin build` turns Go's wasip1 module into a component \
+             itself."
+        }
+        Lang::Js => {
+            "Needs Node.js 18 or newer; `sluice plugin build` runs `npm install` the first \
+             time (it fetches `@bytecodealliance/componentize-js`). The component embeds a \
+             JavaScript engine (about 12 MB); Sluice compiles it once in the background and \
+             caches it."
+        }
+    }
+}
 
 fn files_listing(lang: Lang, name: &str) -> String {
     let own = match lang {

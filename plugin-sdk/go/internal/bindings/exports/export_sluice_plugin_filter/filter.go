@@ -81,10 +81,9 @@ func release() {
 const minGCBudget = 4 << 20
 
 var (
-	gcSamples    = []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}}
-	allocsAtGC   uint64
-	gcBudget     uint64 = minGCBudget
-	gcCollecting bool
+	gcSamples  = []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	allocsAtGC uint64
+	gcBudget   uint64 = minGCBudget
 )
 
 func init() {
@@ -92,17 +91,12 @@ func init() {
 }
 
 func collect() {
-	if gcCollecting {
-		return
-	}
 	metrics.Read(gcSamples[:1])
 	allocs := gcSamples[0].Value.Uint64()
 	if allocs-allocsAtGC < gcBudget {
 		return
 	}
-	gcCollecting = true
 	runtime.GC()
-	gcCollecting = false
 	metrics.Read(gcSamples)
 	allocsAtGC = gcSamples[0].Value.Uint64()
 	gcBudget = max(gcSamples[1].Value.Uint64(), minGCBudget)
