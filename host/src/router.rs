@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
 
-use pattern::{Key, ParamName};
+use pattern::{Key, ParamName, PathKeys};
 pub use pattern::{PathPattern, PathSpecificity, Segment};
 
 /// Everything a route matches on.
@@ -202,6 +202,11 @@ impl Rule {
 
     /// Does `self` match every request `other` matches? Conservative: `false` when unsure.
     pub fn covers(&self, other: &Rule) -> bool {
+        self.conditions_cover(other) && self.path.covers(&other.path)
+    }
+
+    /// [`Self::covers`] for everything but the path.
+    fn conditions_cover(&self, other: &Rule) -> bool {
         let hosts = self.hosts.is_empty()
             || (!other.hosts.is_empty()
                 && other.hosts.iter().all(|o| self.hosts.iter().any(|h| h.covers(o))));
@@ -212,18 +217,18 @@ impl Rule {
             && methods
             && self.headers.iter().all(|c| other.headers.contains(c))
             && self.query.iter().all(|c| other.query.contains(c))
-            && self.path.covers(&other.path)
     }
 
-    /// May some request match both? Conservative: `true` when unsure.
-    fn overlaps(&self, other: &Rule) -> bool {
+    /// May some request match both, as far as hosts and methods go? Conservative: `true`
+    /// when unsure.
+    fn conditions_overlap(&self, other: &Rule) -> bool {
         let hosts = self.hosts.is_empty()
             || other.hosts.is_empty()
             || self.hosts.iter().any(|a| other.hosts.iter().any(|b| a.overlaps(b)));
         let methods = self.methods.is_empty()
             || other.methods.is_empty()
             || self.methods.iter().any(|m| other.methods.contains(m));
-        hosts && methods && self.path.overlaps(&other.path)
+        hosts && methods
     }
 }
 
@@ -408,19 +413,28 @@ pub enum Finding {
 }
 
 /// Finds unreachable and ambiguous routes among `rules` (in config order).
+///
+/// Every pair is compared, so what a comparison needs is computed once per rule, and most
+/// pairs are ruled out by their paths' first literal segment.
 pub fn analyze(rules: &[Rule]) -> Vec<Finding> {
+    let keys: Vec<PathKeys> = rules.iter().map(|r| PathKeys::of(&r.path)).collect();
+    // Rank without the config-order tie-break: equal ones tie.
+    let tier: Vec<Rank> = rules.iter().map(|r| r.rank(0)).collect();
     let mut order: Vec<usize> = (0..rules.len()).collect();
-    order.sort_by_key(|&i| rules[i].rank(i));
+    order.sort_by_key(|&i| (&tier[i], i));
+    let covers =
+        |s: usize, r: usize| keys[s].covers(&keys[r]) && rules[s].conditions_cover(&rules[r]);
     let mut findings = Vec::new();
     for (pos, &r) in order.iter().enumerate() {
         let earlier = &order[..pos];
-        if let Some(&by) = earlier.iter().find(|&&s| rules[s].covers(&rules[r])) {
+        if let Some(&by) = earlier.iter().find(|&&s| covers(s, r)) {
             findings.push(Finding::Unreachable { shadowed: r, by });
             continue;
         }
         let tie = |s: usize| {
-            let (a, b) = (rules[s].rank(0), rules[r].rank(0));
-            a == b && rules[s].overlaps(&rules[r])
+            tier[s] == tier[r]
+                && keys[s].overlaps(&keys[r])
+                && rules[s].conditions_overlap(&rules[r])
         };
         if let Some(&first) = earlier.iter().find(|&&s| tie(s)) {
             findings.push(Finding::Ambiguous { first, second: r });

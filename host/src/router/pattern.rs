@@ -144,14 +144,57 @@ impl PathPattern {
 
     /// May some path match both patterns? Conservative: `true` when unsure.
     pub fn overlaps(&self, other: &PathPattern) -> bool {
-        let (a, b) = (self.keys(), other.keys());
-        a.iter().any(|x| b.iter().any(|y| overlaps(&x.segments, &y.segments)))
+        PathKeys::of(self).overlaps(&PathKeys::of(other))
     }
 
     /// Does `self` match every path `other` matches? Conservative: `false` when unsure.
     pub fn covers(&self, other: &PathPattern) -> bool {
-        let mine = self.keys();
-        other.keys().iter().all(|y| mine.iter().any(|x| covers(&x.segments, &y.segments)))
+        PathKeys::of(self).covers(&PathKeys::of(other))
+    }
+}
+
+/// A pattern's keys, computed once for comparing it with many others (checking a route
+/// table compares every pair).
+pub struct PathKeys {
+    keys: Vec<Key>,
+    /// The first segment, when it is the same literal in every key: two patterns with
+    /// different ones can neither overlap nor cover each other.
+    first_literal: Option<String>,
+}
+
+impl PathKeys {
+    pub fn of(pattern: &PathPattern) -> Self {
+        let keys = pattern.keys();
+        let first = |k: &Key| match k.segments.first() {
+            Some(Segment::Static(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let first_literal = keys
+            .first()
+            .and_then(first)
+            .filter(|f| keys.iter().all(|k| first(k).as_ref() == Some(f)));
+        Self { keys, first_literal }
+    }
+
+    /// A cheap test that rules most pairs out: `false` only if no path can match both.
+    pub fn may_meet(&self, other: &PathKeys) -> bool {
+        match (&self.first_literal, &other.first_literal) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
+    pub fn overlaps(&self, other: &PathKeys) -> bool {
+        self.may_meet(other)
+            && self
+                .keys
+                .iter()
+                .any(|x| other.keys.iter().any(|y| overlaps(&x.segments, &y.segments)))
+    }
+
+    pub fn covers(&self, other: &PathKeys) -> bool {
+        self.may_meet(other)
+            && other.keys.iter().all(|y| self.keys.iter().any(|x| covers(&x.segments, &y.segments)))
     }
 }
 
