@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod config_ui;
 mod cors;
+mod extism;
 mod host_state;
 mod plugin_chain;
 mod plugin_failures;

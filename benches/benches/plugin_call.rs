@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the plugin runtime: one hook call with a reused instance, with a
-//! fresh instance per call, and a chain of four plugins; each shipped plugin's request phase
-//! and the jwt -> rate-limit -> cors -> transform chain; plus router lookups.
+//! fresh instance per call, through an Extism plugin, and a chain of four plugins; each shipped plugin's request phase
+//! and the jwt -> rate-limit -> cors -> transform chain; router lookups; and validating a
+//! large config.
 //!
 //! Run with `./dev bench` (it builds the plugins first). Every iteration includes a
 //! `block_on` of a current-thread runtime, the same for each case, so compare cases by
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::config::{self, FailPolicy, InstanceModel};
+use sluice::config::{self, FailPolicy, InstanceModel, PluginKind};
 use sluice::message::{Body, RequestMeta, RequestMsg};
 use sluice::plugin::{Chain, NamedPlugin, Runtime};
 use sluice::router::{PathPattern, RequestView, Router, Rule};
@@ -19,7 +20,13 @@ use sluice::router::{PathPattern, RequestView, Router, Rule};
 fn plugin_path(stem: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).unwrap();
-    let path = target.join(format!("wasm32-wasip2/release/{stem}.wasm"));
+    let path = match stem {
+        // The Extism example is a core module, built for wasm32-unknown-unknown.
+        "sluice_extism_example" => {
+            target.join(format!("wasm32-unknown-unknown/release/{stem}.wasm"))
+        }
+        _ => target.join(format!("wasm32-wasip2/release/{stem}.wasm")),
+    };
     assert!(path.is_file(), "{} missing: run ./dev bench", path.display());
     path
 }
@@ -38,6 +45,7 @@ fn spec(name: &str, stem: &str, config_json: &str, instances: InstanceModel) -> 
     config::Plugin {
         name: Arc::from(name),
         module: plugin_path(stem),
+        kind: PluginKind::Component,
         config_json: config_json.to_owned(),
         files: Vec::new(),
         instances,
@@ -79,8 +87,11 @@ fn plugin_calls(c: &mut Criterion) {
     let runtime = Runtime::new(&runtime_config()).unwrap();
     let load = |name: &str, stem: &str, cfg: &str, model| {
         rt.block_on(async {
-            let s = spec(name, stem, cfg, model);
-            let module = runtime.load_module(&s.module).await.unwrap();
+            let mut s = spec(name, stem, cfg, model);
+            if stem == "sluice_extism_example" {
+                s.kind = PluginKind::Extism;
+            }
+            let module = runtime.load_module(&s.module, s.kind).await.unwrap();
             Arc::new(
                 NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5), None)
                     .await
@@ -89,6 +100,8 @@ fn plugin_calls(c: &mut Criterion) {
         })
     };
     let reused = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Reuse);
+    // The same kind of work as an Extism plugin: JSON in, a header set, JSON out.
+    let extism = load("x", "sluice_extism_example", "{}", InstanceModel::Reuse);
     let fresh = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Fresh);
     let chain = Chain::new(vec![
         load("deny", "sluice_plugin_deny", DENY_ADMIN, InstanceModel::Reuse),
@@ -100,6 +113,9 @@ fn plugin_calls(c: &mut Criterion) {
     let mut g = c.benchmark_group("hook_call");
     g.bench_function("reused_instance", |b| {
         b.iter(|| rt.block_on(reused.on_request(request())).1.unwrap())
+    });
+    g.bench_function("extism_reused_instance", |b| {
+        b.iter(|| rt.block_on(extism.on_request(request())).1.unwrap())
     });
     g.bench_function("fresh_instance", |b| {
         b.iter(|| rt.block_on(fresh.on_request(request())).1.unwrap())
@@ -133,7 +149,7 @@ fn shipped_plugins(c: &mut Criterion) {
     let load = |name: &str, stem: &str, cfg: &str| {
         rt.block_on(async {
             let s = spec(name, stem, cfg, InstanceModel::Reuse);
-            let module = runtime.load_module(&s.module).await.unwrap();
+            let module = runtime.load_module(&s.module, s.kind).await.unwrap();
             Arc::new(
                 NamedPlugin::load(runtime.clone(), module, s, Duration::from_secs(5), None)
                     .await
@@ -269,9 +285,57 @@ fn router(c: &mut Criterion) {
     g.finish();
 }
 
+/// A large config: `routes` routes (half parameter paths, half prefixes, some with host,
+/// method and header conditions), 50 upstreams and 100 named plugins, as text.
+fn large_config(routes: usize) -> String {
+    let dir = plugin_path("sluice_plugin_header_transform").parent().unwrap().to_owned();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\nplugin_dir = {:?}\n",
+        dir.display().to_string()
+    );
+    for u in 0..50 {
+        text += &format!("[upstreams.u{u}]\nendpoints = [\"10.0.{u}.1:80\", \"10.0.{u}.2:80\"]\n");
+    }
+    for p in 0..100 {
+        text += &format!(
+            "[plugins.p{p}]\nmodule = \"header-transform\"\nconfig = {{ request = {{ set = {{ \"x-p\" = \"{p}\" }} }} }}\n"
+        );
+    }
+    for r in 0..routes {
+        let (u, p, q) = (r % 50, r % 100, (r + 1) % 100);
+        let rule = match r % 4 {
+            0 => format!("path = \"/svc{r}/users/{{id}}\""),
+            1 => format!("prefix = \"/svc{r}/api\"\nmethods = [\"GET\", \"POST\"]"),
+            2 => format!("prefix = \"/svc{r}\"\nhosts = [\"api{r}.example.com\"]"),
+            _ => format!(
+                "prefix = \"/svc{r}/v2\"\nheaders = [{{ name = \"x-tenant\", exact = \"t{r}\" }}]"
+            ),
+        };
+        text += &format!(
+            "[[routes]]\nname = \"r{r}\"\n{rule}\nupstream = \"u{u}\"\nplugins = [\"p{p}\", \"p{q}\"]\n"
+        );
+    }
+    text
+}
+
+/// `sluice check`'s first half on a large config: parsing and validating the TOML (the
+/// plugin modules are resolved, not compiled; compiling is per module and cached).
+fn config_validation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("config_validation");
+    for routes in [100, 1000] {
+        let text = large_config(routes);
+        let base = std::path::Path::new(".");
+        config::parse(&text, "bench.toml", base).unwrap_or_else(|e| panic!("{e}"));
+        g.bench_function(format!("{routes}_routes_100_plugins_50_upstreams"), |b| {
+            b.iter(|| config::parse(std::hint::black_box(&text), "bench.toml", base).unwrap())
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = plugin_calls, shipped_plugins, router
+    targets = plugin_calls, shipped_plugins, router, config_validation
 }
 criterion_main!(benches);

@@ -260,6 +260,12 @@ fn validate_plugin(
 ) -> Option<Plugin> {
     let at = |field: &str| format!("plugins.{name}.{field}");
     let module = errors.check(at("module"), resolve_module(&p.module, &runtime.plugin_dirs, base));
+    let kind = traffic::one_of(
+        errors,
+        &at("kind"),
+        &p.kind,
+        &[("component", PluginKind::Component), ("extism", PluginKind::Extism)],
+    );
     let instances = traffic::one_of(
         errors,
         &at("instances"),
@@ -288,6 +294,7 @@ fn validate_plugin(
     Some(Plugin {
         name: Arc::from(name),
         module: module?,
+        kind: kind?,
         config_json,
         files: files?,
         instances: instances?,

@@ -3,11 +3,11 @@
 //! `server`); a reload builds the next gateway from the previous one (see `reload`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::config::{KeySource, Rewrite};
+use crate::config::{KeySource, PluginKind, Rewrite};
 use crate::plugin::{Chain, CodeSource, LoadError, Module, NamedPlugin, Runtime};
 use crate::router::{Found, RequestView, Router};
 use crate::upstream::Upstream;
@@ -65,29 +65,32 @@ impl Gateway {
     ) -> Result<(Self, BuildReport), ConfigErrors> {
         let mut errors = Vec::new();
         let mut report = BuildReport::default();
-        let mut modules: HashMap<PathBuf, Option<Arc<Module>>> = HashMap::new();
+        let mut modules: HashMap<(&Path, PluginKind), Option<Arc<Module>>> = HashMap::new();
         let wanted = config.plugins.iter().flat_map(|(name, spec)| {
             let rollout = spec
                 .rollout
                 .as_ref()
-                .map(|r| (format!("plugins.{name}.rollout.module"), &r.module));
-            [Some((format!("plugins.{name}.module"), &spec.module)), rollout].into_iter().flatten()
+                .map(|r| (format!("plugins.{name}.rollout.module"), &r.module, spec.kind));
+            let module = (format!("plugins.{name}.module"), &spec.module, spec.kind);
+            [Some(module), rollout].into_iter().flatten()
         });
-        for (at, path) in wanted {
-            if modules.contains_key(path) {
+        for (at, path, kind) in wanted {
+            if modules.contains_key(&(path.as_path(), kind)) {
                 continue;
             }
-            let loaded = runtime.load_module(path).await.map_err(|e| {
+            let loaded = runtime.load_module(path, kind).await.map_err(|e| {
                 errors.push(ConfigError::new(at, format!("{}: {e}", path.display())));
             });
-            modules.insert(path.clone(), loaded.ok());
+            modules.insert((path, kind), loaded.ok());
         }
         let queue_timeout = config.server.request_timeout;
         let mut plugins = BTreeMap::new();
         for (name, spec) in &config.plugins {
-            let Some(Some(module)) = modules.get(&spec.module) else { continue };
+            let Some(Some(module)) = modules.get(&(spec.module.as_path(), spec.kind)) else {
+                continue;
+            };
             let candidate = match &spec.rollout {
-                Some(r) => match modules.get(&r.module) {
+                Some(r) => match modules.get(&(r.module.as_path(), spec.kind)) {
                     Some(Some(m)) => Some(m.clone()),
                     _ => continue,
                 },
@@ -246,6 +249,9 @@ impl Gateway {
 
 /// `path (sha256 abcdef012345) compiled in 70ms` / `... loaded from cache in 0.4ms`.
 pub fn describe(m: &Module) -> String {
+    if m.kind() == PluginKind::Extism {
+        return format!("{} (sha256 {}, Extism)", m.path.display(), m.short_hash());
+    }
     let how = match m.source {
         CodeSource::Compiled => "compiled",
         CodeSource::DiskCache => "loaded from cache",

@@ -188,7 +188,7 @@ fn plugin_test(cases: &std::path::Path) -> anyhow::Result<ExitCode> {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let logs = sluice::author::CaptureLogs::default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=trace"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=trace,extism=off"));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != "plugin"));
@@ -313,9 +313,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// The `extism` crate logs every failed call itself, tagged with an instance UUID; Sluice
+/// reports each one already (plugin, route, request id, cause), so its copy is left out.
+const DEFAULT_LOG_FILTER: &str = "info,extism=off";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

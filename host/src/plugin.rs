@@ -10,9 +10,11 @@
 
 mod chain;
 mod error;
+mod extism;
 mod host_api;
 mod module;
 mod named;
+mod pool;
 mod rollout;
 mod runtime;
 mod state;

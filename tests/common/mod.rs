@@ -69,6 +69,25 @@ pub const PLUGIN_PACKAGES: &[&str] = &[
     "sluice-example-hello",
 ];
 
+/// The Extism example (plugin-sdk/extism/example), built from source for
+/// wasm32-unknown-unknown (a core module, as Extism PDKs build them).
+pub fn extism_example() -> String {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    let path = PATH.get_or_init(|| {
+        let target = target_dir();
+        let status = Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["build", "--release", "--quiet", "--target", "wasm32-unknown-unknown"])
+            .args(["-p", "sluice-extism-example", "--target-dir"])
+            .arg(&target)
+            .status()
+            .expect("run cargo to build the Extism example");
+        assert!(status.success(), "building the Extism example failed");
+        target.join("wasm32-unknown-unknown/release/sluice_extism_example.wasm")
+    });
+    path.display().to_string()
+}
+
 pub fn plugin(file_stem: &str) -> String {
     let path = plugin_dir().join(format!("{file_stem}.wasm"));
     assert!(path.is_file(), "{} was not built", path.display());

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -193,7 +193,7 @@ pub async fn run_cases(
         anyhow::bail!("{}: no [[case]] to run", file.display());
     }
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let (name, config) = gateway_config(cases.plugin, &base)?;
+    let (name, config) = gateway_config(cases.plugin)?;
     let source = crate::ConfigSource::Text {
         text: config,
         name: format!("{} [plugin]", file.display()),
@@ -240,8 +240,8 @@ pub async fn run_cases(
 
 /// A one-route gateway config holding the plugin as `[plugins.NAME]`: the cases file's
 /// `[plugin]` table is checked by the same code (and with the same messages) as a real
-/// config's.
-fn gateway_config(mut plugin: toml::Table, base: &Path) -> anyhow::Result<(String, String)> {
+/// config's, and its paths are relative to the cases file as a config's are to it.
+fn gateway_config(mut plugin: toml::Table) -> anyhow::Result<(String, String)> {
     let name = match plugin.remove("name") {
         Some(toml::Value::String(n)) => n,
         Some(_) => anyhow::bail!("plugin.name: expected a string"),
@@ -251,12 +251,6 @@ fn gateway_config(mut plugin: toml::Table, base: &Path) -> anyhow::Result<(Strin
             stem.unwrap_or_else(|| "plugin".into())
         }
     };
-    if let Some(toml::Value::String(module)) = plugin.get_mut("module") {
-        let path = PathBuf::from(&*module);
-        if path.is_relative() && (module.ends_with(".wasm") || module.contains('/')) {
-            *module = base.join(path).to_string_lossy().into_owned();
-        }
-    }
     let mut plugins = toml::Table::new();
     plugins.insert(name.clone(), toml::Value::Table(plugin));
     let mut route = toml::toml! {

@@ -208,6 +208,16 @@ pub enum InstanceModel {
     Fresh,
 }
 
+/// What a plugin's module is, and so how Sluice runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    /// A Wasm component for the `sluice:plugin` world (the SDKs build these).
+    Component,
+    /// A core-Wasm Extism plugin exporting `on_request` and/or `on_response`, which take and
+    /// return JSON (docs/extism.md).
+    Extism,
+}
+
 /// What a failing plugin does to its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailPolicy {
@@ -222,6 +232,7 @@ pub enum FailPolicy {
 pub struct Plugin {
     pub name: Arc<str>,
     pub module: PathBuf,
+    pub kind: PluginKind,
     /// The `config` table, as the JSON text handed to the plugin's `init`, with the
     /// contents of `files` under `files`.
     pub config_json: String,

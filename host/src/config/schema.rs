@@ -157,6 +157,7 @@ pub struct Retry {
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     pub module: String,
+    pub kind: Option<String>,
     #[serde(default)]
     pub config: Option<toml::Table>,
     /// Files whose contents the plugin gets in `config.files.KEY` (keys, htpasswd, JWKS).

@@ -25,6 +25,9 @@ pub enum FailureKind {
     /// the plugin's last output (where a panic message lands).
     #[error("trapped: {message}{}", stderr.as_deref().map(|s| format!("; plugin stderr: {s}")).unwrap_or_default())]
     Trap { message: String, stderr: Option<String> },
+    /// The plugin reported an error of its own (an Extism plugin's error return).
+    #[error("returned an error: {0}")]
+    Errored(String),
     #[error("did not return within {0:?}")]
     Timeout(Duration),
     #[error("returned an invalid result: {0}")]

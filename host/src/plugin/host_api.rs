@@ -256,31 +256,18 @@ impl wit_http::HostResponse for PluginState {
 
 impl log::Host for PluginState {
     fn log(&mut self, level: log::Level, message: String) -> HostResult<()> {
-        let mut message = message;
-        if message.len() > 4096 {
-            let mut cut = 4096;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
         let (request_id, route) = match &self.call {
             Some(call) => (call.request.meta.id(), &*call.request.meta.route),
             None => ("", ""),
         };
-        let plugin = &*self.plugin;
-        macro_rules! emit {
-            ($level:expr) => {
-                tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}")
-            };
-        }
-        match level {
-            log::Level::Trace => emit!(tracing::Level::TRACE),
-            log::Level::Debug => emit!(tracing::Level::DEBUG),
-            log::Level::Info => emit!(tracing::Level::INFO),
-            log::Level::Warn => emit!(tracing::Level::WARN),
-            log::Level::Error => emit!(tracing::Level::ERROR),
-        }
+        let level = match level {
+            log::Level::Trace => tracing::Level::TRACE,
+            log::Level::Debug => tracing::Level::DEBUG,
+            log::Level::Info => tracing::Level::INFO,
+            log::Level::Warn => tracing::Level::WARN,
+            log::Level::Error => tracing::Level::ERROR,
+        };
+        plugin_log(level, &self.plugin, route, request_id, &message);
         Ok(())
     }
 
@@ -442,7 +429,12 @@ fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
     }
 }
 
-fn set(map: &mut HeaderMap, name: &str, value: &str, append: bool) -> Result<(), FieldError> {
+pub(super) fn set(
+    map: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    append: bool,
+) -> Result<(), FieldError> {
     let name = writable_name(name)?;
     let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| FieldError::InvalidValue)?;
     if append {
@@ -453,7 +445,35 @@ fn set(map: &mut HeaderMap, name: &str, value: &str, append: bool) -> Result<(),
     Ok(())
 }
 
-fn remove(map: &mut HeaderMap, name: &str) -> Result<(), FieldError> {
+pub(super) fn remove(map: &mut HeaderMap, name: &str) -> Result<(), FieldError> {
     map.remove(writable_name(name)?);
     Ok(())
+}
+
+/// A plugin's log line, as every plugin kind emits it: target `plugin`, with the plugin,
+/// route and request id, at most 4 KiB.
+pub(super) fn plugin_log(
+    level: tracing::Level,
+    plugin: &str,
+    route: &str,
+    request_id: &str,
+    message: &str,
+) {
+    let mut cut = message.len().min(4096);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let message = &message[..cut];
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}")
+        };
+    }
+    match level {
+        tracing::Level::TRACE => emit!(tracing::Level::TRACE),
+        tracing::Level::DEBUG => emit!(tracing::Level::DEBUG),
+        tracing::Level::INFO => emit!(tracing::Level::INFO),
+        tracing::Level::WARN => emit!(tracing::Level::WARN),
+        tracing::Level::ERROR => emit!(tracing::Level::ERROR),
+    }
 }

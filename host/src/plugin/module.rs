@@ -1,8 +1,10 @@
 //! A compiled plugin module: compiled once per content hash, cached on disk across restarts,
-//! checked to implement the `sluice:plugin` world, and pre-linked (`InstancePre`).
+//! checked to implement the `sluice:plugin` world, and pre-linked (`InstancePre`). An Extism
+//! module is only checked here: Extism compiles it per named plugin, with its config.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -11,6 +13,7 @@ use wasmtime::component::Component;
 
 use super::runtime::Runtime;
 use super::state::PluginState;
+use crate::config::PluginKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -18,6 +21,18 @@ pub enum ModuleError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("not a valid Wasm component: {0}")]
     Compile(String),
+    #[error(
+        "a core Wasm module, not a component: build it for the sluice:plugin world with a \
+         Sluice SDK, or set `kind = \"extism\"` if it is an Extism plugin"
+    )]
+    CoreModule,
+    #[error(
+        "a Wasm component, not a core module: `kind = \"extism\"` expects an Extism plugin \
+         (remove `kind` to run a Sluice component)"
+    )]
+    NotExtism,
+    #[error("not a Wasm module")]
+    NotWasm,
     #[error(
         "built for sluice:plugin@{found}, but this Sluice implements @{WORLD_VERSION}; \
          rebuild the plugin against this release's wit/ and sluice-pdk"
@@ -47,7 +62,31 @@ pub struct Module {
     pub source: CodeSource,
     /// Compiling, or loading from the cache, took this long.
     pub load_time: Duration,
-    pub(crate) pre: PluginPre<PluginState>,
+    pub(crate) code: Code,
+}
+
+pub(crate) enum Code {
+    Component(PluginPre<PluginState>),
+    /// The module's bytes, compiled per named plugin (Extism bakes the config in).
+    Extism(Arc<[u8]>),
+}
+
+impl Module {
+    pub fn kind(&self) -> PluginKind {
+        match self.code {
+            Code::Component(_) => PluginKind::Component,
+            Code::Extism(_) => PluginKind::Extism,
+        }
+    }
+}
+
+/// What the binary format's header says a `.wasm` file is.
+fn wasm_layer(bytes: &[u8]) -> Option<PluginKind> {
+    match bytes.get(..8)? {
+        [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(PluginKind::Extism),
+        [0, b'a', b's', b'm', _, _, 1, 0] => Some(PluginKind::Component),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Module {
@@ -69,16 +108,32 @@ impl Module {
     pub(crate) fn build(
         rt: &Runtime,
         path: PathBuf,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         hash: [u8; 32],
+        kind: PluginKind,
     ) -> Result<Self, ModuleError> {
         let started = Instant::now();
         let hash = hex(&hash);
+        match (kind, wasm_layer(&bytes)) {
+            (_, None) => return Err(ModuleError::NotWasm),
+            (PluginKind::Component, Some(PluginKind::Extism)) => {
+                return Err(ModuleError::CoreModule);
+            }
+            (PluginKind::Extism, Some(PluginKind::Component)) => {
+                return Err(ModuleError::NotExtism);
+            }
+            (PluginKind::Extism, _) => {
+                let (source, load_time, code) =
+                    (CodeSource::Compiled, started.elapsed(), Code::Extism(bytes.into()));
+                return Ok(Self { path, hash, source, load_time, code });
+            }
+            (PluginKind::Component, _) => {}
+        }
         let cached = rt.cache_dir().map(|dir| dir.join(cache_file_name(rt, &hash)));
         let (component, source) = match cached.as_deref().and_then(|f| load_cached(rt, f)) {
             Some(component) => (component, CodeSource::DiskCache),
             None => {
-                let component = Component::new(rt.engine(), bytes)
+                let component = Component::new(rt.engine(), &bytes)
                     .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
                 if let Some(file) = &cached {
                     store_cached(&component, file);
@@ -92,7 +147,7 @@ impl Module {
             .instantiate_pre(&component)
             .map_err(|e| ModuleError::Link(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
-        Ok(Self { path, hash, source, load_time: started.elapsed(), pre })
+        Ok(Self { path, hash, source, load_time: started.elapsed(), code: Code::Component(pre) })
     }
 
     /// The first 12 hex digits of the hash, for logs.

@@ -1,37 +1,37 @@
 //! A named plugin from the config: a module, its config, and the pool of instances that
-//! serve its hook calls.
-//!
-//! Instances are shared by every worker thread and checked out per hook call (not per
-//! request), so the number of live instances follows the calls running at once, not
-//! plugins x workers x connections; and when a burst is over, instances left idle for
-//! `idle_timeout` are dropped, so memory shrinks back (one instance stays warm). An instance that traps, times out or returns something
-//! invalid is dropped, never reused; its pool slot is recycled by wasmtime.
+//! serve its hook calls (see [`Pool`]). An instance that traps, times out or returns
+//! something invalid is dropped, never reused; its pool slot is recycled by wasmtime.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_bindings::Plugin as World;
 use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use sluice_bindings::{Plugin as World, PluginPre};
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, WasmBacktrace};
 
 use super::error::{FailureKind, Phase, PluginError};
-use super::module::Module;
+use super::extism;
+use super::module::{Code, Module};
+use super::pool::{Permit, Pool};
 use super::rollout::{Rollout, Which};
 use super::runtime::Runtime;
 use super::state::{Call, PluginState};
-use crate::config::{self, InstanceModel};
+use crate::config;
 use crate::message::{self, Body, RequestMsg, ResponseMsg};
 
-/// Idle instances kept per plugin; more than this are dropped when returned.
-const MAX_IDLE: usize = 64;
-
-/// One instance with its own store.
+/// A component instance with its own store.
 struct Instance {
     store: Store<PluginState>,
     world: World,
+}
+
+/// How this plugin's instances are made, and the pool they live in.
+enum Backend {
+    /// From the module's pre-linked component.
+    Component { pre: PluginPre<PluginState>, pool: Pool<Instance> },
+    /// From the Extism plugin compiled with this plugin's config.
+    Extism { compiled: Arc<extism::Compiled>, pool: Pool<extism::Instance> },
 }
 
 /// What the request phase decided.
@@ -51,13 +51,10 @@ pub enum LoadError {
 pub struct NamedPlugin {
     pub spec: config::Plugin,
     pub module: Arc<Module>,
+    backend: Backend,
     hooks: Hooks,
     runtime: Arc<Runtime>,
-    /// Idle instances with when they were last used: used last in, first out, so the
-    /// front holds the longest idle, which are trimmed first.
-    idle: Mutex<VecDeque<(Instance, Instant)>>,
-    permits: Arc<Semaphore>,
-    /// How long a call waits for a free instance before the request fails with 503.
+    /// How long a call may wait for an instance, and the wall-clock bound of a call.
     queue_timeout: Duration,
     /// A new module version serving part of the traffic (`[plugins.NAME.rollout]`).
     pub rollout: Option<Box<Rollout>>,
@@ -94,24 +91,28 @@ impl NamedPlugin {
         spec: config::Plugin,
         queue_timeout: Duration,
     ) -> Result<Self, LoadError> {
-        let (first, hooks) = instantiate(&runtime, &module, &spec).await.map_err(|e| match e {
-            InitError::Rejected(msg) => LoadError::ConfigRejected(msg),
-            InitError::Failed(kind) => LoadError::Failed(kind.to_string()),
-        })?;
-        let idle = match spec.instances {
-            InstanceModel::Reuse => VecDeque::from([(first, Instant::now())]),
-            InstanceModel::Fresh => VecDeque::new(),
+        let (backend, hooks) = match &module.code {
+            Code::Component(pre) => {
+                let (first, hooks) =
+                    instantiate(&runtime, pre, &spec).await.map_err(|e| match e {
+                        InitError::Rejected(msg) => LoadError::ConfigRejected(msg),
+                        InitError::Failed(kind) => LoadError::Failed(kind.to_string()),
+                    })?;
+                let pool = Pool::new(first, &spec, queue_timeout);
+                (Backend::Component { pre: pre.clone(), pool }, hooks)
+            }
+            Code::Extism(bytes) => {
+                let (rt, bytes, s) = (runtime.clone(), bytes.clone(), spec.clone());
+                let compiled =
+                    tokio::task::spawn_blocking(move || extism::Compiled::new(&rt, &bytes, &s))
+                        .await
+                        .map_err(|e| LoadError::Failed(format!("compile task failed: {e}")))?;
+                let (compiled, first, hooks) = compiled.map_err(LoadError::Failed)?;
+                let pool = Pool::new(first, &spec, queue_timeout);
+                (Backend::Extism { compiled: Arc::new(compiled), pool }, hooks)
+            }
         };
-        Ok(Self {
-            permits: Arc::new(Semaphore::new(spec.max_instances as usize)),
-            spec,
-            module,
-            hooks,
-            runtime,
-            idle: Mutex::new(idle),
-            queue_timeout,
-            rollout: None,
-        })
+        Ok(Self { spec, module, backend, hooks, runtime, queue_timeout, rollout: None })
     }
 
     /// The phases this plugin takes part in, counting a version being rolled out.
@@ -163,7 +164,7 @@ impl NamedPlugin {
         (call, result)
     }
 
-    async fn call(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
+    async fn call(&self, phase: Phase, mut call: Call) -> (Call, Result<Decision, PluginError>) {
         let hook = match phase {
             Phase::Request => Hooks::ON_REQUEST,
             Phase::Response => Hooks::ON_RESPONSE,
@@ -172,10 +173,30 @@ impl NamedPlugin {
             // A version being rolled out may take part in a phase this one does not.
             return (call, Ok(Decision::Continue));
         }
+        let result = match &self.backend {
+            Backend::Component { pre, pool } => {
+                let (c, result) = self.call_component(pre, pool, phase, call).await;
+                call = c;
+                result
+            }
+            Backend::Extism { compiled, pool } => {
+                self.call_extism(compiled, pool, phase, &mut call).await
+            }
+        };
         let fail = |kind| PluginError { plugin: self.spec.name.clone(), phase, kind };
-        let (mut instance, permit) = match self.checkout().await {
+        (call, result.map_err(fail))
+    }
+
+    async fn call_component(
+        &self,
+        pre: &PluginPre<PluginState>,
+        pool: &Pool<Instance>,
+        phase: Phase,
+        call: Call,
+    ) -> (Call, Result<Decision, FailureKind>) {
+        let (mut instance, permit) = match self.checkout(pre, pool).await {
             Ok(lease) => lease,
-            Err(kind) => return (call, Err(fail(kind))),
+            Err(kind) => return (call, Err(kind)),
         };
         let _ticking = self.runtime.ticking();
         let store = &mut instance.store;
@@ -196,29 +217,45 @@ impl NamedPlugin {
         let result = match outcome {
             Ok(None) => Ok(Decision::Continue),
             Ok(Some(Action::Continue)) => Ok(Decision::Continue),
-            Ok(Some(Action::Respond(local))) => local_response(local).map(Decision::Respond),
+            Ok(Some(Action::Respond(local))) => local_response(local),
             Err(e) => Err(classify(&e, store, self.spec.timeout)),
         };
         match &result {
-            Ok(_) => self.checkin(instance, permit),
+            Ok(_) => pool.checkin(instance, permit),
             // The instance may be in any state now: drop it, never reuse it.
             Err(_) => drop((instance, permit)),
         }
-        (call, result.map_err(fail))
+        (call, result)
     }
 
-    async fn checkout(&self) -> Result<(Instance, OwnedSemaphorePermit), FailureKind> {
-        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
-            .expect("the semaphore is never closed");
-        if self.spec.instances == InstanceModel::Reuse {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop_back();
-            if let Some((instance, _)) = idle {
-                return Ok((instance, permit));
-            }
+    /// An Extism call: the instance is made, if the pool has none to reuse, on the blocking
+    /// thread that runs the call.
+    async fn call_extism(
+        &self,
+        compiled: &Arc<extism::Compiled>,
+        pool: &Pool<extism::Instance>,
+        phase: Phase,
+        call: &mut Call,
+    ) -> Result<Decision, FailureKind> {
+        let (idle, permit) = pool.lease().await?;
+        let (instance, result) = extism::call(compiled, idle, phase, call, self.spec.timeout).await;
+        match instance {
+            Some(instance) => pool.checkin(instance, permit),
+            None => drop(permit),
         }
-        match instantiate(&self.runtime, &self.module, &self.spec).await {
+        result
+    }
+
+    async fn checkout(
+        &self,
+        pre: &PluginPre<PluginState>,
+        pool: &Pool<Instance>,
+    ) -> Result<(Instance, Permit), FailureKind> {
+        let (idle, permit) = pool.lease().await?;
+        if let Some(instance) = idle {
+            return Ok((instance, permit));
+        }
+        match instantiate(&self.runtime, pre, &self.spec).await {
             Ok((instance, _)) => Ok((instance, permit)),
             Err(InitError::Failed(kind)) => Err(kind),
             // The same config was accepted at load; refusing it now is a plugin bug.
@@ -228,34 +265,12 @@ impl NamedPlugin {
         }
     }
 
-    fn checkin(&self, instance: Instance, permit: OwnedSemaphorePermit) {
-        if self.spec.instances == InstanceModel::Fresh {
-            return;
-        }
-        let now = Instant::now();
-        let mut stale = Vec::new();
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            match idle.len() < MAX_IDLE {
-                true => idle.push_back((instance, now)),
-                false => stale.push(instance),
-            }
-            while idle.len() > 1
-                && idle.front().is_some_and(|(_, used)| now - *used >= self.spec.idle_timeout)
-            {
-                stale.extend(idle.pop_front().map(|(instance, _)| instance));
-            }
-        }
-        // Only now may a waiting call proceed: it finds this instance in the pool instead of
-        // instantiating another.
-        drop(permit);
-        // Dropped outside the lock: tearing down a store is not free.
-        drop(stale);
-    }
-
     /// Idle instances right now (for tests and metrics).
     pub fn idle_instances(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        match &self.backend {
+            Backend::Component { pool, .. } => pool.idle(),
+            Backend::Extism { pool, .. } => pool.idle(),
+        }
     }
 }
 
@@ -267,7 +282,7 @@ enum InitError {
 /// A new instance, `init`ialised with the plugin's config.
 async fn instantiate(
     runtime: &Runtime,
-    module: &Module,
+    pre: &PluginPre<PluginState>,
     spec: &config::Plugin,
 ) -> Result<(Instance, Hooks), InitError> {
     let _ticking = runtime.ticking();
@@ -275,7 +290,7 @@ async fn instantiate(
     // `init` may parse keys or compile patterns: give it ten hook budgets.
     let budget = spec.timeout * 10;
     arm_deadline(&mut store, budget, budget * 10);
-    let world = match module.pre.instantiate_async(&mut store).await {
+    let world = match pre.instantiate_async(&mut store).await {
         Ok(world) => world,
         Err(e) => {
             return Err(InitError::Failed(FailureKind::Instantiate(format!("{e:#}"))));
@@ -307,19 +322,22 @@ fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duratio
         return FailureKind::StoreClosed(closed.to_string());
     }
     let cause = e.chain().last().map_or_else(|| e.to_string(), |c| c.to_string());
+    FailureKind::Trap { message: trap_message(&cause, e.downcast_ref()), stderr }
+}
+
+/// `cause at plugin::frame <- plugin::caller`, on one line.
+pub(super) fn trap_message(cause: &str, trace: Option<&WasmBacktrace>) -> String {
     let mut message = cause.replace('\n', " ");
-    if let Some(trace) = e.downcast_ref::<WasmBacktrace>() {
-        let names = plugin_frames(trace);
-        if !names.is_empty() {
-            const SHOWN: usize = 4;
-            message.push_str(" at ");
-            message.push_str(&names[..names.len().min(SHOWN)].join(" <- "));
-            if names.len() > SHOWN {
-                message.push_str(&format!(" <- ... ({} more)", names.len() - SHOWN));
-            }
+    let names = trace.map(plugin_frames).unwrap_or_default();
+    if !names.is_empty() {
+        const SHOWN: usize = 4;
+        message.push_str(" at ");
+        message.push_str(&names[..names.len().min(SHOWN)].join(" <- "));
+        if names.len() > SHOWN {
+            message.push_str(&format!(" <- ... ({} more)", names.len() - SHOWN));
         }
     }
-    FailureKind::Trap { message, stderr }
+    message
 }
 
 /// The backtrace's function names, demangled, innermost first, without the language
@@ -339,7 +357,7 @@ fn plugin_frames(trace: &WasmBacktrace) -> Vec<String> {
 }
 
 /// Turns a plugin's local reply into a response, refusing what HTTP would not allow.
-fn local_response(local: LocalResponse) -> Result<ResponseMsg, FailureKind> {
+pub(super) fn local_response(local: LocalResponse) -> Result<Decision, FailureKind> {
     let bad = |what: String| FailureKind::BadReturn(what);
     let status = http::StatusCode::from_u16(local.status)
         .map_err(|_| bad(format!("local response status {} is not 100-999", local.status)))?;
@@ -356,5 +374,5 @@ fn local_response(local: LocalResponse) -> Result<ResponseMsg, FailureKind> {
     }
     message::set_fixed_length(headers, local.body.len());
     let (parts, ()) = builder.body(()).expect("status and headers were checked").into_parts();
-    Ok(ResponseMsg { parts, body: Body::Full(local.body.into()) })
+    Ok(Decision::Respond(ResponseMsg { parts, body: Body::Full(local.body.into()) }))
 }

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -16,7 +16,7 @@ use wasmtime::{
 use super::module::{Module, ModuleError};
 use super::state::{PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
-use crate::config;
+use crate::config::{self, PluginKind};
 use crate::kv::Store as KvStore;
 use crate::plugin_metrics::PluginMetrics;
 
@@ -26,6 +26,9 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// A callback this soon after a yield ended is the one the waiting caused, not a tick of
 /// running.
 const HALF_TICK: u64 = super::ticker::EPOCH_TICK.as_nanos() as u64 / 2;
+
+/// A module's SHA-256 and what it is loaded as.
+type ModuleKey = ([u8; 32], PluginKind);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the plugin runtime: {0}")]
@@ -38,9 +41,11 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
     max_memory_bytes: usize,
-    /// Compiled modules by content hash: a module used by several named plugins (or
-    /// unchanged across reloads) is compiled once.
-    modules: Mutex<HashMap<[u8; 32], Weak<Module>>>,
+    /// Compiled modules by content hash and kind: a module used by several named plugins
+    /// (or unchanged across reloads) is compiled once.
+    modules: Mutex<HashMap<ModuleKey, Weak<Module>>>,
+    /// The wasmtime cache settings file Extism compiles through (see [`Self::extism_cache_config`]).
+    extism_cache: OnceLock<Option<PathBuf>>,
     ticker: Ticker,
     /// The plugins' key-value store and metrics: per process, so they outlive reloads.
     pub kv: Arc<KvStore>,
@@ -86,6 +91,7 @@ impl Runtime {
             cache_dir: cfg.cache_dir.clone(),
             max_memory_bytes: cfg.max_memory_bytes,
             modules: Mutex::default(),
+            extism_cache: OnceLock::new(),
             ticker,
             kv: Arc::new(kv),
             metrics: Arc::default(),
@@ -110,30 +116,71 @@ impl Runtime {
         self.cache_dir.as_deref()
     }
 
+    pub(crate) fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
+    }
+
+    /// A wasmtime cache settings file that puts Extism's compiled code in this runtime's
+    /// cache folder (`None` without one, or if it cannot be written: Extism then compiles
+    /// every time). Without it Extism would use a system-wide cache.
+    pub(crate) fn extism_cache_config(&self) -> Option<&Path> {
+        let file = self.extism_cache.get_or_init(|| {
+            let dir = std::path::absolute(self.cache_dir.as_ref()?).ok()?;
+            let file = dir.join("extism-cache.toml");
+            let cache = toml::Value::String(dir.join("extism").display().to_string());
+            let settings = format!("[cache]\ndirectory = {cache}\n");
+            // Other gateways may share the folder and read the file at any moment: it is
+            // replaced whole, never seen half-written.
+            let written = match std::fs::read_to_string(&file) {
+                Ok(existing) if existing == settings => Ok(()),
+                _ => std::fs::create_dir_all(&dir).and_then(|()| {
+                    static WRITES: AtomicU64 = AtomicU64::new(0);
+                    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+                    let tmp = dir.join(format!(".extism-cache.toml.{}.{n}", std::process::id()));
+                    std::fs::write(&tmp, &settings)?;
+                    std::fs::rename(&tmp, &file)
+                }),
+            };
+            match written {
+                Ok(()) => Some(file),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "cannot write Extism cache settings: {e}");
+                    None
+                }
+            }
+        });
+        file.as_deref()
+    }
+
     /// Compiles (or fetches from memory or the disk cache) the module at `path`. Compiling
     /// runs on a blocking thread, never on the request path.
-    pub async fn load_module(self: &Arc<Self>, path: &Path) -> Result<Arc<Module>, ModuleError> {
+    pub async fn load_module(
+        self: &Arc<Self>,
+        path: &Path,
+        kind: PluginKind,
+    ) -> Result<Arc<Module>, ModuleError> {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| ModuleError::Read { path: path.to_owned(), source })?;
-        let hash = super::module::content_hash(&bytes);
-        if let Some(module) = self.memoized(&hash) {
+        let key = (super::module::content_hash(&bytes), kind);
+        if let Some(module) = self.memoized(&key) {
             return Ok(module);
         }
         let this = self.clone();
         let path = path.to_owned();
-        let module = tokio::task::spawn_blocking(move || Module::build(&this, path, &bytes, hash))
-            .await
-            .map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
+        let module =
+            tokio::task::spawn_blocking(move || Module::build(&this, path, bytes, key.0, kind))
+                .await
+                .map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
         let module = Arc::new(module);
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules.retain(|_, m| m.strong_count() > 0);
-        modules.insert(hash, Arc::downgrade(&module));
+        modules.insert(key, Arc::downgrade(&module));
         Ok(module)
     }
 
-    fn memoized(&self, hash: &[u8; 32]) -> Option<Arc<Module>> {
-        self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(hash)?.upgrade()
+    fn memoized(&self, key: &ModuleKey) -> Option<Arc<Module>> {
+        self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(key)?.upgrade()
     }
 
     /// A store for one instance of plugin `name`: memory capped, and every hook call bounded

@@ -1,0 +1,99 @@
+//! A named plugin's instances: shared by every worker thread and checked out per hook call
+//! (not per request), so the number of live instances follows the calls running at once,
+//! not plugins x workers x connections. When a burst is over, instances left idle for
+//! `idle_timeout` are dropped, so memory shrinks back (one instance stays warm).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::FailureKind;
+use crate::config::{self, InstanceModel};
+
+/// Idle instances kept per plugin; more than this are dropped when returned.
+const MAX_IDLE: usize = 64;
+
+pub(super) struct Pool<T> {
+    /// Idle instances with when they were last used: used last in, first out, so the
+    /// front holds the longest idle, which are trimmed first.
+    idle: Mutex<VecDeque<(T, Instant)>>,
+    /// One per live instance (`max_instances`).
+    permits: Arc<Semaphore>,
+    reuse: bool,
+    idle_timeout: Duration,
+    /// How long a call waits for a free instance before the request fails with 503.
+    queue_timeout: Duration,
+}
+
+/// The right to use one instance, held for the length of a call.
+pub(super) type Permit = OwnedSemaphorePermit;
+
+impl<T> Pool<T> {
+    /// A pool holding `first`, the instance that ran `init` at load (unless every call gets
+    /// a fresh instance).
+    pub fn new(first: T, spec: &config::Plugin, queue_timeout: Duration) -> Self {
+        let reuse = spec.instances == InstanceModel::Reuse;
+        let idle = match reuse {
+            true => VecDeque::from([(first, Instant::now())]),
+            false => VecDeque::new(),
+        };
+        Self {
+            idle: Mutex::new(idle),
+            permits: Arc::new(Semaphore::new(spec.max_instances as usize)),
+            reuse,
+            idle_timeout: spec.idle_timeout,
+            queue_timeout,
+        }
+    }
+
+    /// A permit to run a call, and an idle instance if there is one to reuse (if not, the
+    /// caller makes one).
+    pub async fn lease(&self) -> Result<(Option<T>, Permit), FailureKind> {
+        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
+            .expect("the semaphore is never closed");
+        let idle = match self.reuse {
+            true => self.lock().pop_back().map(|(instance, _)| instance),
+            false => None,
+        };
+        Ok((idle, permit))
+    }
+
+    /// Returns an instance after a successful call. (After a failed one, drop it with its
+    /// permit: it may be in any state.)
+    pub fn checkin(&self, instance: T, permit: Permit) {
+        if !self.reuse {
+            return;
+        }
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        {
+            let mut idle = self.lock();
+            match idle.len() < MAX_IDLE {
+                true => idle.push_back((instance, now)),
+                false => stale.push(instance),
+            }
+            while idle.len() > 1
+                && idle.front().is_some_and(|(_, used)| now - *used >= self.idle_timeout)
+            {
+                stale.extend(idle.pop_front().map(|(instance, _)| instance));
+            }
+        }
+        // Only now may a waiting call proceed: it finds this instance in the pool instead of
+        // instantiating another.
+        drop(permit);
+        // Dropped outside the lock: tearing down a store is not free.
+        drop(stale);
+    }
+
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(T, Instant)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
