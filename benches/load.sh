@@ -9,8 +9,8 @@
 #   COMPARE=/tmp/sluice-before benches/load.sh   # A/B: adds "compare" (plain, that binary)
 #
 # Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
-# sluice + a chain of four shipped plugins (deny, header-transform x2, deny; the JWT /
-# rate-limit / CORS chain of the performance issue needs those plugins first).
+# sluice + the chain jwt -> rate-limit (limit never reached) -> cors -> transform. Every
+# target gets the same request: a valid HS256 bearer token and an allowed Origin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,27 +20,10 @@ CONNS=${CONNS:-"50 200"}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-for tool in nginx wrk taskset python3; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "installing nginx and wrk (Debian packages)" >&2
-        apt-get install -y nginx wrk >/dev/null
-        break
-    fi
-done
-./dev build >/dev/null 2>&1
-TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-SLUICE=$TARGET/release/sluice
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/common.sh
+. benches/common.sh
+need_tools "nginx wrk curl" nginx wrk taskset python3 curl
+build_sluice
 BACKEND=$(free_port)
 NGINX=$(free_port)
 
@@ -106,21 +89,12 @@ TRANSFORM='[plugins.t1]
 module = "header-transform"
 config = { request = { set = { "x-env" = "bench" } } }
 '
-CHAIN="$TRANSFORM"'[plugins.t2]
-module = "header-transform"
-config = { response = { set = { "x-served-by" = "sluice" } } }
-[plugins.d1]
-module = "deny"
-config = { path_prefix = "/admin" }
-[plugins.d2]
-module = "deny"
-config = { path_prefix = "/internal", methods = ["POST"] }
-'
+CHAIN=$CHAIN_PLUGINS
 declare -A PORT
 PORT[nginx]=$NGINX
 PORT[sluice]=$(sluice_config plain "" "")
 PORT[sluice+transform]=$(sluice_config transform "$TRANSFORM" '"t1"')
-PORT[sluice+chain4]=$(sluice_config chain "$CHAIN" '"d1", "t1", "t2", "d2"')
+PORT[sluice+chain4]=$(sluice_config chain "$CHAIN" "$CHAIN_ROUTE")
 declare -A PID
 PID[nginx]=$(sleep 0.5; cat "$work/proxy.pid")
 declare -A FILE=([sluice]=plain [sluice+transform]=transform [sluice+chain4]=chain [compare]=compare)
@@ -137,6 +111,15 @@ for name in "${TARGETS[@]:1}"; do
     PID[$name]=$!
 done
 sleep 2
+# Every target must answer the benchmark's request with a 200 (the chain lets it through).
+for name in "${TARGETS[@]}"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
+        -H "origin: $ORIGIN" "http://127.0.0.1:${PORT[$name]}/")
+    if [ "$code" != 200 ]; then
+        echo "$name answered $code to the benchmark request, not 200" >&2
+        exit 1
+    fi
+done
 # nginx's worker is the child of the master whose pid file we read.
 PID[nginx]=$(pgrep -P "${PID[nginx]}" | head -1)
 
@@ -146,7 +129,9 @@ results=$work/results.tsv
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CONNS; do
         for name in "${TARGETS[@]}"; do
-            out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$name]}/")
+            out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency \
+                -H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN" \
+                "http://127.0.0.1:${PORT[$name]}/")
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$name" "$(rss_kb "${PID[$name]}")" \
                 "$(tr '\n' '|' <<<"$out")" >>"$results"
             echo "round $round c$c $name done" >&2

@@ -1,0 +1,58 @@
+# Shared by benches/load.sh and benches/instructions.sh (sourced, from the repository root):
+#   need_tools "debian packages" tool...   installs the packages if a tool is missing
+#   build_sluice                           ./dev build; sets SLUICE to the binary
+#   work, pids, cleanup                    a scratch folder and the processes to stop
+#   free_port                              prints an unused loopback port
+#   TOKEN, CHAIN_PLUGINS                   the 4-plugin chain's request token and plugins
+
+need_tools() {
+    local packages=$1 tool
+    shift
+    for tool in "$@"; do
+        if ! command -v "$tool" >/dev/null; then
+            echo "installing $packages (Debian packages)" >&2
+            # shellcheck disable=SC2086
+            apt-get install -y $packages >/dev/null
+            return
+        fi
+    done
+}
+
+build_sluice() {
+    ./dev build >/dev/null 2>&1
+    local target
+    target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    SLUICE=$target/release/sluice
+}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The chain of the performance issue: jwt -> rate-limit (limit never reached) -> cors ->
+# transform, with the settings of the micro-benchmarks (benches/benches/plugin_call.rs).
+# Every target gets the same request: TOKEN as a bearer token, and an allowed origin.
+CHAIN_PLUGINS='[plugins.jwt]
+module = "jwt"
+config = { keys = [{ alg = "HS256", secret = "bench-secret-of-at-least-thirty-two-bytes" }], forward_claims = { sub = "x-user-id" } }
+[plugins.limit]
+module = "rate-limit"
+config = { limit = 1000000000000, window = "1h", key = "header:x-user-id" }
+[plugins.cors]
+module = "cors"
+config = { allow_origins = ["https://app.example.com"] }
+[plugins.shape]
+module = "transform"
+config = { request = { headers = { set = { "x-request-id" = "${request_id}" } } }, response = { headers = { remove = ["server"] } } }
+'
+CHAIN_ROUTE='"jwt", "limit", "cors", "shape"'
+# sub "ada", exp 2100-01-01, HS256 with the secret above.
+TOKEN=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZGEiLCJleHAiOjQxMDI0NDQ4MDB9.dVQ2bwQWYtL_mtTRnwqaZ9yzRefPigE8YP99zP0w7Jw
+ORIGIN=https://app.example.com
