@@ -134,7 +134,7 @@ async fn active_checks_take_a_failing_endpoint_out_and_bring_it_back() {
             r#"
 [upstreams.checked]
 endpoints = [{all}]
-health_check = {{ path = "/health", interval = "100ms", timeout = "50ms", unhealthy_threshold = 2, healthy_threshold = 2 }}
+health_check = {{ path = "/health", interval = "100ms", timeout = "1s", unhealthy_threshold = 2, healthy_threshold = 2 }}
 passive_health = {{ enabled = false }}
 retry = {{ attempts = 1 }}
 
@@ -148,27 +148,23 @@ upstream = "checked"
     .await;
     assert_eq!(tally(gw.addr, "/", 10, &[]).await.len(), 2);
 
+    // Two failed checks at 100ms intervals take it out, two passed ones bring it back: a few
+    // hundred ms on a quiet machine. The limits are generous because the machine running
+    // the tests may be busy (a check that times out would also count as failed; a 503 fails
+    // at once, so the generous check timeout does not slow this down).
     b[1].set(Mode::Status(503));
-    let failing = Instant::now();
-    // Two failed checks at 100ms intervals take it out: well within a second.
-    let out = wait_until(Duration::from_secs(2), async || {
+    let out = wait_until(Duration::from_secs(10), async || {
         tally(gw.addr, "/", 20, &[]).await == BTreeMap::from([("a".into(), 20)])
     })
     .await;
     println!("failing endpoint left rotation after {out:?}");
-    assert!(
-        out < Duration::from_millis(1000),
-        "took {out:?} ({:?} since it failed)",
-        failing.elapsed()
-    );
 
     b[1].set(Mode::Ok);
-    let back = wait_until(Duration::from_secs(2), async || {
+    let back = wait_until(Duration::from_secs(10), async || {
         tally(gw.addr, "/", 10, &[]).await.contains_key("b")
     })
     .await;
     println!("recovered endpoint back in rotation after {back:?}");
-    assert!(back < Duration::from_millis(1000));
     gw.shutdown().await;
 }
 
