@@ -3,7 +3,8 @@
 #   build_sluice                           ./dev build; sets SLUICE to the binary
 #   work, pids, cleanup                    a scratch folder and the processes to stop
 #   free_port                              prints an unused loopback port
-#   TOKEN, CHAIN_PLUGINS                   the 4-plugin chain's request token and plugins
+#   CHAIN_PLUGINS, CHAIN_ROUTE             the 4-plugin chain: [plugins.*] tables, route list
+#   TOKEN, ORIGIN                          what every request carries for that chain
 
 need_tools() {
     local packages=$1 tool

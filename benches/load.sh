@@ -89,12 +89,11 @@ TRANSFORM='[plugins.t1]
 module = "header-transform"
 config = { request = { set = { "x-env" = "bench" } } }
 '
-CHAIN=$CHAIN_PLUGINS
 declare -A PORT
 PORT[nginx]=$NGINX
 PORT[sluice]=$(sluice_config plain "" "")
 PORT[sluice+transform]=$(sluice_config transform "$TRANSFORM" '"t1"')
-PORT[sluice+chain4]=$(sluice_config chain "$CHAIN" "$CHAIN_ROUTE")
+PORT[sluice+chain4]=$(sluice_config chain "$CHAIN_PLUGINS" "$CHAIN_ROUTE")
 declare -A PID
 PID[nginx]=$(sleep 0.5; cat "$work/proxy.pid")
 declare -A FILE=([sluice]=plain [sluice+transform]=transform [sluice+chain4]=chain [compare]=compare)

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use sluice_bindings::exports::sluice::plugin::filter::{Hooks, LocalResponse};
 
 use super::error::{FailureKind, Phase};
-use super::host_api::{plugin_log, remove as remove_header, set as set_header};
+use super::host_api::{
+    plugin_log, remove as remove_header, replace_path_and_query, set as set_header,
+};
 use super::named::{Decision, local_response, trap_message};
 use super::runtime::Runtime;
 use super::state::Call;
@@ -378,14 +380,11 @@ fn apply(phase: Phase, output: &[u8], call: &mut Call) -> Result<Decision, Failu
             let req = &mut call.request;
             edit_headers(&mut req.parts.headers, &out.set_headers, &out.remove_headers)?;
             if let Some(path) = out.path {
-                let pq = http::uri::PathAndQuery::try_from(path.as_str())
-                    .ok()
-                    .filter(|_| path.starts_with('/'))
-                    .ok_or_else(|| bad(format!("`path` {path:?} is not an absolute path")))?;
-                let mut parts = std::mem::take(&mut req.parts.uri).into_parts();
-                parts.path_and_query = Some(pq);
-                req.parts.uri = http::Uri::from_parts(parts)
-                    .map_err(|e| bad(format!("`path` {path:?}: {e}")))?;
+                let refused = || bad(format!("`path` {path:?} is not an absolute path"));
+                if !path.starts_with('/') {
+                    return Err(refused());
+                }
+                replace_path_and_query(&mut req.parts.uri, path.clone()).map_err(|_| refused())?;
             }
             if let Some(method) = out.method {
                 req.parts.method = http::Method::from_bytes(method.as_bytes())
@@ -476,6 +475,38 @@ mod tests {
         let binary = Ok(bytes::Bytes::from_static(&[0xff, 0x00]));
         let b = body_in(&binary);
         assert_eq!((b.body, b.body_base64.as_deref()), (None, Some("/wA=")));
+    }
+
+    fn call(path: &str) -> Call {
+        let (parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
+        let meta = crate::message::RequestMeta {
+            id_header: http::HeaderValue::from_static("t"),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            route: Arc::from("r"),
+            params: Vec::new(),
+            max_body_bytes: 1024,
+        };
+        let request = crate::message::RequestMsg {
+            parts,
+            body: Body::empty(),
+            meta: Arc::new(meta),
+            context: Default::default(),
+        };
+        Call { request, response: None }
+    }
+
+    #[test]
+    fn a_refused_edit_fails_the_call_and_leaves_the_request_as_it_was() {
+        let mut c = call("/orig?q=1");
+        let out = br#"{"path":"/new?x=2","set_headers":{"x-a":"1"}}"#;
+        assert!(matches!(apply(Phase::Request, out, &mut c), Ok(Decision::Continue)));
+        assert_eq!(c.request.parts.uri, "/new?x=2");
+        assert_eq!(c.request.parts.headers["x-a"], "1");
+        for bad in [r#"{"path":"relative"}"#, r#"{"path":"/a b"}"#, r#"{"status":200}"#] {
+            let mut c = call("/orig?q=1");
+            assert!(apply(Phase::Request, bad.as_bytes(), &mut c).is_err(), "{bad}");
+            assert_eq!(c.request.parts.uri, "/orig?q=1", "{bad}");
+        }
     }
 
     #[test]

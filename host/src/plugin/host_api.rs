@@ -390,11 +390,13 @@ async fn read_body(body: &mut Body, limit: u64) -> Result<Vec<u8>, BodyError> {
     }
 }
 
-fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), FieldError> {
+/// Replaces the path and query; on `Err` the URI is left as it was.
+pub(super) fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), FieldError> {
     let Ok(pq) = http::uri::PathAndQuery::try_from(pq) else {
         return Err(FieldError::InvalidValue);
     };
-    let mut parts = std::mem::take(uri).into_parts();
+    // From a copy: taking the URI would leave `/` behind if the new one is refused.
+    let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(pq);
     match http::Uri::from_parts(parts) {
         Ok(new) => {

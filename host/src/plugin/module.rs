@@ -123,6 +123,8 @@ impl Module {
                 return Err(ModuleError::NotExtism);
             }
             (PluginKind::Extism, _) => {
+                // Extism compiles per named plugin (see plugin/extism.rs): `source` and
+                // `load_time` here only cover reading and checking the bytes.
                 let (source, load_time, code) =
                     (CodeSource::Compiled, started.elapsed(), Code::Extism(bytes.into()));
                 return Ok(Self { path, hash, source, load_time, code });
