@@ -4,24 +4,38 @@
 #
 #   benches/instructions.sh              # nginx and Sluice, both plainly proxying
 #   N=4000 benches/instructions.sh       # more requests per run (default 2000)
-#   TOP=25 benches/instructions.sh       # also list Sluice's 25 costliest functions
+#   TOP=25 benches/instructions.sh       # also list the costliest functions of each Sluice run
+#   PROXIES="sluice+chain4" benches/instructions.sh   # only some of the proxies
+#   PROXIES="sluice sluice+chain1 sluice+chain2 sluice+chain3 sluice+chain4" \
+#       benches/instructions.sh          # the chain's plugins one by one (chainK: the first K)
+#   KEEP=/tmp/cg benches/instructions.sh # keep the callgrind files for callgrind_annotate
 #
 # Each proxy runs under `valgrind --tool=callgrind` twice, serving N and then 2N keep-alive
 # requests (one connection, sequential) from the same nginx backend as benches/load.sh;
 # (instructions(2N) - instructions(N)) / N is the cost of one request, start-up and
 # shutdown cancelled out. The client and the backend run outside valgrind.
 #
-# Plain proxying only: under valgrind, Sluice hangs loading plugin modules (wasmtime's
-# machine code and signal handling), so plugin costs are measured by the criterion
-# micro-benchmarks and benches/load.sh instead.
+# Proxies: nginx; Sluice plain; Sluice with one header-transform plugin; Sluice with the
+# chain jwt -> rate-limit -> cors -> transform of benches/load.sh (the same request, with a
+# valid token and an allowed Origin). Counting starts after the first request has been
+# answered (`callgrind_control --zero`), so start-up, plugin compilation and the first
+# instances are left out. Plugins are compiled into a cache_dir kept under ~/.cache (under
+# valgrind wasmtime sees other CPU features, so the first run ever compiles them; that is
+# slow but not counted), and the pooling allocator is kept small: valgrind cannot reserve the
+# address space of a large pool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-2000}
 TOP=${TOP:-0}
+PROXIES=${PROXIES:-"sluice sluice+transform sluice+chain4"}
+# Compiled plugins, kept between runs: compiling under valgrind takes minutes.
+CACHE=${CACHE:-$HOME/.cache/sluice-bench/valgrind-cache}
+# KEEP=DIR keeps the callgrind output files there (for callgrind_annotate).
+KEEP=${KEEP:-}
 # shellcheck source=benches/common.sh
 . benches/common.sh
-need_tools "nginx valgrind" nginx valgrind callgrind_annotate python3
+need_tools "nginx valgrind curl" nginx valgrind callgrind_annotate python3 curl
 build_sluice
 BACKEND=$(free_port)
 BODY=$(printf 'x%.0s' $(seq 1 99))
@@ -69,7 +83,22 @@ http {
 CONF
         echo "nginx -c $work/nginx-$port.conf -p $work"
         ;;
-    sluice)
+    sluice*)
+        local plugins="" route=""
+        case $name in
+        sluice+transform)
+            plugins='[plugins.t1]
+module = "header-transform"
+config = { request = { set = { "x-env" = "bench" } } }'
+            route='"t1"'
+            ;;
+        sluice+chain[1-4])
+            # The first K plugins of the chain: successive runs give each plugin's cost.
+            local k=${name#sluice+chain}
+            plugins=$CHAIN_PLUGINS
+            route=$(tr ',' '\n' <<<"$CHAIN_ROUTE" | head -"$k" | paste -sd,)
+            ;;
+        esac
         cat >"$work/sluice-$port.toml" <<CONF
 [server]
 listen = "127.0.0.1:$port"
@@ -77,14 +106,18 @@ workers = 1
 
 # Valgrind cannot map the pooling allocator's address space reservation for more.
 [runtime]
-max_instances = 1
+max_instances = 4
+cache_dir = "$CACHE"
 
 [upstreams.backend]
 endpoints = ["127.0.0.1:$BACKEND"]
 
+$plugins
+
 [[routes]]
 prefix = "/"
 upstream = "backend"
+plugins = [$route]
 CONF
         echo "$SLUICE run --no-watch --config $work/sluice-$port.toml"
         ;;
@@ -100,11 +133,12 @@ instructions() {
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         $(proxy_config "$name" "$port") 2>"$work/$name.$n.valgrind" &
     local pid=$!
-    python3 - "$port" "$n" <<'PY'
-import http.client, sys, time
+    python3 - "$port" "$n" "$TOKEN" "$ORIGIN" "$pid" <<'PY'
+import http.client, subprocess, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
-headers = {"accept": "*/*", "user-agent": "instructions.sh"}
-deadline = time.time() + 120
+headers = {"accept": "*/*", "user-agent": "instructions.sh",
+           "authorization": "Bearer " + sys.argv[3], "origin": sys.argv[4]}
+deadline = time.time() + 900
 while True:  # valgrind starts slowly
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -116,6 +150,7 @@ while True:  # valgrind starts slowly
             sys.exit("the proxy never answered")
         time.sleep(0.2)
 assert r.status == 200, f"warm-up answered {r.status}"
+subprocess.run(["callgrind_control", "--zero", sys.argv[5]], check=True, capture_output=True)
 for _ in range(n - 1):
     c.request("GET", "/", headers=headers)
     r = c.getresponse(); r.read()
@@ -123,12 +158,13 @@ for _ in range(n - 1):
 PY
     kill -TERM "$pid"
     wait "$pid" || true
+    if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
     awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
 
 printf '| proxy | instructions per request | vs nginx |\n|---|---|---|\n'
 declare -A PER
-for name in nginx sluice; do
+for name in nginx $PROXIES; do
     one=$(instructions "$name" "$N")
     two=$(instructions "$name" $((2 * N)))
     PER[$name]=$(((two - one) / N))
@@ -136,8 +172,10 @@ for name in nginx sluice; do
         "$(python3 -c "print(f'{${PER[$name]} / ${PER[nginx]}:.2f}x')")"
 done
 if [ "$TOP" -gt 0 ]; then
-    echo
-    echo "Sluice (plain), costliest functions by own instructions over $((2 * N)) requests:"
-    callgrind_annotate --threshold=100 "$work/sluice.$((2 * N)).callgrind" 2>/dev/null |
-        sed -n '/^Ir/,$p' | head -$((TOP + 3))
+    for name in $PROXIES; do
+        echo
+        echo "$name, costliest functions by own instructions over $((2 * N)) requests:"
+        callgrind_annotate --threshold=100 "$work/$name.$((2 * N)).callgrind" 2>/dev/null |
+            sed -n '/^Ir/,$p' | head -$((TOP + 3)) || true
+    done
 fi

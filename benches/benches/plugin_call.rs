@@ -34,8 +34,12 @@ fn plugin_path(stem: &str) -> PathBuf {
 fn runtime_config() -> config::Runtime {
     config::Runtime {
         plugin_dirs: vec![],
-        cache_dir: None,
-        max_instances: 64,
+        // SLUICE_BENCH_CACHE: compile through a disk cache, so a second run (say, under
+        // valgrind, where compiling is slow) only loads the compiled modules.
+        cache_dir: std::env::var_os("SLUICE_BENCH_CACHE").map(PathBuf::from),
+        // SLUICE_BENCH_INSTANCES: a smaller pool reserves less address space (valgrind
+        // cannot reserve what 64 instances' memories need).
+        max_instances: std::env::var("SLUICE_BENCH_INSTANCES").map_or(64, |n| n.parse().unwrap()),
         max_memory_bytes: 64 << 20,
         kv: Default::default(),
     }
@@ -72,6 +76,7 @@ fn request() -> RequestMsg {
     let meta = Arc::new(RequestMeta {
         id_header: http::HeaderValue::from_static("bench"),
         client_ip: "127.0.0.1".parse().unwrap(),
+        client_header: http::HeaderValue::from_static("127.0.0.1"),
         route: Arc::from("/api/users"),
         params: Vec::new(),
         max_body_bytes: 1 << 20,
