@@ -10,8 +10,9 @@
 
 use std::sync::Arc;
 
-use super::error::{FailureKind, PluginError};
+use super::error::{FailureKind, Phase, PluginError};
 use super::named::{Decision, NamedPlugin};
+use super::state::Call;
 use crate::config::FailPolicy;
 use crate::message::{RequestMsg, ResponseMsg};
 
@@ -47,41 +48,44 @@ impl Chain {
         self.response_hooks
     }
 
-    pub async fn run_request(&self, mut request: RequestMsg) -> Result<RequestPhase, PluginError> {
+    pub async fn run_request(&self, request: RequestMsg) -> Result<RequestPhase, PluginError> {
+        let mut call = Box::new(Call { request, response: None });
         for (i, plugin) in self.plugins.iter().enumerate() {
             if !plugin.has_request_hook() {
                 continue;
             }
-            let (req, result) = plugin.on_request(request).await;
-            request = req;
+            let result;
+            (call, result) = plugin.run(Phase::Request, call).await;
             match result {
                 Ok(Decision::Continue) => {}
                 Ok(Decision::Respond(local)) => {
+                    let request = call.request;
                     return Ok(RequestPhase { request, local: Some(local), reached: i });
                 }
-                Err(e) => fail_or_skip(plugin, e, &request)?,
+                Err(e) => fail_or_skip(plugin, e, &call.request)?,
             }
         }
-        Ok(RequestPhase { request, local: None, reached: self.plugins.len() })
+        Ok(RequestPhase { request: call.request, local: None, reached: self.plugins.len() })
     }
 
     pub async fn run_response(
         &self,
         reached: usize,
-        mut request: RequestMsg,
-        mut response: ResponseMsg,
+        request: RequestMsg,
+        response: ResponseMsg,
     ) -> Result<ResponseMsg, PluginError> {
+        let mut call = Box::new(Call { request, response: Some(response) });
         for plugin in self.plugins[..reached].iter().rev() {
             if !plugin.has_response_hook() {
                 continue;
             }
-            let (req, resp, result) = plugin.on_response(request, response).await;
-            (request, response) = (req, resp);
+            let result;
+            (call, result) = plugin.run(Phase::Response, call).await;
             if let Err(e) = result {
-                fail_or_skip(plugin, e, &request)?;
+                fail_or_skip(plugin, e, &call.request)?;
             }
         }
-        Ok(response)
+        Ok(call.response.expect("the response phase keeps its response"))
     }
 }
 

@@ -133,8 +133,8 @@ impl NamedPlugin {
 
     /// Runs the request phase. The request is handed back whatever happens.
     pub async fn on_request(&self, req: RequestMsg) -> (RequestMsg, Result<Decision, PluginError>) {
-        let call = Call { request: req, response: None };
-        let (call, result) = self.route(Phase::Request, call).await;
+        let call = Box::new(Call { request: req, response: None });
+        let (call, result) = self.run(Phase::Request, call).await;
         (call.request, result)
     }
 
@@ -144,15 +144,24 @@ impl NamedPlugin {
         req: RequestMsg,
         resp: ResponseMsg,
     ) -> (RequestMsg, ResponseMsg, Result<(), PluginError>) {
-        let call = Call { request: req, response: Some(resp) };
-        let (call, result) = self.route(Phase::Response, call).await;
-        let resp = call.response.expect("the response phase keeps its response");
-        (call.request, resp, result.map(|_| ()))
+        let call = Box::new(Call { request: req, response: Some(resp) });
+        let (call, result) = self.run(Phase::Response, call).await;
+        let Call { request, response } = *call;
+        let resp = response.expect("the response phase keeps its response");
+        (request, resp, result.map(|_| ()))
     }
 
+    /// Runs one phase on the messages in `call`, which is handed back whatever happens. The
+    /// messages stay in one box from call to call: a chain moves a pointer, not the
+    /// messages, through every layer (futures, the store, the way back).
+    ///
     /// Sends the call to the version that serves this request, recording the outcome when a
     /// rollout is running.
-    async fn route(&self, phase: Phase, call: Call) -> (Call, Result<Decision, PluginError>) {
+    pub(super) async fn run(
+        &self,
+        phase: Phase,
+        call: Box<Call>,
+    ) -> (Box<Call>, Result<Decision, PluginError>) {
         let Some(rollout) = &self.rollout else { return self.call(phase, call).await };
         let which = rollout.pick(&call.request);
         let started = Instant::now();
@@ -164,7 +173,11 @@ impl NamedPlugin {
         (call, result)
     }
 
-    async fn call(&self, phase: Phase, mut call: Call) -> (Call, Result<Decision, PluginError>) {
+    async fn call(
+        &self,
+        phase: Phase,
+        mut call: Box<Call>,
+    ) -> (Box<Call>, Result<Decision, PluginError>) {
         let hook = match phase {
             Phase::Request => Hooks::ON_REQUEST,
             Phase::Response => Hooks::ON_RESPONSE,
@@ -192,8 +205,8 @@ impl NamedPlugin {
         pre: &PluginPre<PluginState>,
         pool: &Pool<Instance>,
         phase: Phase,
-        call: Call,
-    ) -> (Call, Result<Decision, FailureKind>) {
+        call: Box<Call>,
+    ) -> (Box<Call>, Result<Decision, FailureKind>) {
         let (mut instance, permit) = match self.checkout(pre, pool).await {
             Ok(lease) => lease,
             Err(kind) => return (call, Err(kind)),

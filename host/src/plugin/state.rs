@@ -24,7 +24,7 @@ pub struct PluginState {
     pub(super) budget: Budget,
     pub(super) stderr: StderrTail,
     /// The messages of the hook call in progress; `None` between calls and during `init`.
-    pub(super) call: Option<Call>,
+    pub(super) call: Option<Box<Call>>,
     pub(super) kv: Arc<Store>,
     pub(super) metrics: Arc<PluginMetrics>,
 }
