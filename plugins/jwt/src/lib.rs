@@ -216,13 +216,13 @@ impl Plugin for Jwt {
         }
         Ok(Jwt {
             keys,
-            checks: Checks {
+            checks: Checks::new(
                 algorithms,
-                issuer: c.issuer.map(OneOrMany::into_vec).unwrap_or_default(),
-                audience: c.audience.map(OneOrMany::into_vec).unwrap_or_default(),
+                &c.issuer.map(OneOrMany::into_vec).unwrap_or_default(),
+                &c.audience.map(OneOrMany::into_vec).unwrap_or_default(),
                 leeway_s,
-                required: c.required_claims,
-            },
+                c.required_claims,
+            ),
             sources,
             forward: c.forward_claims.into_iter().collect(),
             realm: c.realm.unwrap_or_else(|| "sluice".to_owned()),

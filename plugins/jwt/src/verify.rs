@@ -50,10 +50,64 @@ pub enum Failure {
 
 pub struct Checks {
     pub algorithms: Option<Vec<Algorithm>>,
-    pub issuer: Vec<String>,
-    pub audience: Vec<String>,
-    pub leeway_s: u64,
     pub required: Vec<String>,
+    /// The claim checks for each algorithm, built once here rather than for every token.
+    validations: Vec<(Algorithm, Validation)>,
+}
+
+/// Every algorithm a key can be bound to (`parse_alg` accepts exactly these).
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Checks {
+    pub fn new(
+        algorithms: Option<Vec<Algorithm>>,
+        issuer: &[String],
+        audience: &[String],
+        leeway_s: u64,
+        required: Vec<String>,
+    ) -> Checks {
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.leeway = leeway_s;
+            v.validate_nbf = true;
+            v.required_spec_claims = HashSet::new();
+            if !issuer.is_empty() {
+                v.set_issuer(issuer);
+                v.required_spec_claims.insert("iss".to_owned());
+            }
+            if audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(audience);
+                v.required_spec_claims.insert("aud".to_owned());
+            }
+            for c in &required {
+                if ["exp", "nbf", "aud", "iss", "sub"].contains(&c.as_str()) {
+                    v.required_spec_claims.insert(c.clone());
+                }
+            }
+            v
+        };
+        let validations = ALGORITHMS.iter().map(|&alg| (alg, validation(alg))).collect();
+        Checks { algorithms, required, validations }
+    }
+
+    fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
+    }
 }
 
 pub fn parse_alg(s: &str) -> Result<Algorithm, String> {
@@ -200,28 +254,12 @@ pub fn verify(token: &str, keys: &[Key], checks: &Checks) -> Result<Map<String, 
     if candidates.peek().is_none() {
         return Err(invalid("no key for this token"));
     }
-    let mut validation = Validation::new(header.alg);
-    validation.leeway = checks.leeway_s;
-    validation.validate_nbf = true;
-    validation.required_spec_claims = HashSet::new();
-    if !checks.issuer.is_empty() {
-        validation.set_issuer(&checks.issuer);
-        validation.required_spec_claims.insert("iss".to_owned());
-    }
-    if checks.audience.is_empty() {
-        validation.validate_aud = false;
-    } else {
-        validation.set_audience(&checks.audience);
-        validation.required_spec_claims.insert("aud".to_owned());
-    }
-    for c in &checks.required {
-        if ["exp", "nbf", "aud", "iss", "sub"].contains(&c.as_str()) {
-            validation.required_spec_claims.insert(c.clone());
-        }
-    }
+    let Some(validation) = checks.validation(header.alg) else {
+        return Err(invalid("algorithm not allowed"));
+    };
     let mut last = invalid("signature does not verify");
     for key in candidates {
-        match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
             Ok(data) => {
                 if let Some(missing) =
                     checks.required.iter().find(|c| !data.claims.contains_key(*c))
