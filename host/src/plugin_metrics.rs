@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use prometheus::{CounterVec, HistogramOpts, HistogramVec, Opts, Registry};
+use prometheus::{Counter, CounterVec, HistogramOpts, HistogramVec, Opts, Registry};
 
 const MAX_NAMES_PER_PLUGIN: usize = 100;
 const MAX_NAME_LEN: usize = 64;
@@ -43,9 +43,15 @@ impl Default for PluginMetrics {
 
 impl PluginMetrics {
     pub fn counter_add(&self, plugin: &str, name: &str, value: u64) {
-        if self.admit(plugin, name) {
-            self.counters.with_label_values(&[plugin, name]).inc_by(value as f64);
+        if let Some(counter) = self.counter_handle(plugin, name) {
+            counter.inc_by(value as f64);
         }
+    }
+
+    /// The plugin's counter `name`, if the name is admitted: a handle callers may keep, so
+    /// a plugin's instance looks each name up once rather than on every `counter-add`.
+    pub fn counter_handle(&self, plugin: &str, name: &str) -> Option<Counter> {
+        self.admit(plugin, name).then(|| self.counters.with_label_values(&[plugin, name]))
     }
 
     pub fn observe(&self, plugin: &str, name: &str, value: f64) {
@@ -69,8 +75,14 @@ impl PluginMetrics {
             && name.len() <= MAX_NAME_LEN
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         let mut all = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        let (names, warned) = all.entry(plugin.to_owned()).or_default();
-        if valid && (names.contains(name) || names.len() < MAX_NAMES_PER_PLUGIN) {
+        if !all.contains_key(plugin) {
+            all.insert(plugin.to_owned(), Default::default());
+        }
+        let (names, warned) = all.get_mut(plugin).expect("inserted above");
+        if valid && names.contains(name) {
+            return true;
+        }
+        if valid && names.len() < MAX_NAMES_PER_PLUGIN {
             names.insert(name.to_owned());
             return true;
         }

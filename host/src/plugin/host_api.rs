@@ -372,7 +372,13 @@ fn wit_error(r: Result<Reply, crate::kv::KvError>) -> kv::KvError {
 
 impl metrics::Host for PluginState {
     fn counter_add(&mut self, name: String, value: u64) -> HostResult<()> {
-        self.metrics.counter_add(&self.plugin, &name, value);
+        // A plugin counts the same few names on every request: look each up once.
+        if let Some((_, counter)) = self.counters.iter().find(|(n, _)| **n == *name) {
+            counter.inc_by(value as f64);
+        } else if let Some(counter) = self.metrics.counter_handle(&self.plugin, &name) {
+            counter.inc_by(value as f64);
+            self.counters.push((name.into(), counter));
+        }
         Ok(())
     }
 

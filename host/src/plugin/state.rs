@@ -27,6 +27,9 @@ pub struct PluginState {
     pub(super) call: Option<Box<Call>>,
     pub(super) kv: Arc<Store>,
     pub(super) metrics: Arc<PluginMetrics>,
+    /// The counters this instance has used, by name (admitted names only, so at most the
+    /// per-plugin cap of [`PluginMetrics`]).
+    pub(super) counters: Vec<(Box<str>, prometheus::Counter)>,
 }
 
 /// How long a call may take. `timeout` counts the plugin's own running time, in epoch ticks
@@ -95,6 +98,7 @@ impl PluginState {
             call: None,
             kv,
             metrics,
+            counters: Vec::new(),
         }
     }
 
