@@ -58,6 +58,9 @@ pub struct RequestMeta {
     /// client), so it is built once. Always visible ASCII; read it as text with [`Self::id`].
     pub id_header: http::HeaderValue,
     pub client_ip: IpAddr,
+    /// `client_ip` as the header value it is forwarded as (`X-Forwarded-For`), written once
+    /// per connection (see [`ip_header`]).
+    pub client_header: http::HeaderValue,
     pub route: Arc<str>,
     /// The route's path parameters (`/users/{id}` -> `id`), percent-decoded.
     pub params: crate::router::Params,
@@ -69,6 +72,11 @@ pub struct RequestMeta {
 pub struct ResponseMsg {
     pub parts: http::response::Parts,
     pub body: Body,
+}
+
+/// An IP address as a header value.
+pub fn ip_header(ip: IpAddr) -> http::HeaderValue {
+    http::HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
 impl RequestMeta {

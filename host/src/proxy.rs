@@ -29,6 +29,7 @@ pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
     client_ip: IpAddr,
+    client_header: HeaderValue,
 ) -> Response<BoxBody> {
     let id = request_id(req.headers());
     let Some(found) = gw.route(&RequestView::of(&req)) else {
@@ -42,6 +43,7 @@ pub async fn handle(
     let meta = Arc::new(RequestMeta {
         id_header: id,
         client_ip,
+        client_header,
         route: route.name.clone(),
         params,
         max_body_bytes: route.max_body_bytes,
@@ -192,7 +194,7 @@ fn prepare_upstream_request(
     if let Some(h) = &authority_host {
         headers.insert(http::header::HOST, h.clone());
     }
-    set_forwarded(headers, meta.client_ip, client_host.or(authority_host));
+    set_forwarded(headers, &meta.client_header, client_host.or(authority_host));
     headers.insert(X_REQUEST_ID.clone(), meta.id_header.clone());
 }
 

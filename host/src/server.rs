@@ -47,9 +47,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
+        // Written once per connection: every request on it forwards the same address.
+        let client_header = crate::message::ip_header(peer.ip());
         let service = service_fn(move |req| {
             let gw = gateway.load_full();
-            async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer.ip()).await) }
+            let client_header = client_header.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer.ip(), client_header).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);

@@ -526,6 +526,7 @@ fn build_request(case: &Case, id: &str, max_body_bytes: u64) -> anyhow::Result<R
     let meta = RequestMeta {
         id_header: http::HeaderValue::from_str(id)?,
         client_ip: case.client_ip,
+        client_header: crate::message::ip_header(case.client_ip),
         route: Arc::from("test"),
         params: Vec::new(),
         max_body_bytes,

@@ -482,6 +482,7 @@ mod tests {
         let meta = crate::message::RequestMeta {
             id_header: http::HeaderValue::from_static("t"),
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            client_header: http::HeaderValue::from_static("127.0.0.1"),
             route: Arc::from("r"),
             params: Vec::new(),
             max_body_bytes: 1024,

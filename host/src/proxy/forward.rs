@@ -1,8 +1,6 @@
 //! Header rules for forwarding: hop-by-hop headers stay on their hop, and the upstream
 //! learns who the client was (`X-Forwarded-*`).
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -48,8 +46,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (from `host`, the client's Host or `:authority`).
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<HeaderValue>) {
-    let client = client.to_string();
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<HeaderValue>) {
     let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(prior) if !prior.is_empty() => {
             let mut v = prior.to_vec();
@@ -57,7 +54,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<Heade
             v.extend_from_slice(client.as_bytes());
             HeaderValue::from_bytes(&v).ok()
         }
-        _ => HeaderValue::from_str(&client).ok(),
+        _ => Some(client.clone()),
     };
     if let Some(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -98,7 +95,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &HeaderValue::from_static("127.0.0.1"),
             Some(HeaderValue::from_static("a.test")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
