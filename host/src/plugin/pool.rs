@@ -51,10 +51,16 @@ impl<T> Pool<T> {
     /// A permit to run a call, and an idle instance if there is one to reuse (if not, the
     /// caller makes one).
     pub async fn lease(&self) -> Result<(Option<T>, Permit), FailureKind> {
-        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
-            .expect("the semaphore is never closed");
+        // A free instance is the common case: take it without arming a timer.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
+                    .await
+                    .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
+                    .expect("the semaphore is never closed")
+            }
+        };
         let idle = match self.reuse {
             true => self.lock().pop_back().map(|(instance, _)| instance),
             false => None,
@@ -95,5 +101,46 @@ impl<T> Pool<T> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(T, Instant)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_instances: u32) -> config::Plugin {
+        config::Plugin {
+            name: "p".into(),
+            module: "p.wasm".into(),
+            kind: config::PluginKind::Component,
+            config_json: "{}".into(),
+            files: Vec::new(),
+            instances: InstanceModel::Reuse,
+            on_error: config::FailPolicy::Fail,
+            timeout: Duration::from_millis(100),
+            max_instances,
+            idle_timeout: Duration::from_secs(60),
+            rollout: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_makes_callers_wait_then_fail_as_overloaded() {
+        let pool = Pool::new("first", &spec(1), Duration::from_millis(50));
+        let (idle, permit) = pool.lease().await.unwrap();
+        assert_eq!(idle, Some("first"));
+        // The one instance is out: the next call queues, and gives up after the timeout.
+        match pool.lease().await {
+            Err(FailureKind::Overloaded(t)) => assert_eq!(t, Duration::from_millis(50)),
+            other => panic!("expected Overloaded, got {:?}", other.map(|(i, _)| i)),
+        }
+        // A call waiting when the instance comes back gets it, not a new one.
+        let waiter = async { pool.lease().await.map(|(idle, _)| idle) };
+        let giver = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pool.checkin("first", permit);
+        };
+        let (got, ()) = tokio::join!(waiter, giver);
+        assert_eq!(got.unwrap(), Some("first"));
     }
 }
