@@ -414,7 +414,11 @@ pub(super) fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<
 }
 
 fn lossy(v: &HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
+    match v.to_str() {
+        // Visible ASCII, nearly every value: a plain copy.
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    }
 }
 
 fn get(map: &HeaderMap, name: &str) -> Option<String> {
@@ -483,5 +487,21 @@ pub(super) fn plugin_log(
         tracing::Level::INFO => emit!(tracing::Level::INFO),
         tracing::Level::WARN => emit!(tracing::Level::WARN),
         tracing::Level::ERROR => emit!(tracing::Level::ERROR),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_reach_plugins_as_text_whatever_their_bytes() {
+        let ascii = HeaderValue::from_static("Bearer abc.def\tghi");
+        assert_eq!(lossy(&ascii), "Bearer abc.def\tghi");
+        // UTF-8 beyond ASCII (obs-text to HTTP) is kept; invalid bytes become U+FFFD.
+        let utf8 = HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap();
+        assert_eq!(lossy(&utf8), "caf\u{e9}");
+        let invalid = HeaderValue::from_bytes(b"a\xffb").unwrap();
+        assert_eq!(lossy(&invalid), "a\u{fffd}b");
     }
 }
