@@ -138,25 +138,10 @@ impl NamedPlugin {
         (call.request, result)
     }
 
-    /// Runs the response phase. Both messages are handed back whatever happens.
-    pub async fn on_response(
-        &self,
-        req: RequestMsg,
-        resp: ResponseMsg,
-    ) -> (RequestMsg, ResponseMsg, Result<(), PluginError>) {
-        let call = Box::new(Call { request: req, response: Some(resp) });
-        let (call, result) = self.run(Phase::Response, call).await;
-        let Call { request, response } = *call;
-        let resp = response.expect("the response phase keeps its response");
-        (request, resp, result.map(|_| ()))
-    }
-
-    /// Runs one phase on the messages in `call`, which is handed back whatever happens. The
-    /// messages stay in one box from call to call: a chain moves a pointer, not the
-    /// messages, through every layer (futures, the store, the way back).
-    ///
-    /// Sends the call to the version that serves this request, recording the outcome when a
-    /// rollout is running.
+    /// Runs one phase on the messages in `call`, which is handed back whatever happens, on
+    /// the version that serves this request (recording the outcome when a rollout is
+    /// running). The messages stay in one box for a whole chain: every layer (futures, the
+    /// store, the way back) moves a pointer, not the messages.
     pub(super) async fn run(
         &self,
         phase: Phase,
