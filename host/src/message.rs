@@ -83,6 +83,11 @@ impl RequestMeta {
     pub fn id(&self) -> &str {
         self.id_header.to_str().unwrap_or_default()
     }
+
+    /// The client's address as text (from [`Self::client_header`], not formatted again).
+    pub fn client_ip_text(&self) -> &str {
+        self.client_header.to_str().unwrap_or_default()
+    }
 }
 
 impl ResponseMsg {

@@ -300,7 +300,7 @@ async fn input(phase: Phase, call: &mut Call) -> Result<Vec<u8>, FailureKind> {
     let request = RequestIn {
         id: req.meta.id(),
         route: &req.meta.route,
-        client_ip: req.meta.client_ip.to_string(),
+        client_ip: req.meta.client_ip_text().to_owned(),
         method: req.parts.method.as_str(),
         path: req.parts.uri.path(),
         query: req.parts.uri.query(),

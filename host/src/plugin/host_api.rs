@@ -133,7 +133,7 @@ impl wit_http::HostRequest for PluginState {
     }
 
     fn client_ip(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
-        Ok(self.request()?.meta.client_ip.to_string())
+        Ok(self.request()?.meta.client_ip_text().to_owned())
     }
 
     fn request_id(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
