@@ -215,8 +215,8 @@ impl Plugin for Jwt {
             }
         }
         Ok(Jwt {
-            keys,
             checks: Checks::new(
+                &keys,
                 algorithms,
                 &c.issuer.map(OneOrMany::into_vec).unwrap_or_default(),
                 &c.audience.map(OneOrMany::into_vec).unwrap_or_default(),
@@ -227,6 +227,7 @@ impl Plugin for Jwt {
             forward: c.forward_claims.into_iter().collect(),
             realm: c.realm.unwrap_or_else(|| "sluice".to_owned()),
             run_on_preflight: c.run_on_preflight,
+            keys,
         })
     }
 
