@@ -33,6 +33,15 @@ PROXIES=${PROXIES:-"sluice sluice+transform sluice+chain4"}
 CACHE=${CACHE:-$HOME/.cache/sluice-bench/valgrind-cache}
 # KEEP=DIR keeps the callgrind output files there (for callgrind_annotate).
 KEEP=${KEEP:-}
+for name in $PROXIES; do
+    case $name in
+    sluice | sluice+transform | sluice+chain[1-4]) ;;
+    *)
+        echo "PROXIES: unknown proxy $name (sluice, sluice+transform, sluice+chain1..4)" >&2
+        exit 1
+        ;;
+    esac
+done
 # shellcheck source=benches/common.sh
 . benches/common.sh
 need_tools "nginx valgrind curl" nginx valgrind callgrind_annotate python3 curl
