@@ -162,6 +162,24 @@ impl Key {
         if let Some(bad) = algs.iter().find(|a| a.family() != key.family()) {
             return Err(format!("{at}.alg: {bad:?} does not fit a {:?} key", key.family()));
         }
+        // RFC 7518 section 3.2: an HMAC key is at least as long as the hash. A short or
+        // empty secret is guessable, so tokens signed with it prove nothing.
+        if key.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+            let len = key.try_get_as_bytes().map_or(0, <[u8]>::len);
+            for alg in &algs {
+                let need = match alg {
+                    Algorithm::HS384 => 48,
+                    Algorithm::HS512 => 64,
+                    _ => 32,
+                };
+                if len < need {
+                    return Err(format!(
+                        "{at}: a {alg:?} secret must be at least {need} bytes (RFC 7518 section \
+                         3.2), got {len}"
+                    ));
+                }
+            }
+        }
         Ok(Key { kid, algs, key })
     }
 }
@@ -214,8 +232,12 @@ pub fn jwks_keys(text: &str) -> Result<Vec<Key>, String> {
         serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
-        if let Ok((key, Some(algs))) = jwk_key(jwk) {
-            keys.push(Key { kid: jwk.common.key_id.clone(), algs, key });
+        // A key this plugin cannot use (an unknown type, an HMAC key shorter than its
+        // hash) is skipped, as JWKS consumers do; the document's other keys still serve.
+        if let Ok((key, Some(algs))) = jwk_key(jwk)
+            && let Ok(key) = Key::checked("", jwk.common.key_id.clone(), Some(algs), key)
+        {
+            keys.push(key);
         }
     }
     if keys.is_empty() {
