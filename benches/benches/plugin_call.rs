@@ -290,6 +290,26 @@ fn router(c: &mut Criterion) {
     g.finish();
 }
 
+/// Building a route table and checking it, on the shape that was once quadratic: `n`
+/// prefix routes `/r{i}` plus a root fallback.
+fn route_table(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_table");
+    g.sample_size(10);
+    for n in [1_000, 10_000] {
+        let mut rules = vec![Rule::path(PathPattern::parse("/", true).unwrap())];
+        rules.extend(
+            (0..n).map(|i| Rule::path(PathPattern::parse(&format!("/r{i}"), true).unwrap())),
+        );
+        g.bench_function(format!("analyze_{n}_prefix_routes"), |b| {
+            b.iter(|| sluice::router::analyze(std::hint::black_box(&rules)))
+        });
+        g.bench_function(format!("build_{n}_prefix_routes"), |b| {
+            b.iter(|| Router::new(rules.iter().cloned().enumerate().map(|(i, r)| (r, i))))
+        });
+    }
+    g.finish();
+}
+
 /// A large config: `routes` routes (half parameter paths, half prefixes, some with host,
 /// method and header conditions), 50 upstreams and 100 named plugins, as text.
 fn large_config(routes: usize) -> String {
@@ -341,6 +361,6 @@ fn config_validation(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = plugin_calls, shipped_plugins, router, config_validation
+    targets = plugin_calls, shipped_plugins, router, route_table, config_validation
 }
 criterion_main!(benches);

@@ -176,6 +176,11 @@ impl PathKeys {
         Self { keys, first_literal }
     }
 
+    /// The first segment, when it is the same literal in every key.
+    pub fn first_literal(&self) -> Option<&str> {
+        self.first_literal.as_deref()
+    }
+
     /// A cheap test that rules most pairs out: `false` only if no path can match both.
     pub fn may_meet(&self, other: &PathKeys) -> bool {
         match (&self.first_literal, &other.first_literal) {
@@ -283,6 +288,15 @@ impl Key {
 }
 
 impl Key {
+    /// The first segment, if it is a non-empty literal: a key with another first literal
+    /// can never match the same path.
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Static(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn overlaps(&self, other: &Key) -> bool {
         overlaps(&self.segments, &other.segments)
     }
