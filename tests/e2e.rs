@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod config_fuzz;
 mod config_ui;
 mod cors;
 mod extism;
@@ -19,5 +20,6 @@ mod reload_under_load;
 mod rollout;
 mod routing;
 mod sdks;
+mod security;
 mod shipped_plugins;
 mod traffic;

@@ -41,6 +41,7 @@ fn runtime_config() -> config::Runtime {
         // cannot reserve what 64 instances' memories need).
         max_instances: std::env::var("SLUICE_BENCH_INSTANCES").map_or(64, |n| n.parse().unwrap()),
         max_memory_bytes: 64 << 20,
+        memory_budget_bytes: 1 << 30,
         kv: Default::default(),
     }
 }

@@ -30,9 +30,23 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_INSTANCES: u32 = 512;
 pub const DEFAULT_MAX_MEMORY_MIB: u32 = 64;
+pub const DEFAULT_MEMORY_BUDGET_MIB: u32 = 1024;
+/// Instances a plugin may have at once unless it says otherwise (and at most
+/// `runtime.max_instances`).
+pub const DEFAULT_PLUGIN_MAX_INSTANCES: u32 = 64;
 /// A key-value operation against Redis, connecting included.
 pub const DEFAULT_KV_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_KV_RECHECK: Duration = Duration::from_secs(1);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u64 = 512;
+/// The longest any configured duration may be: long enough for any timeout, short enough
+/// that adding it to a clock can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_WORKERS: usize = 1024;
+pub const MAX_INSTANCES: u32 = 10_000;
 
 /// Reads and validates the config file at `path`. Relative paths inside it are resolved
 /// against the file's folder.
@@ -99,6 +113,27 @@ fn validate(
             Some((name.clone(), validate_plugin(name, p, &runtime, base, errors)?))
         })
         .collect::<BTreeMap<_, _>>();
+    // A plugin's `body()` copies the body into its own memory, beside everything else it
+    // holds there.
+    let body_cap = runtime.max_memory_bytes as u64 / 2;
+    let bodies = std::iter::once(("server.max_body_bytes".to_owned(), file.server.max_body_bytes))
+        .chain(
+            file.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("routes[{i}].max_body_bytes"), r.max_body_bytes)),
+        );
+    for (at, bytes) in bodies {
+        if let Some(b) = bytes.filter(|&b| b > body_cap) {
+            errors.push(
+                at,
+                format!(
+                    "{b} bytes cannot fit in a plugin's memory: at most {body_cap} (half of \
+                     runtime.max_memory_mib)"
+                ),
+            );
+        }
+    }
     let mut warnings = Vec::new();
     let routes =
         traffic::validate_routes(&file, server.as_ref().map(|s| s.1), errors, &mut warnings);
@@ -119,20 +154,86 @@ fn validate_server(s: &schema::Server, errors: &mut Errors) -> Option<(Server, u
         "server.listen",
         s.listen.parse().map_err(|_| format!("not an address:port: {:?}", s.listen)),
     );
-    if s.workers == Some(0) {
-        errors.push("server.workers", "must be at least 1 (leave it out for one per core)");
+    if let Some(w) = s.workers
+        && !(1..=MAX_WORKERS).contains(&w)
+    {
+        let msg = format!("must be between 1 and {MAX_WORKERS} (leave it out for one per core)");
+        errors.push("server.workers", msg);
     }
     let connect = duration(errors, "server.connect_timeout", &s.connect_timeout);
     let request = duration(errors, "server.request_timeout", &s.request_timeout);
     let shutdown = duration(errors, "server.shutdown_timeout", &s.shutdown_timeout);
+    let body = duration(errors, "server.body_timeout", &s.body_timeout);
+    let header = duration(errors, "server.header_timeout", &s.header_timeout);
+    let idle = duration(errors, "server.idle_timeout", &s.idle_timeout);
+    let escaped_slashes = traffic::one_of(
+        errors,
+        "server.escaped_slashes",
+        &s.escaped_slashes,
+        &[("reject", EscapedSlashes::Reject), ("keep", EscapedSlashes::Keep)],
+    );
+    let underscores = traffic::one_of(
+        errors,
+        "server.headers_with_underscores",
+        &s.headers_with_underscores,
+        &[
+            ("drop", Underscores::Drop),
+            ("reject", Underscores::Reject),
+            ("allow", Underscores::Allow),
+        ],
+    );
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in s.trusted_proxies.iter().flatten().enumerate() {
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("not an address or CIDR range: {text:?}"));
+        trusted_proxies.extend(errors.check(format!("server.trusted_proxies[{i}]"), net));
+    }
+    let max_connections = count(
+        errors,
+        "server.max_connections",
+        s.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        1_000_000,
+    );
+    let per_ip =
+        s.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections));
+    if !(1..=max_connections).contains(&per_ip) {
+        let msg = format!(
+            "must be between 1 and server.max_connections ({max_connections}), got {per_ip}"
+        );
+        errors.push("server.max_connections_per_ip", msg);
+    }
+    let max_body = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     let server = Server {
         listen: listen?,
         workers: s.workers,
         connect_timeout: connect?.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         request_timeout: request?.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
         shutdown_timeout: shutdown?.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        paths: PathPolicy {
+            merge_slashes: s.merge_slashes.unwrap_or(true),
+            escaped_slashes: escaped_slashes?,
+        },
+        underscores: underscores?,
+        trusted_proxies,
+        body_timeout: body?.unwrap_or(DEFAULT_BODY_TIMEOUT),
+        header_timeout: header?.unwrap_or(DEFAULT_HEADER_TIMEOUT),
+        idle_timeout: idle?.unwrap_or(DEFAULT_CONNECTION_IDLE_TIMEOUT),
+        max_connections: max_connections as usize,
+        max_connections_per_ip: per_ip.clamp(1, max_connections) as usize,
     };
-    Some((server, s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)))
+    Some((server, max_body))
+}
+
+/// A count between 1 and `max`; `default` when absent.
+fn count(errors: &mut Errors, path: &str, v: Option<u64>, default: u64, max: u64) -> u64 {
+    let n = v.unwrap_or(default);
+    if !(1..=max).contains(&n) {
+        errors.push(path, format!("must be between 1 and {max}, got {n}"));
+    }
+    n.clamp(1, max)
 }
 
 fn validate_runtime(r: &schema::Runtime, base: &Path, errors: &mut Errors) -> Runtime {
@@ -146,18 +247,26 @@ fn validate_runtime(r: &schema::Runtime, base: &Path, errors: &mut Errors) -> Ru
         (_, None) => default_cache_dir(),
     };
     let max_instances = r.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
-    if max_instances == 0 {
-        errors.push("runtime.max_instances", "must be at least 1");
+    if !(1..=MAX_INSTANCES).contains(&max_instances) {
+        errors.push("runtime.max_instances", format!("must be between 1 and {MAX_INSTANCES}"));
     }
     let max_memory_mib = r.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
     if !(1..=4096).contains(&max_memory_mib) {
         errors.push("runtime.max_memory_mib", "must be between 1 and 4096");
+    }
+    let budget_mib = r.memory_budget_mib.unwrap_or(DEFAULT_MEMORY_BUDGET_MIB.max(max_memory_mib));
+    if !(max_memory_mib..=1 << 20).contains(&budget_mib) {
+        errors.push(
+            "runtime.memory_budget_mib",
+            format!("must be between runtime.max_memory_mib ({max_memory_mib}) and 1048576"),
+        );
     }
     Runtime {
         plugin_dirs,
         cache_dir,
         max_instances,
         max_memory_bytes: max_memory_mib as usize * 1024 * 1024,
+        memory_budget_bytes: budget_mib as usize * 1024 * 1024,
         kv: KvSettings::default(),
     }
 }
@@ -280,8 +389,12 @@ fn validate_plugin(
     );
     let timeout = duration(errors, &at("timeout"), &p.timeout);
     let idle_timeout = duration(errors, &at("idle_timeout"), &p.idle_timeout);
-    if p.max_instances == Some(0) {
-        errors.push(at("max_instances"), "must be at least 1");
+    let max_instances =
+        p.max_instances.unwrap_or(DEFAULT_PLUGIN_MAX_INSTANCES.min(runtime.max_instances));
+    if !(1..=runtime.max_instances).contains(&max_instances) {
+        let msg =
+            format!("must be between 1 and runtime.max_instances ({})", runtime.max_instances);
+        errors.push(at("max_instances"), msg);
     }
     let rollout = match &p.rollout {
         None => Some(None),
@@ -300,7 +413,7 @@ fn validate_plugin(
         instances: instances?,
         on_error: on_error?,
         timeout: timeout?.unwrap_or(DEFAULT_PLUGIN_TIMEOUT),
-        max_instances: p.max_instances.unwrap_or(runtime.max_instances),
+        max_instances,
         idle_timeout: idle_timeout?.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         rollout: rollout?,
     })
@@ -439,9 +552,10 @@ fn duration(errors: &mut Errors, path: &str, v: &Option<String>) -> Option<Optio
     let Some(text) = v else { return Some(None) };
     let parsed = humantime::parse_duration(text)
         .map_err(|e| format!("not a duration ({e}): {text:?}; write e.g. \"250ms\" or \"2s\""))
-        .and_then(|d| match d.is_zero() {
-            true => Err("must be greater than zero".to_owned()),
-            false => Ok(d),
+        .and_then(|d| match d {
+            d if d.is_zero() => Err("must be greater than zero".to_owned()),
+            d if d > MAX_DURATION => Err(format!("must be at most 24h, got {text:?}")),
+            d => Ok(d),
         });
     errors.check(path, parsed).map(Some)
 }

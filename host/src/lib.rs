@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod throttle;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -65,6 +66,18 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let config = source.parse(&text)?;
     let addr = config.server.listen;
     let shutdown_timeout = config.server.shutdown_timeout;
+    if let Some(files) = server::raise_fd_limit() {
+        // Each connection takes a descriptor, and so may each upstream connection.
+        let max = config.server.max_connections as u64;
+        if max * 2 + 64 > files {
+            tracing::warn!(
+                "server.max_connections ({max}) may need up to {} open files (a client and an \
+                 upstream connection each), but the limit is {files}: raise `ulimit -n` or \
+                 lower server.max_connections",
+                max * 2 + 64
+            );
+        }
+    }
     let (runtime, gateway) = build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

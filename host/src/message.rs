@@ -5,12 +5,14 @@
 //! read is put back in front of the rest of the stream.
 
 mod body;
+mod client_body;
 mod replay;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use body::{Body, BodyError, BoxBody, BoxError};
+pub use client_body::{BodyWatch, ClientBodyError, TimedBody, UpstreamBodyStalled};
 pub use replay::Replay;
 
 /// A request on its way upstream.

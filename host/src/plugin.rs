@@ -12,6 +12,7 @@ mod chain;
 mod error;
 mod extism;
 mod host_api;
+mod memory;
 mod module;
 mod named;
 mod pool;
@@ -23,6 +24,7 @@ mod ticker;
 
 pub use chain::{Chain, RequestPhase};
 pub use error::{FailureKind, Phase, PluginError};
+pub use memory::MemoryBudget;
 pub use module::{CodeSource, Module, ModuleError};
 pub use named::{Decision, LoadError, NamedPlugin};
 pub use rollout::{Rollout, State as RolloutState};

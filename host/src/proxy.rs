@@ -6,6 +6,7 @@
 mod attempts;
 mod error;
 mod forward;
+pub mod normalize;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,28 +16,49 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 pub use error::{Origin, ProxyError};
-pub use forward::{set_forwarded, strip_hop_by_hop};
+pub use forward::{append_forwarded_for, set_forwarded, strip_hop_by_hop};
 
 use crate::config::Rewrite;
 use crate::gateway::{Gateway, Route};
-use crate::message::{Body, BoxBody, RequestMeta, RequestMsg, ResponseMsg};
+use crate::message::{Body, BodyWatch, BoxBody, RequestMeta, RequestMsg, ResponseMsg, TimedBody};
 use crate::router::RequestView;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Serves one request. Never fails: every error becomes a response.
+///
+/// `peer` is the connection's remote address and `peer_header` the same as a header value,
+/// written once per connection.
 pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
-    client_ip: IpAddr,
-    client_header: HeaderValue,
+    peer: IpAddr,
+    peer_header: HeaderValue,
 ) -> Response<BoxBody> {
     let id = request_id(req.headers());
-    let Some(found) = gw.route(&RequestView::of(&req)) else {
+    let (mut parts, body) = req.into_parts();
+    let server = &gw.config.server;
+    let trusted = server.trusts(peer);
+    // Once, before anything reads the request: the router, every plugin and the upstream
+    // see the same method, host, path and headers.
+    let arrived = normalize::request(&mut parts, server.paths)
+        .and_then(|()| forward::from_client(&mut parts.headers, trusted, server.underscores));
+    if let Err(refused) = arrived {
+        tracing::debug!(%peer, request_id = ?id, "refused: {refused}");
+        return ProxyError::Refused(refused).into_response(id);
+    }
+    let (client_ip, client_header) = match trusted {
+        false => (peer, peer_header.clone()),
+        true => {
+            let ip = forward::client_ip(&parts.headers, peer, &|ip| server.trusts(ip));
+            (ip, crate::message::ip_header(ip))
+        }
+    };
+    forward::append_forwarded_for(&mut parts.headers, &peer_header);
+    let Some(found) = gw.route(&RequestView::of_parts(&parts)) else {
         return ProxyError::NoRoute.into_response(id);
     };
     let (route, params) = (found.value.clone(), found.params);
-    let (mut parts, body) = req.into_parts();
     if let Some(rewrite) = &route.rewrite {
         rewrite_prefix(&mut parts, rewrite);
     }
@@ -48,41 +70,63 @@ pub async fn handle(
         params,
         max_body_bytes: route.max_body_bytes,
     });
-    let request = RequestMsg {
-        parts,
-        body: Body::stream(body),
-        meta: meta.clone(),
-        context: Default::default(),
+    // A body still to come is watched, so that a client who breaks it or goes quiet is
+    // told so, and never counts against an upstream.
+    let (body, watch) = match http_body::Body::is_end_stream(&body) {
+        true => (Body::empty(), None),
+        false => {
+            let watch = Arc::new(BodyWatch::default());
+            let body = TimedBody::client(body, watch.clone(), server.body_timeout);
+            (Body::stream(body), Some(watch))
+        }
     };
-    match proxy(&route, request).await {
+    let request = RequestMsg { parts, body, meta: meta.clone(), context: Default::default() };
+    match proxy(&route, request, watch.as_deref()).await {
         Ok(mut resp) => {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), meta.id_header.clone());
             resp
         }
         Err(e) => {
-            match e.origin() {
-                Origin::Plugin => {
-                    tracing::error!(route = %meta.route, request_id = %meta.id(), "{e}")
-                }
-                Origin::Upstream | Origin::Downstream => {
-                    tracing::warn!(route = %meta.route, request_id = %meta.id(), "{e}")
-                }
-            }
+            log_failure(&e, &meta);
             e.into_response(meta.id_header.clone())
         }
     }
 }
 
-async fn proxy(route: &Route, request: RequestMsg) -> Result<Response<BoxBody>, ProxyError> {
+/// One line per failed request, except that a flood of the same failure (a broken plugin,
+/// a dead upstream) is throttled to a few lines a second per route, with a count.
+fn log_failure(e: &ProxyError, meta: &RequestMeta) {
+    use crate::throttle::{Throttle, Verdict, suppressed_note};
+    static THROTTLE: std::sync::LazyLock<Throttle> = std::sync::LazyLock::new(Throttle::default);
+    if e.origin() == Origin::Downstream {
+        tracing::debug!(route = %meta.route, request_id = %meta.id(), "{e}");
+        return;
+    }
+    let text = e.to_string();
+    let Verdict::Write { suppressed } = THROTTLE.check((&*meta.route, &text)) else { return };
+    let note = suppressed_note(suppressed);
+    match e.origin() {
+        Origin::Plugin => {
+            tracing::error!(route = %meta.route, request_id = %meta.id(), "{text}{note}")
+        }
+        _ => tracing::warn!(route = %meta.route, request_id = %meta.id(), "{text}{note}"),
+    }
+}
+
+async fn proxy(
+    route: &Route,
+    request: RequestMsg,
+    watch: Option<&BodyWatch>,
+) -> Result<Response<BoxBody>, ProxyError> {
     if route.chain.is_empty() {
-        let (_, resp) = forward(route, request, false).await?;
+        let (_, resp) = forward(route, request, false, watch).await?;
         return Ok(resp.into_http());
     }
     let phase = route.chain.run_request(request).await?;
     let keep = route.chain.has_response_hooks();
     let (request, response) = match phase.local {
         Some(local) => (Some(phase.request), local),
-        None => forward(route, phase.request, keep).await?,
+        None => forward(route, phase.request, keep, watch).await?,
     };
     let response = match request {
         Some(request) => route.chain.run_response(phase.reached, request, response).await?,
@@ -97,19 +141,34 @@ async fn forward(
     route: &Route,
     request: RequestMsg,
     keep: bool,
+    watch: Option<&BodyWatch>,
 ) -> Result<(Option<RequestMsg>, ResponseMsg), ProxyError> {
     let RequestMsg { parts, body, meta, context } = request;
+    // A body a plugin could not read whole is not the request: never send it on.
+    if let Body::Broken(e) = &body {
+        use crate::message::{BodyError, ClientBodyError};
+        return Err(client_fault(watch).unwrap_or_else(|| {
+            ProxyError::ClientBody(match e {
+                BodyError::TimedOut(d) => ClientBodyError::TimedOut(*d),
+                e => ClientBodyError::Broken(e.to_string()),
+            })
+        }));
+    }
     let upstream = attempts::choose_upstream(route, &parts, &meta);
     let key = attempts::balance_key(upstream, &parts, &meta);
-    let sent = attempts::send(upstream, &parts, body, key, |req, endpoint| {
+    let sent = attempts::send(upstream, &parts, body, key, watch, |req, endpoint| {
         prepare_upstream_request(req, endpoint, &meta)
     })
     .await?;
     let (mut resp_parts, resp_body) = sent.response.into_parts();
     strip_hop_by_hop(&mut resp_parts.headers);
+    // An upstream that stops sending its body part way fails it after its `timeout`.
+    let idle = upstream.config.timeout;
     let body = match sent.in_flight {
-        None => Body::stream(resp_body),
-        Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
+        None => Body::stream(TimedBody::upstream(resp_body, idle)),
+        Some(guard) => {
+            Body::stream(TimedBody::upstream(Guarded { body: resp_body, _guard: guard }, idle))
+        }
     };
     let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta, context });
     Ok((request, ResponseMsg { parts: resp_parts, body }))
@@ -169,6 +228,11 @@ fn rewrite_prefix(parts: &mut http::request::Parts, rewrite: &Rewrite) {
     }
 }
 
+/// The client's fault, if its body failed.
+fn client_fault(watch: Option<&BodyWatch>) -> Option<ProxyError> {
+    watch?.failure().map(|e| ProxyError::ClientBody(e.clone()))
+}
+
 fn prepare_upstream_request(
     req: &mut Request<BoxBody>,
     endpoint: &http::uri::Authority,
@@ -194,7 +258,7 @@ fn prepare_upstream_request(
     if let Some(h) = &authority_host {
         headers.insert(http::header::HOST, h.clone());
     }
-    set_forwarded(headers, &meta.client_header, client_host.or(authority_host));
+    set_forwarded(headers, client_host.or(authority_host));
     headers.insert(X_REQUEST_ID.clone(), meta.id_header.clone());
 }
 

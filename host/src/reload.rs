@@ -243,9 +243,21 @@ fn warn_restart_only(old: &Config, new: &Config) {
     if a.kv != b.kv {
         tracing::warn!("kv changed; it takes effect on restart (the running store is kept)");
     }
-    if a.max_instances != b.max_instances || a.max_memory_bytes != b.max_memory_bytes {
+    if a.max_instances != b.max_instances
+        || a.max_memory_bytes != b.max_memory_bytes
+        || a.memory_budget_bytes != b.memory_budget_bytes
+    {
         tracing::warn!(
-            "runtime.max_instances / max_memory_mib changed; they take effect on restart"
+            "runtime.max_instances / max_memory_mib / memory_budget_mib changed; they take \
+             effect on restart"
+        );
+    }
+    let (a, b) = (&old.server, &new.server);
+    if (a.max_connections, a.max_connections_per_ip, a.header_timeout, a.idle_timeout)
+        != (b.max_connections, b.max_connections_per_ip, b.header_timeout, b.idle_timeout)
+    {
+        tracing::warn!(
+            "server connection limits and timeouts changed; they take effect on restart"
         );
     }
 }

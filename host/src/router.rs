@@ -244,19 +244,15 @@ pub struct RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
-    pub fn of<B>(req: &'a http::Request<B>) -> Self {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .map(strip_port);
+    /// A request head after [`crate::proxy::normalize`]: its `Host` header is the host.
+    pub fn of_parts(parts: &'a http::request::Parts) -> Self {
+        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
         RequestView {
-            method: req.method(),
-            path: req.uri().path(),
-            host,
-            headers: req.headers(),
-            query: req.uri().query(),
+            method: &parts.method,
+            path: parts.uri.path(),
+            host: host.map(strip_port),
+            headers: &parts.headers,
+            query: parts.uri.query(),
         }
     }
 }

@@ -1,6 +1,13 @@
 //! The listener: accepts connections (HTTP/1.1 and h2c), serves each request from the
 //! current gateway snapshot, and shuts down gracefully: stop accepting, let in-flight
 //! requests finish (up to `shutdown_timeout`), then return.
+//!
+//! No class of client may hold what the others need: connections are capped in all and
+//! per client address (over the cap, a new one is closed at once), a connection must send
+//! its first bytes within `header_timeout`, and one with no request in flight and no byte
+//! either way for `idle_timeout` is closed, whatever protocol it claims to speak.
+
+mod conn;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +24,8 @@ use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
 use crate::proxy;
+use crate::throttle::{Throttle, Verdict, suppressed_note};
+use conn::{Activity, Limits};
 
 /// The live gateway: swapped whole on reload, read per request without locking.
 pub type Shared = Arc<ArcSwap<Gateway>>;
@@ -29,8 +38,8 @@ pub async fn serve(
     shutdown_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    let limits = Limits::default();
+    let throttle = Throttle::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -38,28 +47,64 @@ pub async fn serve(
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    if let Verdict::Write { suppressed } = throttle.check("accept") {
+                        tracing::warn!("accept failed: {e}{}", suppressed_note(suppressed));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        // Settings are read per connection, so a reload applies to new connections.
+        let (max, max_per_ip, header_timeout, idle_timeout) = {
+            let gw = gateway.load();
+            let s = &gw.config.server;
+            (s.max_connections, s.max_connections_per_ip, s.header_timeout, s.idle_timeout)
+        };
+        let Some(slot) = limits.admit(peer.ip(), max, max_per_ip) else {
+            if let Verdict::Write { suppressed } = throttle.check("shed") {
+                tracing::warn!(
+                    %peer,
+                    "connection refused: server.max_connections ({max}) or \
+                     max_connections_per_ip ({max_per_ip}) reached{}",
+                    suppressed_note(suppressed)
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
+        let activity = Activity::new();
         // Written once per connection: every request on it forwards the same address.
-        let client_header = crate::message::ip_header(peer.ip());
+        let peer_header = crate::message::ip_header(peer.ip());
+        let in_flight = activity.clone();
         let service = service_fn(move |req| {
             let gw = gateway.load_full();
-            let client_header = client_header.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer.ip(), client_header).await) }
+            let peer_header = peer_header.clone();
+            let busy = in_flight.busy();
+            async move {
+                let resp = proxy::handle(gw, req, peer.ip(), peer_header).await;
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        let io = TokioIo::new(activity.watch(stream));
+        let conn = builder.serve_connection(io, service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended with an error: {e}");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, "connection ended with an error: {e}");
+                },
+                () = activity.idle(header_timeout, idle_timeout) => {
+                    tracing::debug!(%peer, "closing a connection that went quiet");
+                }
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -70,6 +115,25 @@ pub async fn serve(
             tracing::warn!("shutdown timeout ({shutdown_timeout:?}) reached; closing remaining connections")
         }
     }
+}
+
+/// Raises this process's open-file limit to its hard limit, as a gateway holding many
+/// connections needs; returns the soft limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 /// A gateway serving on a bound socket, as started by [`crate::start`].

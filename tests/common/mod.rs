@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod proc;
+pub mod recorder;
 pub mod services;
 
 use std::net::SocketAddr;

@@ -32,6 +32,63 @@ pub struct Server {
     pub request_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM / Ctrl-C.
     pub shutdown_timeout: Duration,
+    /// How a request's path is normalised before routing.
+    pub paths: PathPolicy,
+    pub underscores: Underscores,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The longest a client's body may go without a byte.
+    pub body_timeout: Duration,
+    /// The longest the request head may take to arrive, counted from the connection's
+    /// first byte (or from the previous response on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once, in all and from one client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl Server {
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// What to do with `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// Refuse the request with 400.
+    #[default]
+    Reject,
+    /// Keep them encoded: they are part of a segment and never separate two.
+    Keep,
+}
+
+/// The operator's choices (`[server] merge_slashes`, `escaped_slashes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        Self { merge_slashes: true, escaped_slashes: EscapedSlashes::Reject }
+    }
+}
+
+/// What to do with a client header whose name has an underscore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Underscores {
+    /// Remove it (nginx's default).
+    #[default]
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+    /// Pass it on.
+    Allow,
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +99,10 @@ pub struct Runtime {
     pub cache_dir: Option<PathBuf>,
     /// Instance slots in the pooling allocator, shared by all plugins.
     pub max_instances: u32,
+    /// One instance's linear memory.
     pub max_memory_bytes: usize,
+    /// All instances' linear memory together.
+    pub memory_budget_bytes: usize,
     /// The plugins' key-value store (`[kv]`); set at start, like the rest of the runtime.
     pub kv: KvSettings,
 }

@@ -30,6 +30,15 @@ pub struct Server {
     pub request_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<String>,
+    pub headers_with_underscores: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub body_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +49,7 @@ pub struct Runtime {
     pub cache: Option<bool>,
     pub max_instances: Option<u32>,
     pub max_memory_mib: Option<u32>,
+    pub memory_budget_mib: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

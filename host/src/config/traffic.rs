@@ -55,7 +55,11 @@ pub fn validate_upstream(
             .parse::<http::uri::Authority>()
             .ok()
             .filter(|a| a.port_u16().is_some() && !e.address.contains('@'))
-            .ok_or_else(|| format!("not a host:port endpoint: {:?}", e.address));
+            .ok_or_else(|| format!("not a host:port endpoint: {:?}", e.address))
+            .and_then(|a| match a.port_u16() {
+                Some(0) => Err(format!("port 0 is not a port to connect to: {:?}", e.address)),
+                _ => Ok(a),
+            });
         let address = errors.check(at(if e.weight.is_some() { ".address" } else { "" }), address);
         let weight = e.weight.unwrap_or(1);
         if !(1..=1000).contains(&weight) {

@@ -21,6 +21,8 @@ pub enum BodyError {
     TooLarge(u64),
     #[error("reading the body failed: {0}")]
     ReadFailed(String),
+    #[error("the body did not arrive whole within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 /// A message body: still a stream, or buffered because a plugin read or replaced it.
@@ -31,6 +33,9 @@ pub enum Body {
         /// Set once buffering found the body too large, so later reads fail fast.
         too_large: Option<u64>,
     },
+    /// Reading it failed part way: what arrived is not the message, and it is never sent
+    /// on as if it were (it fails again wherever it is read or forwarded).
+    Broken(BodyError),
 }
 
 impl Body {
@@ -54,7 +59,7 @@ impl Body {
                 *self = Body::Full(bytes);
                 return match self {
                     Body::Full(bytes) => Ok(bytes),
-                    Body::Stream { .. } => unreachable!("just stored a full body"),
+                    _ => unreachable!("just stored a full body"),
                 };
             }
             Body::Stream { too_large: Some(limit), body } => {
@@ -62,6 +67,10 @@ impl Body {
                 return Err(BodyError::TooLarge(limit));
             }
             Body::Stream { body, too_large: None } => body,
+            Body::Broken(e) => {
+                *self = Body::Broken(e.clone());
+                return Err(e);
+            }
         };
         let mut chunks = VecDeque::new();
         let mut len = 0u64;
@@ -69,7 +78,11 @@ impl Body {
             let frame = match stream.frame().await {
                 None => break,
                 Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Err(BodyError::ReadFailed(e.to_string())),
+                Some(Err(e)) => {
+                    let e = BodyError::ReadFailed(e.to_string());
+                    *self = Body::Broken(e.clone());
+                    return Err(e);
+                }
             };
             // Trailers are dropped once a body is buffered: a buffered body has a length.
             let Ok(data) = frame.into_data() else {
@@ -86,7 +99,7 @@ impl Body {
         *self = Body::Full(concat(chunks, len as usize));
         match self {
             Body::Full(bytes) => Ok(bytes),
-            Body::Stream { .. } => unreachable!("just stored a full body"),
+            _ => unreachable!("just stored a full body"),
         }
     }
 
@@ -100,7 +113,27 @@ impl Body {
                 http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
             }
             Body::Stream { body, .. } => body,
+            Body::Broken(e) => Failed(Some(Box::new(e))).boxed_unsync(),
         }
+    }
+
+    pub fn is_broken(&self) -> bool {
+        matches!(self, Body::Broken(_))
+    }
+}
+
+/// A body whose one frame is an error.
+struct Failed(Option<BoxError>);
+
+impl HttpBody for Failed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.take().map(Err))
     }
 }
 
@@ -177,6 +210,17 @@ mod tests {
         assert!(body.is_buffered());
         // A second read answers from the buffer.
         assert_eq!(body.buffer(11).await.expect("fits").as_ref(), b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_failed_part_way_stays_failed_and_is_never_forwarded_short() {
+        let prefix = [Bytes::from_static(b"half")].into();
+        let rest = Failed(Some("reset".into())).boxed_unsync();
+        let mut body = Body::stream(Prefixed { prefix, rest });
+        assert!(matches!(body.buffer(100).await, Err(BodyError::ReadFailed(_))));
+        assert!(body.is_broken());
+        assert!(matches!(body.buffer(100).await, Err(BodyError::ReadFailed(_))));
+        assert!(body.into_box().collect().await.is_err());
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ impl Replay {
         match body {
             Body::Full(bytes) => Replay::Bytes(bytes),
             Body::Stream { body, .. } if body.is_end_stream() => Replay::Bytes(Bytes::new()),
+            // The request path never sends a broken body; if it did, nothing is sent.
+            Body::Broken(_) => Replay::Gone,
             Body::Stream { body, .. } => Replay::Lent {
                 slot: Arc::new(Slot { body: Mutex::new(Some(body)), read: AtomicBool::new(false) }),
             },

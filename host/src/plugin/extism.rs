@@ -326,13 +326,14 @@ async fn input(phase: Phase, call: &mut Call) -> Result<Vec<u8>, FailureKind> {
     })
 }
 
-/// The body, buffered up to the route's limit; a larger or failed body is left streaming,
-/// untouched, and the plugin is told why it got none.
+/// The body, buffered up to the route's limit; a larger body is left streaming, untouched, a
+/// failed one is never sent on, and the plugin is told why it got none.
 async fn buffer(body: &mut Body, limit: u64) -> Result<bytes::Bytes, String> {
     match body.buffer(limit).await {
         Ok(bytes) => Ok(bytes.clone()),
         Err(BodyError::TooLarge(limit)) => Err(format!("larger than max_body_bytes ({limit})")),
         Err(BodyError::ReadFailed(why)) => Err(format!("cannot be read: {why}")),
+        Err(e @ BodyError::TimedOut(_)) => Err(format!("cannot be read: {e}")),
     }
 }
 

@@ -120,6 +120,7 @@ impl wit_http::HostRequest for PluginState {
     }
 
     async fn body(&mut self, _: Resource<RequestHandle>) -> HostResult<Result<Vec<u8>, BodyError>> {
+        self.read_body = true;
         let req = self.request()?;
         let limit = req.meta.max_body_bytes;
         Ok(read_body(&mut req.body, limit).await)
@@ -238,6 +239,7 @@ impl wit_http::HostResponse for PluginState {
         &mut self,
         _: Resource<ResponseHandle>,
     ) -> HostResult<Result<Vec<u8>, BodyError>> {
+        self.read_body = true;
         let limit = self.request()?.meta.max_body_bytes;
         Ok(read_body(&mut self.response()?.body, limit).await)
     }
@@ -393,6 +395,7 @@ async fn read_body(body: &mut Body, limit: u64) -> Result<Vec<u8>, BodyError> {
         Ok(bytes) => Ok(bytes.to_vec()),
         Err(MsgBodyError::TooLarge(limit)) => Err(BodyError::TooLarge(limit)),
         Err(MsgBodyError::ReadFailed(why)) => Err(BodyError::ReadFailed(why)),
+        Err(e @ MsgBodyError::TimedOut(_)) => Err(BodyError::ReadFailed(e.to_string())),
     }
 }
 
@@ -476,9 +479,20 @@ pub(super) fn plugin_log(
         cut -= 1;
     }
     let message = &message[..cut];
+    // Warnings and errors repeat when something is broken: a few a second per message.
+    let mut note = String::new();
+    if level <= tracing::Level::WARN {
+        use crate::throttle::{Throttle, Verdict, suppressed_note};
+        static THROTTLE: std::sync::LazyLock<Throttle> =
+            std::sync::LazyLock::new(Throttle::default);
+        match THROTTLE.check((plugin, message)) {
+            Verdict::Write { suppressed } => note = suppressed_note(suppressed),
+            Verdict::Suppress => return,
+        }
+    }
     macro_rules! emit {
         ($level:expr) => {
-            tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}")
+            tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}{note}")
         };
     }
     match level {

@@ -3,6 +3,7 @@
 //! something invalid is dropped, never reused; its pool slot is recycled by wasmtime.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
@@ -58,6 +59,10 @@ pub struct NamedPlugin {
     queue_timeout: Duration,
     /// A new module version serving part of the traffic (`[plugins.NAME.rollout]`).
     pub rollout: Option<Box<Rollout>>,
+    /// Whether this plugin has read the request (0) or response (1) body in that phase. From
+    /// then on the host reads that body whole before it takes an instance, so a client
+    /// trickling its body in holds a connection, never an instance other requests need.
+    reads_body: [AtomicBool; 2],
 }
 
 impl NamedPlugin {
@@ -112,7 +117,16 @@ impl NamedPlugin {
                 (Backend::Extism { compiled: Arc::new(compiled), pool }, hooks)
             }
         };
-        Ok(Self { spec, module, backend, hooks, runtime, queue_timeout, rollout: None })
+        Ok(Self {
+            spec,
+            module,
+            backend,
+            hooks,
+            runtime,
+            queue_timeout,
+            rollout: None,
+            reads_body: Default::default(),
+        })
     }
 
     /// The phases this plugin takes part in, counting a version being rolled out.
@@ -192,6 +206,11 @@ impl NamedPlugin {
         phase: Phase,
         call: Box<Call>,
     ) -> (Box<Call>, Result<Decision, FailureKind>) {
+        let mut call = call;
+        let reads_body = &self.reads_body[phase as usize];
+        if reads_body.load(Ordering::Relaxed) {
+            self.prebuffer(phase, &mut call).await;
+        }
         let (mut instance, permit) = match self.checkout(pre, pool).await {
             Ok(lease) => lease,
             Err(kind) => return (call, Err(kind)),
@@ -212,6 +231,9 @@ impl NamedPlugin {
             }
         };
         let call = store.data_mut().call.take().expect("the call is put back by no one else");
+        if std::mem::take(&mut store.data_mut().read_body) {
+            reads_body.store(true, Ordering::Relaxed);
+        }
         let result = match outcome {
             Ok(None) => Ok(Decision::Continue),
             Ok(Some(Action::Continue)) => Ok(Decision::Continue),
@@ -226,6 +248,27 @@ impl NamedPlugin {
         (call, result)
     }
 
+    /// Reads the phase's body whole (up to the route's limit, within the request timeout)
+    /// before an instance is taken. A failure stays in the body, for the plugin to see
+    /// when it asks.
+    async fn prebuffer(&self, phase: Phase, call: &mut Call) {
+        let limit = call.request.meta.max_body_bytes;
+        let body = match phase {
+            Phase::Request => &mut call.request.body,
+            Phase::Response => match &mut call.response {
+                Some(r) => &mut r.body,
+                None => return,
+            },
+        };
+        if body.is_buffered() {
+            return;
+        }
+        let read = tokio::time::timeout(self.queue_timeout, body.buffer(limit)).await;
+        if read.is_err() {
+            *body = Body::Broken(message::BodyError::TimedOut(self.queue_timeout));
+        }
+    }
+
     /// An Extism call: the instance is made, if the pool has none to reuse, on the blocking
     /// thread that runs the call.
     async fn call_extism(
@@ -235,6 +278,8 @@ impl NamedPlugin {
         phase: Phase,
         call: &mut Call,
     ) -> Result<Decision, FailureKind> {
+        // Extism plugins get the phase's body in their input: read it before leasing.
+        self.prebuffer(phase, call).await;
         let (idle, permit) = pool.lease().await?;
         let (instance, result) = extism::call(compiled, idle, phase, call, self.spec.timeout).await;
         match instance {
@@ -291,7 +336,12 @@ async fn instantiate(
     let world = match pre.instantiate_async(&mut store).await {
         Ok(world) => world,
         Err(e) => {
-            return Err(InitError::Failed(FailureKind::Instantiate(format!("{e:#}"))));
+            let mut why = format!("{e:#}");
+            if why.contains("concurrent limit") {
+                // Every plugin's instances share the pool's slots.
+                why.push_str(" (runtime.max_instances)");
+            }
+            return Err(InitError::Failed(FailureKind::Instantiate(why)));
         }
     };
     let init = world.sluice_plugin_filter().call_init(&mut store, &spec.config_json).await;

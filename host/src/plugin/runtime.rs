@@ -10,9 +10,10 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
-    StoreLimitsBuilder, UpdateDeadline,
+    UpdateDeadline,
 };
 
+use super::memory::{Limits, MemoryBudget};
 use super::module::{Module, ModuleError};
 use super::state::{PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
@@ -41,6 +42,8 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
     max_memory_bytes: usize,
+    /// All instances' linear memory together.
+    pub memory: Arc<MemoryBudget>,
     /// Compiled modules by content hash and kind: a module used by several named plugins
     /// (or unchanged across reloads) is compiled once.
     modules: Mutex<HashMap<ModuleKey, Weak<Module>>>,
@@ -75,7 +78,15 @@ impl Runtime {
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        // The pool reserves address space for every slot up front: this is where sizes
+        // that cannot fit fail.
+        let engine = Engine::new(&wasm).map_err(|e| {
+            RuntimeError(format!(
+                "runtime.max_instances ({}) x runtime.max_memory_mib ({}): {e:#}; lower one of them",
+                cfg.max_instances,
+                cfg.max_memory_bytes >> 20
+            ))
+        })?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -90,6 +101,7 @@ impl Runtime {
             linker,
             cache_dir: cfg.cache_dir.clone(),
             max_memory_bytes: cfg.max_memory_bytes,
+            memory: MemoryBudget::new(cfg.memory_budget_bytes),
             modules: Mutex::default(),
             extism_cache: OnceLock::new(),
             ticker,
@@ -186,10 +198,7 @@ impl Runtime {
     /// A store for one instance of plugin `name`: memory capped, and every hook call bounded
     /// by the deadline in its state (see [`PluginState`]).
     pub(crate) fn new_store(&self, name: Arc<str>) -> Store<PluginState> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.max_memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = Limits::new(self.memory.clone(), self.max_memory_bytes);
         let mut store = Store::new(
             &self.engine,
             PluginState::new(name, limits, self.kv.clone(), self.metrics.clone()),

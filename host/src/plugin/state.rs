@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::memory::Limits;
 use super::stderr::StderrTail;
 use crate::kv::Store;
 use crate::message::{RequestMsg, ResponseMsg};
@@ -19,12 +19,14 @@ pub struct PluginState {
     pub(super) plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: Limits,
     /// The current call's budget (see [`Budget`]); checked on every epoch tick.
     pub(super) budget: Budget,
     pub(super) stderr: StderrTail,
     /// The messages of the hook call in progress; `None` between calls and during `init`.
     pub(super) call: Option<Box<Call>>,
+    /// Set when the call in progress read its message's body.
+    pub(super) read_body: bool,
     pub(super) kv: Arc<Store>,
     pub(super) metrics: Arc<PluginMetrics>,
     /// The counters this instance has used, by name (admitted names only, so at most the
@@ -82,7 +84,7 @@ pub(super) struct Call {
 impl PluginState {
     pub(super) fn new(
         plugin: Arc<str>,
-        limits: StoreLimits,
+        limits: Limits,
         kv: Arc<Store>,
         metrics: Arc<PluginMetrics>,
     ) -> Self {
@@ -96,6 +98,7 @@ impl PluginState {
             budget: Budget::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
             stderr,
             call: None,
+            read_body: false,
             kv,
             metrics,
             counters: Vec::new(),

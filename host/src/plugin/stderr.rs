@@ -43,6 +43,10 @@ impl StderrTail {
     }
 
     fn write(&self, buf: &[u8]) {
+        use crate::throttle::{Throttle, Verdict, suppressed_note};
+        // A plugin failing on every request writes the same lines every time.
+        static STDERR_LINES: std::sync::LazyLock<Throttle> =
+            std::sync::LazyLock::new(Throttle::default);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for byte in buf {
             if *byte == b'\n' {
@@ -52,7 +56,10 @@ impl StderrTail {
                 if line.trim().is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
                     continue;
                 }
-                tracing::info!(target: "plugin", plugin = %self.plugin, "stderr: {line}");
+                if let Verdict::Write { suppressed } = STDERR_LINES.check((&*self.plugin, &line)) {
+                    let note = suppressed_note(suppressed);
+                    tracing::info!(target: "plugin", plugin = %self.plugin, "stderr: {line}{note}");
+                }
                 if inner.recent.len() == KEEP_LINES {
                     inner.recent.pop_front();
                 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{ProxyError, error_chain};
 use crate::config::{KeySource, Strategy};
 use crate::gateway::Route;
-use crate::message::{BoxBody, Replay, RequestMeta};
+use crate::message::{BodyWatch, BoxBody, ClientBodyError, Replay, RequestMeta};
 use crate::upstream::{InFlight, Outcome, Unavailable, Upstream, retry, stable_hash};
 
 /// Picks the upstream of a route: its only one, or one of its split by weight, sticky per
@@ -72,12 +72,15 @@ pub struct Sent {
 }
 
 /// Sends `parts` + `body` to `upstream`, with retries. `prepare` fills in the upstream
-/// request for the chosen endpoint (URI, Host, forwarding headers).
+/// request for the chosen endpoint (URI, Host, forwarding headers). `watch` follows the
+/// client's body while it streams: an attempt that failed because of it is the client's
+/// fault, reported as such, never retried and never held against the endpoint.
 pub async fn send(
     upstream: &Arc<Upstream>,
     parts: &http::request::Parts,
     body: crate::message::Body,
     key: Option<u64>,
+    watch: Option<&BodyWatch>,
     prepare: impl Fn(&mut Request<BoxBody>, &http::uri::Authority),
 ) -> Result<Sent, ProxyError> {
     let config = &upstream.config;
@@ -121,9 +124,27 @@ pub async fn send(
             Some(d) => config.timeout.min(d.saturating_duration_since(Instant::now())),
             None => config.timeout,
         };
+        // To refuse the connection for later requests if its response turns out malformed.
+        let connection = hyper_util::client::legacy::connect::capture_connection(&mut req);
         let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
+        if sent.as_ref().is_ok_and(Result::is_ok) {
+            // Answered; the client's body may still fail later, as the response streams.
+        } else if let Some(fault) = client_fault(watch, sent.is_err(), timeout) {
+            // Dropped unfinished, the attempt records nothing against the endpoint.
+            drop(attempt);
+            return Err(fault);
+        }
         // What failed, and whether a retry may help.
         let (error, retry) = match sent {
+            Ok(Ok(response)) if badly_framed(&response) => {
+                // What follows on that connection cannot be told apart from this body.
+                if let Some(c) = connection.connection_metadata().as_ref() {
+                    c.poison();
+                }
+                attempt.finish(Outcome::Failed, None);
+                let reason = "response has both Content-Length and Transfer-Encoding".to_owned();
+                (ProxyError::Upstream { endpoint: endpoint.to_string(), reason }, idempotent)
+            }
             Ok(Ok(response)) => {
                 let status = response.status();
                 let in_flight = attempt.finish(Outcome::Status(status), hold_load);
@@ -167,6 +188,29 @@ pub async fn send(
     }
     // Only reached if `attempts` were 0, which validation refuses.
     Err(last.unwrap_or_else(|| unavailable(upstream, Unavailable::NoHealthy)))
+}
+
+/// A response whose length two headers disagree about (RFC 9112 section 6.3): whichever
+/// one the gateway believed, a client or a cache behind it might believe the other.
+fn badly_framed<B>(response: &http::Response<B>) -> bool {
+    let h = response.headers();
+    h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// Whether a failed attempt was the client's doing: its body broke, or the attempt timed
+/// out while the client was still sending it (an upstream cannot answer a request it has
+/// not been given whole).
+fn client_fault(
+    watch: Option<&BodyWatch>,
+    timed_out: bool,
+    timeout: Duration,
+) -> Option<ProxyError> {
+    let watch = watch?;
+    if let Some(e) = watch.failure() {
+        return Some(ProxyError::ClientBody(e.clone()));
+    }
+    (timed_out && !watch.ended())
+        .then_some(ProxyError::ClientBody(ClientBodyError::TimedOut(timeout)))
 }
 
 /// A further attempt is allowed, the body can be sent again, time is left, and the

@@ -5,7 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use crate::message::BoxBody;
+use super::normalize::Refused;
+use crate::message::{BoxBody, ClientBodyError};
 use crate::plugin::{FailureKind, PluginError};
 
 /// Where a failure came from.
@@ -18,6 +19,10 @@ pub enum Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("refused: {0}")]
+    Refused(Refused),
+    #[error(transparent)]
+    ClientBody(ClientBodyError),
     #[error("no route for this path")]
     NoRoute,
     #[error(transparent)]
@@ -38,6 +43,8 @@ impl ProxyError {
     pub fn status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
+            ProxyError::Refused(_) => S::BAD_REQUEST,
+            ProxyError::ClientBody(e) => e.status(),
             ProxyError::NoRoute => S::NOT_FOUND,
             ProxyError::Plugin(e) => match e.kind {
                 FailureKind::Overloaded(_) | FailureKind::StoreClosed(_) => S::SERVICE_UNAVAILABLE,
@@ -53,7 +60,9 @@ impl ProxyError {
 
     pub fn origin(&self) -> Origin {
         match self {
-            ProxyError::NoRoute => Origin::Downstream,
+            ProxyError::NoRoute | ProxyError::Refused(_) | ProxyError::ClientBody(_) => {
+                Origin::Downstream
+            }
             ProxyError::Plugin(_) => Origin::Plugin,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }
@@ -67,6 +76,11 @@ impl ProxyError {
     pub fn into_response(self, request_id: http::HeaderValue) -> http::Response<BoxBody> {
         let status = self.status();
         let text = match &self {
+            ProxyError::Refused(_) => "bad request",
+            ProxyError::ClientBody(_) if status == http::StatusCode::REQUEST_TIMEOUT => {
+                "request body timed out"
+            }
+            ProxyError::ClientBody(_) => "bad request body",
             ProxyError::NoRoute => "no route",
             ProxyError::Plugin(_) if status == http::StatusCode::SERVICE_UNAVAILABLE => {
                 "plugin overloaded"
@@ -92,6 +106,10 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
         h.insert("x-request-id", request_id);
+        if self.origin() == Origin::Downstream && status != http::StatusCode::NOT_FOUND {
+            // What the client sent cannot be trusted to end where it should: do not read on.
+            h.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
         if let Some(secs) = retry_after {
             h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }

@@ -1,0 +1,221 @@
+//! Bodies as they stream in, timed: a body that goes quiet for too long fails instead of
+//! holding its request forever. The client's request body is also watched (whether it
+//! ended or failed): a body the client broke is the client's fault, and the request path
+//! asks the watch before blaming an upstream for a failed attempt.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::BoxError;
+
+/// How the client's body went, shared by the body and the request path.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    state: AtomicU8,
+    failure: OnceLock<ClientBodyError>,
+}
+
+const STREAMING: u8 = 0;
+const ENDED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Why a client's body did not arrive whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientBodyError {
+    /// Bad framing (a malformed chunk), or the client went away before the end.
+    #[error("the client's body did not arrive whole: {0}")]
+    Broken(String),
+    /// No byte for `body_timeout`, or not whole within the time allowed to buffer it.
+    #[error("the client's body timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+impl ClientBodyError {
+    /// 400 for a broken body, 408 for a slow one.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ClientBodyError::Broken(_) => http::StatusCode::BAD_REQUEST,
+            ClientBodyError::TimedOut(_) => http::StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl BodyWatch {
+    /// The body failed; `None` while it is streaming or once it ended well.
+    pub fn failure(&self) -> Option<&ClientBodyError> {
+        match self.state.load(Ordering::Acquire) {
+            FAILED => self.failure.get(),
+            _ => None,
+        }
+    }
+
+    /// Whether the client sent its whole body.
+    pub fn ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENDED
+    }
+
+    pub fn fail(&self, e: ClientBodyError) {
+        let _ = self.failure.set(e);
+        self.state.store(FAILED, Ordering::Release);
+    }
+
+    fn end(&self) {
+        let _ = self.state.compare_exchange(STREAMING, ENDED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// An upstream's response body that went quiet for longer than the upstream's `timeout`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the upstream's body stalled for {0:?}")]
+pub struct UpstreamBodyStalled(pub Duration);
+
+pin_project_lite::pin_project! {
+    /// A body that fails when it is waited on for `idle` without a byte arriving. The
+    /// client's body reports how it went to its [`BodyWatch`].
+    pub struct TimedBody<B> {
+        #[pin]
+        inner: B,
+        watch: Option<Arc<BodyWatch>>,
+        idle: Duration,
+        // Armed when a poll finds nothing to read, disarmed by the next frame: time the
+        // gateway spends not asking (an upstream not reading) never counts. Made on the
+        // first wait: most bodies never wait.
+        timer: Option<Pin<Box<Sleep>>>,
+        waiting: bool,
+    }
+}
+
+impl<B> TimedBody<B> {
+    /// The client's request body, reporting to `watch`.
+    pub fn client(inner: B, watch: Arc<BodyWatch>, idle: Duration) -> Self {
+        Self { inner, watch: Some(watch), idle, timer: None, waiting: false }
+    }
+
+    /// An upstream's response body.
+    pub fn upstream(inner: B, idle: Duration) -> Self {
+        Self { inner, watch: None, idle, timer: None, waiting: false }
+    }
+}
+
+impl<B> HttpBody for TimedBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(e) = this.watch.as_ref().and_then(|w| w.failure()) {
+            return Poll::Ready(Some(Err(e.clone().into())));
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => match this.watch {
+                Some(watch) => {
+                    let e = ClientBodyError::Broken(e.into().to_string());
+                    watch.fail(e.clone());
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                None => Poll::Ready(Some(Err(e.into()))),
+            },
+            Poll::Ready(None) => {
+                if let Some(watch) = this.watch {
+                    watch.end();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + *this.idle;
+                let timer =
+                    this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !*this.waiting {
+                    *this.waiting = true;
+                    timer.as_mut().reset(deadline);
+                }
+                ready!(timer.as_mut().poll(cx));
+                let e: BoxError = match this.watch {
+                    Some(watch) => {
+                        let e = ClientBodyError::TimedOut(*this.idle);
+                        watch.fail(e.clone());
+                        e.into()
+                    }
+                    None => UpstreamBodyStalled(*this.idle).into(),
+                };
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::echo::ChannelBody;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_client_times_out_but_a_slow_reader_does_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let watch = Arc::new(BodyWatch::default());
+        let mut body = TimedBody::client(ChannelBody(rx), watch.clone(), Duration::from_secs(5));
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        // Nobody reads for a minute: that is not the client's fault.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+        let started = Instant::now();
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert_eq!(watch.failure(), Some(&ClientBodyError::TimedOut(Duration::from_secs(5))));
+        assert!(!watch.ended());
+    }
+
+    #[tokio::test]
+    async fn the_watch_sees_the_end() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let watch = Arc::new(BodyWatch::default());
+        let body = TimedBody::client(ChannelBody(rx), watch.clone(), Duration::from_secs(5));
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+        assert!(watch.ended());
+        assert_eq!(watch.failure(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upstream_body_fails_after_its_idle_time() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = TimedBody::upstream(ChannelBody(rx), Duration::from_secs(3));
+        tx.send(Bytes::from_static(b"he")).await.unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "he");
+        let started = Instant::now();
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(e.to_string().contains("stalled"), "{e}");
+        drop(tx);
+    }
+}

@@ -1,0 +1,261 @@
+//! Per-connection bookkeeping: how many connections are open (in all and per client
+//! address), and when a connection last moved a byte or had a request in flight.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Open connections, in all and by client address.
+#[derive(Default, Clone)]
+pub struct Limits {
+    inner: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; its counts go down when dropped.
+pub struct Slot {
+    counts: Arc<Counts>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    /// A slot for a new connection from `ip`, or `None` when either cap is reached.
+    pub fn admit(&self, ip: IpAddr, max: usize, max_per_ip: usize) -> Option<Slot> {
+        let c = &self.inner;
+        c.total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        let mut by_ip = c.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            drop(by_ip);
+            c.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        Some(Slot { counts: self.inner.clone(), ip })
+    }
+
+    /// Open connections now.
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.inner.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_ip = self.counts.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+        drop(by_ip);
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When a connection last moved a byte, and how many of its requests are in flight.
+#[derive(Clone)]
+pub struct Activity {
+    inner: Arc<Stamps>,
+}
+
+struct Stamps {
+    /// Milliseconds since `epoch` of the last byte read or written; 0: none yet.
+    last: AtomicU64,
+    in_flight: AtomicUsize,
+    epoch: Instant,
+}
+
+/// A request in flight on the connection.
+pub struct Busy(Arc<Stamps>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl Stamps {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        // Reads and writes come in bursts: one store per millisecond is plenty.
+        if self.last.load(Ordering::Relaxed) != ms {
+            self.last.store(ms, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        let stamps = Stamps {
+            last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        };
+        Self { inner: Arc::new(stamps) }
+    }
+
+    pub fn busy(&self) -> Busy {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.inner.clone())
+    }
+
+    /// The stream, stamping this activity on every byte it moves.
+    pub fn watch<S>(&self, stream: S) -> Watched<S> {
+        Watched { stream, stamps: self.inner.clone() }
+    }
+
+    /// Resolves once the connection is quiet: no first byte within `first`, or later no
+    /// request in flight and no byte for `idle`.
+    pub async fn idle(&self, first: Duration, idle: Duration) {
+        let s = &self.inner;
+        loop {
+            let last = s.last.load(Ordering::Relaxed);
+            let deadline = match last {
+                0 => s.epoch + first,
+                ms => s.epoch + Duration::from_millis(ms - 1) + idle,
+            };
+            if Instant::now() >= deadline && s.in_flight.load(Ordering::Acquire) == 0 {
+                // Quiet since the deadline was computed? Then it is idle.
+                if s.last.load(Ordering::Relaxed) == last {
+                    return;
+                }
+                continue;
+            }
+            let wait = match s.in_flight.load(Ordering::Acquire) {
+                // A request in flight (an upstream taking its time) keeps the connection.
+                0 => deadline,
+                _ => Instant::now() + idle,
+            };
+            tokio::time::sleep_until(wait.max(Instant::now() + Duration::from_millis(1))).await;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that stamps its [`Activity`] whenever bytes move.
+    pub struct Watched<S> {
+        #[pin]
+        stream: S,
+        stamps: Arc<Stamps>,
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.stream.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.stamps.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.stream.poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.stamps.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.stream.poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.stamps.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_in_all_and_per_address_and_free_up_on_drop() {
+        let limits = Limits::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = limits.admit(a, 3, 2).unwrap();
+        let _a2 = limits.admit(a, 3, 2).unwrap();
+        assert!(limits.admit(a, 3, 2).is_none(), "per address");
+        let _b1 = limits.admit(b, 3, 2).unwrap();
+        assert!(limits.admit(b, 3, 2).is_none(), "in all");
+        assert_eq!(limits.open(), 3);
+        drop(a1);
+        assert!(limits.admit(a, 3, 2).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_quiet_after_the_first_byte_timeout() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        activity.idle(Duration::from_secs(10), Duration::from_secs(60)).await;
+        assert_eq!(started.elapsed().as_secs(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_keeps_the_connection() {
+        let activity = Activity::new();
+        activity.inner.touch();
+        let busy = activity.busy();
+        let started = Instant::now();
+        let watcher = activity.clone();
+        let idle = tokio::spawn(async move {
+            watcher.idle(Duration::from_secs(1), Duration::from_secs(5)).await;
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!idle.is_finished());
+        drop(busy);
+        idle.await.unwrap();
+        let waited = started.elapsed().as_secs();
+        assert!((35..=40).contains(&waited), "{waited}");
+    }
+}
