@@ -506,10 +506,11 @@ async fn a_response_framed_two_ways_is_refused() {
 }
 
 #[tokio::test]
-async fn a_stalled_upstream_body_is_cut_at_the_upstream_timeout() {
+async fn a_stalled_upstream_body_is_cut_when_the_connection_goes_quiet() {
     let up = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
-    let gw =
-        gateway(up, "timeout = \"1s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n").await;
+    let text = config_text(up, "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n")
+        .replace("[server]\n", "[server]\nidle_timeout = \"1s\"\n");
+    let gw = sluice::start(source(text)).await.unwrap();
     let started = Instant::now();
     let reply = raw(gw.addr, &get_raw("/x", "a"), false).await;
     assert_eq!(status_of(&reply), 200, "{reply}");

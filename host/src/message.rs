@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use body::{Body, BodyError, BoxBody, BoxError};
-pub use client_body::{BodyWatch, ClientBodyError, TimedBody, UpstreamBodyStalled};
+pub use client_body::{BodyWatch, ClientBody, ClientBodyError};
 pub use replay::Replay;
 
 /// A request on its way upstream.

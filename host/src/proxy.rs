@@ -20,7 +20,7 @@ pub use forward::{append_forwarded_for, set_forwarded, strip_hop_by_hop};
 
 use crate::config::Rewrite;
 use crate::gateway::{Gateway, Route};
-use crate::message::{Body, BodyWatch, BoxBody, RequestMeta, RequestMsg, ResponseMsg, TimedBody};
+use crate::message::{Body, BodyWatch, BoxBody, ClientBody, RequestMeta, RequestMsg, ResponseMsg};
 use crate::router::RequestView;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -76,7 +76,7 @@ pub async fn handle(
         true => (Body::empty(), None),
         false => {
             let watch = Arc::new(BodyWatch::default());
-            let body = TimedBody::client(body, watch.clone(), server.body_timeout);
+            let body = ClientBody::new(body, watch.clone(), server.body_timeout);
             (Body::stream(body), Some(watch))
         }
     };
@@ -162,13 +162,11 @@ async fn forward(
     .await?;
     let (mut resp_parts, resp_body) = sent.response.into_parts();
     strip_hop_by_hop(&mut resp_parts.headers);
-    // An upstream that stops sending its body part way fails it after its `timeout`.
-    let idle = upstream.config.timeout;
+    // An upstream that stops sending its body part way is cut by the client connection's
+    // idle watchdog (`server.idle_timeout`): no timer per response.
     let body = match sent.in_flight {
-        None => Body::stream(TimedBody::upstream(resp_body, idle)),
-        Some(guard) => {
-            Body::stream(TimedBody::upstream(Guarded { body: resp_body, _guard: guard }, idle))
-        }
+        None => Body::stream(resp_body),
+        Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
     };
     let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta, context });
     Ok((request, ResponseMsg { parts: resp_parts, body }))

@@ -9,6 +9,7 @@
 
 mod balance;
 pub mod breaker;
+mod connector;
 mod health;
 pub mod retry;
 
@@ -19,6 +20,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+pub use connector::Connector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
@@ -31,18 +34,21 @@ use crate::config::{self, EndpointState, HealthCheck};
 use crate::message::BoxBody;
 
 /// The pooled HTTP/1.1 client of one upstream.
-pub type Client = HyperClient<HttpConnector, BoxBody>;
+pub type Client = HyperClient<Connector, BoxBody>;
 
-pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    HyperClient::builder(TokioExecutor::new())
+/// The client, and its connector (which can close a connection for good).
+pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> (Client, Connector) {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let connector = Connector::new(http);
+    let client = HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector)
+        .build(connector.clone());
+    (client, connector)
 }
 
 pub struct Endpoint {
@@ -92,6 +98,7 @@ pub struct Upstream {
     pub name: String,
     pub config: config::Upstream,
     pub client: Client,
+    pub connector: Connector,
     pub endpoints: Vec<Endpoint>,
     balancer: Balancer,
     pub budget: retry::Budget,
@@ -132,8 +139,10 @@ impl Upstream {
                 recovered_at: AtomicU64::new(0),
             })
             .collect();
+        let (client, connector) = client(config.connect_timeout, config.idle_timeout);
         Upstream {
-            client: client(config.connect_timeout, config.idle_timeout),
+            client,
+            connector,
             balancer: Balancer::new(&config.strategy, &ids),
             budget: retry::Budget::new(
                 config.retry.budget_ratio,

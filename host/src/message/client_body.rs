@@ -1,6 +1,5 @@
-//! Bodies as they stream in, timed: a body that goes quiet for too long fails instead of
-//! holding its request forever. The client's request body is also watched (whether it
-//! ended or failed): a body the client broke is the client's fault, and the request path
+//! The client's request body as it streams in, watched: whether it ended, failed or went
+//! quiet for too long. A body the client broke is the client's fault, and the request path
 //! asks the watch before blaming an upstream for a failed attempt.
 
 use std::pin::Pin;
@@ -71,40 +70,29 @@ impl BodyWatch {
     }
 }
 
-/// An upstream's response body that went quiet for longer than the upstream's `timeout`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the upstream's body stalled for {0:?}")]
-pub struct UpstreamBodyStalled(pub Duration);
-
 pin_project_lite::pin_project! {
-    /// A body that fails when it is waited on for `idle` without a byte arriving. The
-    /// client's body reports how it went to its [`BodyWatch`].
-    pub struct TimedBody<B> {
+    /// The client's body: fails with [`ClientBodyError::TimedOut`] when it is waited on for
+    /// `idle` without a byte arriving, and reports how it went to its [`BodyWatch`].
+    pub struct ClientBody<B> {
         #[pin]
         inner: B,
-        watch: Option<Arc<BodyWatch>>,
+        watch: Arc<BodyWatch>,
         idle: Duration,
         // Armed when a poll finds nothing to read, disarmed by the next frame: time the
         // gateway spends not asking (an upstream not reading) never counts. Made on the
-        // first wait: most bodies never wait.
+        // first wait: many bodies never wait.
         timer: Option<Pin<Box<Sleep>>>,
         waiting: bool,
     }
 }
 
-impl<B> TimedBody<B> {
-    /// The client's request body, reporting to `watch`.
-    pub fn client(inner: B, watch: Arc<BodyWatch>, idle: Duration) -> Self {
-        Self { inner, watch: Some(watch), idle, timer: None, waiting: false }
-    }
-
-    /// An upstream's response body.
-    pub fn upstream(inner: B, idle: Duration) -> Self {
-        Self { inner, watch: None, idle, timer: None, waiting: false }
+impl<B> ClientBody<B> {
+    pub fn new(inner: B, watch: Arc<BodyWatch>, idle: Duration) -> Self {
+        Self { inner, watch, idle, timer: None, waiting: false }
     }
 }
 
-impl<B> HttpBody for TimedBody<B>
+impl<B> HttpBody for ClientBody<B>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -117,7 +105,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        if let Some(e) = this.watch.as_ref().and_then(|w| w.failure()) {
+        if let Some(e) = this.watch.failure() {
             return Poll::Ready(Some(Err(e.clone().into())));
         }
         match this.inner.poll_frame(cx) {
@@ -125,18 +113,13 @@ where
                 *this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => match this.watch {
-                Some(watch) => {
-                    let e = ClientBodyError::Broken(e.into().to_string());
-                    watch.fail(e.clone());
-                    Poll::Ready(Some(Err(e.into())))
-                }
-                None => Poll::Ready(Some(Err(e.into()))),
-            },
+            Poll::Ready(Some(Err(e))) => {
+                let e = ClientBodyError::Broken(e.into().to_string());
+                this.watch.fail(e.clone());
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => {
-                if let Some(watch) = this.watch {
-                    watch.end();
-                }
+                this.watch.end();
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -148,15 +131,9 @@ where
                     timer.as_mut().reset(deadline);
                 }
                 ready!(timer.as_mut().poll(cx));
-                let e: BoxError = match this.watch {
-                    Some(watch) => {
-                        let e = ClientBodyError::TimedOut(*this.idle);
-                        watch.fail(e.clone());
-                        e.into()
-                    }
-                    None => UpstreamBodyStalled(*this.idle).into(),
-                };
-                Poll::Ready(Some(Err(e)))
+                let e = ClientBodyError::TimedOut(*this.idle);
+                this.watch.fail(e.clone());
+                Poll::Ready(Some(Err(e.into())))
             }
         }
     }
@@ -181,7 +158,7 @@ mod tests {
     async fn a_quiet_client_times_out_but_a_slow_reader_does_not() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let watch = Arc::new(BodyWatch::default());
-        let mut body = TimedBody::client(ChannelBody(rx), watch.clone(), Duration::from_secs(5));
+        let mut body = ClientBody::new(ChannelBody(rx), watch.clone(), Duration::from_secs(5));
         tx.send(Bytes::from_static(b"a")).await.unwrap();
         // Nobody reads for a minute: that is not the client's fault.
         tokio::time::advance(Duration::from_secs(60)).await;
@@ -198,24 +175,11 @@ mod tests {
     async fn the_watch_sees_the_end() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let watch = Arc::new(BodyWatch::default());
-        let body = TimedBody::client(ChannelBody(rx), watch.clone(), Duration::from_secs(5));
+        let body = ClientBody::new(ChannelBody(rx), watch.clone(), Duration::from_secs(5));
         tx.send(Bytes::from_static(b"abc")).await.unwrap();
         drop(tx);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
         assert!(watch.ended());
         assert_eq!(watch.failure(), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stalled_upstream_body_fails_after_its_idle_time() {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut body = TimedBody::upstream(ChannelBody(rx), Duration::from_secs(3));
-        tx.send(Bytes::from_static(b"he")).await.unwrap();
-        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "he");
-        let started = Instant::now();
-        let e = body.frame().await.unwrap().unwrap_err();
-        assert_eq!(started.elapsed(), Duration::from_secs(3));
-        assert!(e.to_string().contains("stalled"), "{e}");
-        drop(tx);
     }
 }

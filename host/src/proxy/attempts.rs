@@ -124,8 +124,6 @@ pub async fn send(
             Some(d) => config.timeout.min(d.saturating_duration_since(Instant::now())),
             None => config.timeout,
         };
-        // To refuse the connection for later requests if its response turns out malformed.
-        let connection = hyper_util::client::legacy::connect::capture_connection(&mut req);
         let sent = tokio::time::timeout(timeout, upstream.client.request(req)).await;
         if sent.as_ref().is_ok_and(Result::is_ok) {
             // Answered; the client's body may still fail later, as the response streams.
@@ -138,9 +136,7 @@ pub async fn send(
         let (error, retry) = match sent {
             Ok(Ok(response)) if badly_framed(&response) => {
                 // What follows on that connection cannot be told apart from this body.
-                if let Some(c) = connection.connection_metadata().as_ref() {
-                    c.poison();
-                }
+                upstream.connector.close_connection_of(&response);
                 attempt.finish(Outcome::Failed, None);
                 let reason = "response has both Content-Length and Transfer-Encoding".to_owned();
                 (ProxyError::Upstream { endpoint: endpoint.to_string(), reason }, idempotent)

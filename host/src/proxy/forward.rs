@@ -17,21 +17,17 @@ pub use crate::config::Underscores;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that say who the client is or what it asked for; only a trusted proxy may send
 /// them, and the gateway writes its own.
 fn is_identity_header(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
-        || name == X_FORWARDED_PREFIX
-        || name == X_FORWARDED_PORT
-        || name == X_REAL_IP
-        || name == header::FORWARDED
+    let s = name.as_str();
+    match s.as_bytes().first() {
+        Some(b'x') => s.starts_with("x-forwarded-") || s == "x-real-ip",
+        Some(b'f') => s == "forwarded",
+        _ => false,
+    }
 }
 
 /// Headers the gateway sets end to end; a client's `Connection` may not name them.
@@ -49,28 +45,34 @@ pub fn from_client(
     trusted: bool,
     underscores: Underscores,
 ) -> Result<(), Refused> {
-    for v in headers.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(n) if is_gateway_owned(&n) => {
+    // One pass over the names finds whatever needs work; most requests need none.
+    let (mut hop, mut underscored, mut identity) = (false, false, false);
+    for name in headers.keys() {
+        hop |= is_hop_by_hop(name);
+        underscored |= name.as_str().contains('_');
+        identity |= is_identity_header(name);
+    }
+    if hop {
+        for v in headers.get_all(header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+                    && is_gateway_owned(&n)
+                {
                     return Err(Refused::ConnectionNamesOwnedHeader(n.as_str().to_owned()));
                 }
-                _ => {}
             }
         }
+        strip_hop_by_hop(headers);
     }
-    strip_hop_by_hop(headers);
-    let underscored =
-        underscores != Underscores::Allow && headers.keys().any(|n| n.as_str().contains('_'));
-    if underscored {
+    if underscored && underscores != Underscores::Allow {
         if underscores == Underscores::Reject {
             let name = headers.keys().find(|n| n.as_str().contains('_')).map(|n| n.to_string());
             return Err(Refused::UnderscoreHeader(name.unwrap_or_default()));
         }
         remove_where(headers, |n| n.as_str().contains('_'));
     }
-    if !trusted && headers.keys().any(is_identity_header) {
+    if identity && !trusted {
         remove_where(headers, is_identity_header);
     }
     Ok(())

@@ -203,37 +203,46 @@ fn host(parts: &mut http::request::Parts) -> Result<(), Refused> {
 fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, Refused> {
     let text = std::str::from_utf8(raw).map_err(|_| Refused::BadHost)?;
     let (name, port) = split_port(text)?;
-    let literal = name.starts_with('[');
-    let name_ok = match literal {
-        true => {
-            name.ends_with(']')
-                && name[1..name.len() - 1]
-                    .bytes()
-                    .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
-        }
-        false => {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-                && !name.starts_with('.')
-                && !name.contains("..")
-        }
+    let ok = match name.strip_prefix('[') {
+        Some(literal) => literal
+            .strip_suffix(']')
+            .filter(|ip| ip.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.'))
+            .map(|_| false),
+        None => reg_name(name.as_bytes()),
     };
-    if !name_ok {
-        return Err(Refused::BadHost);
-    }
-    let trimmed = name.strip_suffix('.').unwrap_or(name);
-    let clean = trimmed.len() == name.len() && !name.bytes().any(|c| c.is_ascii_uppercase());
-    if clean {
+    let Some(upper_or_dot) = ok else { return Err(Refused::BadHost) };
+    if !upper_or_dot {
         return Ok(Cow::Borrowed(text));
     }
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
     let mut out = trimmed.to_ascii_lowercase();
     if let Some(port) = port {
         out.push(':');
         out.push_str(port);
     }
     Ok(Cow::Owned(out))
+}
+
+/// A host name (letters, digits, `-`, `_`, dots between non-empty labels, one trailing dot
+/// allowed), in one pass: `None` if it is not one, else whether it needs rewriting
+/// (upper case, or the trailing dot).
+fn reg_name(name: &[u8]) -> Option<bool> {
+    let mut prev_dot = true; // no leading dot
+    let mut upper = false;
+    for &c in name {
+        match c {
+            b'.' if prev_dot => return None,
+            b'.' => prev_dot = true,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => prev_dot = false,
+            b'A'..=b'Z' => {
+                upper = true;
+                prev_dot = false;
+            }
+            _ => return None,
+        }
+    }
+    // Empty, or just a dot, is no name.
+    (name.len() > usize::from(prev_dot)).then_some(upper || prev_dot)
 }
 
 fn split_port(text: &str) -> Result<(&str, Option<&str>), Refused> {

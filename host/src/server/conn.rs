@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
 /// Open connections, in all and by client address.
 #[derive(Default, Clone)]
@@ -70,17 +69,18 @@ impl Drop for Slot {
     }
 }
 
-/// When a connection last moved a byte, and how many of its requests are in flight.
+/// Whether a connection moves bytes, and how many of its requests are in flight.
 #[derive(Clone)]
 pub struct Activity {
     inner: Arc<Stamps>,
 }
 
+#[derive(Default)]
 struct Stamps {
-    /// Milliseconds since `epoch` of the last byte read or written; 0: none yet.
-    last: AtomicU64,
+    /// Reads and writes that moved bytes: a counter, not a clock, so the request path
+    /// reads no time; the watchdog compares it between its checks.
+    moved: AtomicU64,
     in_flight: AtomicUsize,
-    epoch: Instant,
 }
 
 /// A request in flight on the connection.
@@ -95,22 +95,18 @@ impl Drop for Busy {
 
 impl Stamps {
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        // Reads and writes come in bursts: one store per millisecond is plenty.
-        if self.last.load(Ordering::Relaxed) != ms {
-            self.last.store(ms, Ordering::Relaxed);
-        }
+        self.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Nothing in flight, and nothing moved since `seen` moves.
+    fn quiet_since(&self, seen: u64) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.moved.load(Ordering::Relaxed) == seen
     }
 }
 
 impl Activity {
     pub fn new() -> Self {
-        let stamps = Stamps {
-            last: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            epoch: Instant::now(),
-        };
-        Self { inner: Arc::new(stamps) }
+        Self { inner: Arc::default() }
     }
 
     pub fn busy(&self) -> Busy {
@@ -118,34 +114,38 @@ impl Activity {
         Busy(self.inner.clone())
     }
 
-    /// The stream, stamping this activity on every byte it moves.
+    /// The stream, counting on this activity every time it moves bytes.
     pub fn watch<S>(&self, stream: S) -> Watched<S> {
         Watched { stream, stamps: self.inner.clone() }
     }
 
-    /// Resolves once the connection is quiet: no first byte within `first`, or later no
-    /// request in flight and no byte for `idle`.
+    /// Resolves once the connection is quiet: no byte within `first`, or later no request
+    /// in flight and no byte moved for `idle`. Checked every quarter of the shorter of
+    /// the two, so it resolves within 1.25 x the timeout.
     pub async fn idle(&self, first: Duration, idle: Duration) {
         let s = &self.inner;
+        let tick = first.min(idle) / 4;
+        let mut waited = Duration::ZERO;
+        while s.quiet_since(0) {
+            if waited >= first {
+                return;
+            }
+            tokio::time::sleep(tick).await;
+            waited += tick;
+        }
+        let mut seen = s.moved.load(Ordering::Relaxed);
+        let mut quiet = Duration::ZERO;
         loop {
-            let last = s.last.load(Ordering::Relaxed);
-            let deadline = match last {
-                0 => s.epoch + first,
-                ms => s.epoch + Duration::from_millis(ms - 1) + idle,
-            };
-            if Instant::now() >= deadline && s.in_flight.load(Ordering::Acquire) == 0 {
-                // Quiet since the deadline was computed? Then it is idle.
-                if s.last.load(Ordering::Relaxed) == last {
+            tokio::time::sleep(tick).await;
+            if s.quiet_since(seen) {
+                quiet += tick;
+                if quiet >= idle {
                     return;
                 }
-                continue;
+            } else {
+                seen = s.moved.load(Ordering::Relaxed);
+                quiet = Duration::ZERO;
             }
-            let wait = match s.in_flight.load(Ordering::Acquire) {
-                // A request in flight (an upstream taking its time) keeps the connection.
-                0 => deadline,
-                _ => Instant::now() + idle,
-            };
-            tokio::time::sleep_until(wait.max(Instant::now() + Duration::from_millis(1))).await;
         }
     }
 }
@@ -232,6 +232,8 @@ mod tests {
         drop(a1);
         assert!(limits.admit(a, 3, 2).is_some());
     }
+
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_quiet_after_the_first_byte_timeout() {

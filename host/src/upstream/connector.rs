@@ -1,0 +1,144 @@
+//! Upstream connections, made by hyper-util's `HttpConnector` and kept in a registry by
+//! local address, so that one can be closed for good when a response on it proves it
+//! untrustworthy (a body framed two ways: what follows on it cannot be told apart from the
+//! body). A response names its connection through the `HttpInfo` hyper-util already puts in
+//! every response's extensions, and the connection is shut down at the socket: the request
+//! path pays nothing for this (a map entry per connection, not per request).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector, HttpInfo};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Open connections by local address, with their sockets.
+type Registry = Arc<Mutex<HashMap<SocketAddr, RawFd>>>;
+
+/// Makes upstream connections and can close one by its local address.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    open: Registry,
+}
+
+impl Connector {
+    pub fn new(http: HttpConnector) -> Self {
+        Self { http, open: Arc::default() }
+    }
+
+    /// Closes the connection that carried `response`: it is never used again. The socket
+    /// is shut down, so its connection task sees the end at once and the pool drops it.
+    pub fn close_connection_of<B>(&self, response: &http::Response<B>) {
+        let Some(info) = response.extensions().get::<HttpInfo>() else { return };
+        let open = lock(&self.open);
+        if let Some(&fd) = open.get(&info.local_addr()) {
+            // SAFETY: `fd` is the socket of a live `Conn`: its entry leaves the registry
+            // (under this lock, which is held here) before the socket is closed, so the
+            // descriptor cannot have been closed or reused. shutdown(2) only changes the
+            // connection's state; it closes nothing.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = Conn;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let open = self.open.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            let local = io.inner().local_addr().ok();
+            if let Some(addr) = local {
+                lock(&open).insert(addr, io.inner().as_raw_fd());
+            }
+            Ok(Conn { io, local, open })
+        })
+    }
+}
+
+/// An upstream connection, listed in the registry while it is open.
+pub struct Conn {
+    io: TokioIo<TcpStream>,
+    local: Option<SocketAddr>,
+    open: Registry,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Before `io` (and so the socket) is dropped: see `close_connection_of`.
+        if let Some(addr) = self.local {
+            let mut open = lock(&self.open);
+            if open.get(&addr) == Some(&self.io.inner().as_raw_fd()) {
+                open.remove(&addr);
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
