@@ -252,14 +252,6 @@ fn warn_restart_only(old: &Config, new: &Config) {
              effect on restart"
         );
     }
-    let (a, b) = (&old.server, &new.server);
-    if (a.max_connections, a.max_connections_per_ip, a.header_timeout, a.idle_timeout)
-        != (b.max_connections, b.max_connections_per_ip, b.header_timeout, b.idle_timeout)
-    {
-        tracing::warn!(
-            "server connection limits and timeouts changed; they take effect on restart"
-        );
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -22,6 +22,8 @@ pub struct Limits {
 struct Counts {
     total: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections closed since memory was last handed back.
+    closed: AtomicU64,
 }
 
 /// One admitted connection; its counts go down when dropped.
@@ -65,7 +67,31 @@ impl Drop for Slot {
             }
         }
         drop(by_ip);
-        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+        let open = self.counts.total.fetch_sub(1, Ordering::AcqRel) - 1;
+        let closed = self.counts.closed.fetch_add(1, Ordering::Relaxed) + 1;
+        // Every so many closes, and when a burst of them has emptied the listener.
+        if closed >= TRIM_EVERY || (open == 0 && closed >= TRIM_AT_EMPTY) {
+            self.counts.closed.store(0, Ordering::Relaxed);
+            give_back_memory();
+        }
+    }
+}
+
+/// After this many connections closed, freed memory is handed back to the system.
+const TRIM_EVERY: u64 = 1024;
+/// Or after this many, once no connection is left.
+const TRIM_AT_EMPTY: u64 = 64;
+
+/// glibc keeps what a burst of connections freed (their buffers are small allocations
+/// spread over many pages) until asked to return it; without this, RSS stays at its peak
+/// after thousands of connections close.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+            unsafe { libc::malloc_trim(0) };
+        });
     }
 }
 
