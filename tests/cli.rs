@@ -144,3 +144,31 @@ async fn sighup_reloads_the_config() {
     wait_for_label(p.addr, "two").await;
     p.wait_for("config version 2 applied (SIGHUP)");
 }
+
+#[tokio::test]
+async fn a_busy_port_is_named_once_and_piped_logs_have_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let config =
+        write_config(&dir, echo().await, "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n")
+            .to_owned();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let want = format!("server.listen: cannot listen on 127.0.0.1:{port}: Address already in use");
+    assert_eq!(stderr.matches(&want).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    // stderr is a pipe here, not a terminal: no colour codes.
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    drop(busy);
+}

@@ -538,12 +538,41 @@ fn resolve_module(module: &str, dirs: &[PathBuf], base: &Path) -> Result<PathBuf
             }
         }
     }
-    let looked: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
-    Err(format!(
-        "no shipped plugin {module:?} (looked in: {}); give a path to a .wasm file, or build \
-         the shipped plugins with `./dev build`",
-        looked.join(", ")
-    ))
+    let shipped = shipped_plugins(dirs);
+    let nearest = shipped
+        .iter()
+        .map(|name| (strsim::damerau_levenshtein(module, name), name))
+        .filter(|(d, _)| *d <= 2)
+        .min();
+    let mut msg = format!("no shipped plugin {module:?}");
+    if let Some((_, name)) = nearest {
+        msg.push_str(&format!("; did you mean {name:?}?"));
+    }
+    match shipped.is_empty() {
+        true => msg.push_str(
+            "; no shipped plugins were found next to the sluice binary or in \
+             $SLUICE_PLUGIN_DIR (give a path to a .wasm file)",
+        ),
+        false => msg.push_str(&format!(" (shipped: {})", shipped.join(", "))),
+    }
+    Err(msg)
+}
+
+/// The names of the shipped plugins found in `dirs` (`sluice_plugin_NAME.wasm`).
+fn shipped_plugins(dirs: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| {
+            let file = e.ok()?.file_name().into_string().ok()?;
+            let stem = file.strip_prefix("sluice_plugin_")?.strip_suffix(".wasm")?;
+            Some(stem.replace('_', "-"))
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Parses an optional humane duration (`"250ms"`, `"2s"`, `"1m 30s"`); `Some(None)` when

@@ -47,8 +47,12 @@ pub enum StartError {
     Runtime(#[from] plugin::RuntimeError),
     #[error(transparent)]
     Config(#[from] config::ConfigErrors),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("server.listen: cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Builds the gateway for `config`, reporting every problem, without serving anything.
@@ -67,14 +71,12 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let addr = config.server.listen;
     let shutdown_timeout = config.server.shutdown_timeout;
     if let Some(files) = server::raise_fd_limit() {
-        // Each connection takes a descriptor, and so may each upstream connection.
+        // Each client connection takes a descriptor (and upstream connections, pooled, some).
         let max = config.server.max_connections as u64;
-        if max * 2 + 64 > files {
+        if max + 64 > files {
             tracing::warn!(
-                "server.max_connections ({max}) may need up to {} open files (a client and an \
-                 upstream connection each), but the limit is {files}: raise `ulimit -n` or \
-                 lower server.max_connections",
-                max * 2 + 64
+                "server.max_connections ({max}) is above what the open-file limit ({files}) \
+                 allows: raise `ulimit -n` or lower server.max_connections"
             );
         }
     }

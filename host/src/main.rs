@@ -32,6 +32,7 @@ enum Command {
     /// Serve traffic as the config file says, until SIGTERM or Ctrl-C. Reloads on SIGHUP
     /// and when the config file or a plugin module changes.
     Run {
+        /// The TOML config file (see docs/config.md).
         #[arg(long, short)]
         config: PathBuf,
         /// Do not watch files; reload only on SIGHUP.
@@ -41,6 +42,7 @@ enum Command {
     /// Check a config without serving: schema, names, plugin modules and their init.
     /// Exits 1 and prints every error, each with its TOML path.
     Check {
+        /// The TOML config file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -191,6 +193,7 @@ fn plugin_test(cases: &std::path::Path) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=trace,extism=off"));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != "plugin"));
     tracing_subscriber::registry().with(filter).with(logs.clone()).with(stderr).init();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -317,10 +320,19 @@ async fn shutdown_signal() {
 /// reports each one already (plugin, route, request id, cause), so its copy is left out.
 const DEFAULT_LOG_FILTER: &str = "info,extism=off";
 
+/// Colour in logs only for a person at a terminal, and never with `NO_COLOR` (no-color.org).
+fn colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -44,7 +44,7 @@ pub async fn handle(
     let arrived = normalize::request(&mut parts, server.paths)
         .and_then(|()| forward::from_client(&mut parts.headers, trusted, server.underscores));
     if let Err(refused) = arrived {
-        tracing::debug!(%peer, request_id = ?id, "refused: {refused}");
+        tracing::debug!(%peer, request_id = id.to_str().unwrap_or_default(), "refused: {refused}");
         return ProxyError::Refused(refused).into_response(id);
     }
     let (client_ip, client_header) = match trusted {

@@ -405,7 +405,16 @@ pub fn validate_routes(
     warnings: &mut Vec<ConfigError>,
 ) -> Vec<Route> {
     let default_body = default_body.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    // Names given in the file must be unique; an unnamed route is named after its path,
+    // with `#N` (its position, from 1) when that name is taken.
     let mut seen_names = HashSet::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(name) = &r.name
+            && !seen_names.insert(name.clone())
+        {
+            errors.push(format!("routes[{i}].name"), format!("duplicate route name {name:?}"));
+        }
+    }
     let mut routes = Vec::with_capacity(file.routes.len());
     // Config indices of the routes in `routes`, for the analysis' messages.
     let mut indices = Vec::with_capacity(file.routes.len());
@@ -413,15 +422,19 @@ pub fn validate_routes(
         let at = |field: &str| format!("routes[{i}].{field}");
         let before = errors.0.len();
         let rule = validate_rule(r, &at, errors);
-        let name = r
-            .name
-            .clone()
-            .or_else(|| r.path.clone())
-            .or_else(|| r.prefix.clone())
-            .unwrap_or_else(|| format!("routes[{i}]"));
-        if !seen_names.insert(name.clone()) {
-            errors.push(at("name"), format!("duplicate route name {name:?}"));
-        }
+        let name = match &r.name {
+            Some(name) => name.clone(),
+            None => {
+                let path = r.path.clone().or_else(|| r.prefix.clone());
+                let path = path.unwrap_or_else(|| format!("routes[{i}]"));
+                let mut name = path.clone();
+                if seen_names.contains(&name) {
+                    name = format!("{path}#{}", i + 1);
+                }
+                seen_names.insert(name.clone());
+                name
+            }
+        };
         let targets = validate_targets(r, file, &at, errors);
         let split_sticky = match (&r.split_sticky, &r.split) {
             (None, _) => None,
