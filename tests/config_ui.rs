@@ -86,3 +86,46 @@ fn valid_configs_and_the_shipped_examples_pass() {
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("config ok: "));
     }
 }
+
+#[test]
+fn unused_plugins_and_upstreams_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("unused.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.live]
+endpoints = ["127.0.0.1:9001"]
+
+[upstreams.old]
+endpoints = ["127.0.0.1:9002"]
+
+[plugins.tag]
+module = "header-transform"
+
+[plugins.spare]
+module = "header-transform"
+
+[[routes]]
+prefix = "/"
+upstream = "live"
+plugins = ["tag"]
+"#,
+    )
+    .unwrap();
+    let out = check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: plugins.spare: no route uses this plugin",
+            "warning: upstreams.old: no route uses this upstream"
+        ],
+        "{stderr}"
+    );
+}

@@ -137,6 +137,7 @@ fn validate(
     let mut warnings = Vec::new();
     let routes =
         traffic::validate_routes(&file, server.as_ref().map(|s| s.1), errors, &mut warnings);
+    unused(&file, &mut warnings);
     Some(Config {
         warnings,
         source_name: source_name.to_owned(),
@@ -146,6 +147,27 @@ fn validate(
         plugins,
         routes,
     })
+}
+
+/// Plugins and upstreams that no route uses: probably a typo or a leftover.
+fn unused(file: &schema::File, warnings: &mut Vec<ConfigError>) {
+    let used_plugins: HashSet<&str> =
+        file.routes.iter().flat_map(|r| r.plugins.iter().map(String::as_str)).collect();
+    let used_upstreams: HashSet<&str> = file
+        .routes
+        .iter()
+        .flat_map(|r| {
+            let split = r.split.iter().flatten().map(|s| s.upstream.as_str());
+            r.upstream.as_deref().into_iter().chain(split)
+        })
+        .collect();
+    for name in file.plugins.keys().filter(|n| !used_plugins.contains(n.as_str())) {
+        warnings.push(ConfigError::new(format!("plugins.{name}"), "no route uses this plugin"));
+    }
+    for name in file.upstreams.keys().filter(|n| !used_upstreams.contains(n.as_str())) {
+        let msg = "no route uses this upstream";
+        warnings.push(ConfigError::new(format!("upstreams.{name}"), msg));
+    }
 }
 
 /// The server section, plus the default body limit that routes inherit.
