@@ -122,10 +122,15 @@ async fn forwarding_strips_hop_by_hop_headers_and_sets_x_forwarded() {
             ("keep-alive", "timeout=5"),
             ("x-forwarded-for", "203.0.113.9"),
             ("x-request-id", "trace-me-42"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy-thing", "1"),
         ],
     )
     .await;
     let h = &r.echoed()["headers"];
+    // The proxy's credentials stay on this hop; other `proxy-*` headers are end-to-end.
+    assert!(h.get("proxy-authorization").is_none(), "{h}");
+    assert_eq!(h["proxy-thing"], "1");
     assert!(h.get("x-hop").is_none(), "{h}");
     assert!(h.get("keep-alive").is_none(), "{h}");
     assert!(h.get("connection").is_none(), "{h}");

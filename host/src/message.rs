@@ -98,12 +98,30 @@ impl ResponseMsg {
     }
 }
 
-/// Headers the host owns: hop-by-hop headers (RFC 9110 section 7.6.1) and `content-length`.
-pub fn is_host_owned_header(name: &http::HeaderName) -> bool {
+/// The one list of hop-by-hop headers, removed in both directions (RFC 9110 section
+/// 7.6.1): `connection` (and, separately, whatever it names), `keep-alive`, `te`,
+/// `trailer`, `transfer-encoding`, `upgrade`, `proxy-connection`, and the proxy
+/// credentials `proxy-authorization` and `proxy-authenticate`, meant for the proxy itself.
+/// Other `proxy-*` names are ordinary end-to-end headers.
+pub fn is_hop_by_hop(name: &http::HeaderName) -> bool {
     use http::header::*;
-    matches!(*name, CONNECTION | TRANSFER_ENCODING | TE | TRAILER | UPGRADE | CONTENT_LENGTH)
-        || name == "keep-alive"
+    matches!(
+        *name,
+        CONNECTION
+            | TE
+            | TRAILER
+            | TRANSFER_ENCODING
+            | UPGRADE
+            | PROXY_AUTHORIZATION
+            | PROXY_AUTHENTICATE
+    ) || name == "keep-alive"
         || name == "proxy-connection"
+}
+
+/// Headers the host owns, which plugins may not set or remove: the hop-by-hop headers
+/// (which would be removed anyway) and `content-length`.
+pub fn is_host_owned_header(name: &http::HeaderName) -> bool {
+    is_hop_by_hop(name) || *name == http::header::CONTENT_LENGTH
 }
 
 /// Sets the framing headers for a body replaced by a plugin or built by the host.

@@ -13,6 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::normalize::Refused;
 pub use crate::config::Underscores;
+use crate::message::is_hop_by_hop;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -134,21 +135,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in doomed {
         headers.remove(name);
     }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    use header::*;
-    matches!(
-        *name,
-        CONNECTION
-            | TE
-            | TRAILER
-            | TRANSFER_ENCODING
-            | UPGRADE
-            | PROXY_AUTHORIZATION
-            | PROXY_AUTHENTICATE
-    ) || name == "keep-alive"
-        || name == "proxy-connection"
 }
 
 /// Appends the peer's address to `X-Forwarded-For` (which, from an untrusted peer, was

@@ -19,7 +19,8 @@ const (
 	// that is not a token, a path that does not start with `/`, a status outside 100-999.
 	FieldError_InvalidValue uint8 = 1
 	// The host owns this header: hop-by-hop headers (`connection`, `transfer-encoding`,
-	// `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`) and `content-length`,
+	// `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`, `proxy-authorization`,
+	// `proxy-authenticate`) and `content-length`,
 	// which the host sets itself when a plugin replaces the body.
 	FieldError_Forbidden uint8 = 2
 )
