@@ -124,6 +124,29 @@ pub fn is_host_owned_header(name: &http::HeaderName) -> bool {
     is_hop_by_hop(name) || *name == http::header::CONTENT_LENGTH
 }
 
+/// A new path or query that is not valid in a URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidUri;
+
+/// Replaces the path and query; on `Err` the URI is left as it was.
+pub fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), InvalidUri> {
+    let pq = http::uri::PathAndQuery::try_from(pq).map_err(|_| InvalidUri)?;
+    // From a copy: taking the URI would leave `/` behind if the new one is refused.
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    *uri = http::Uri::from_parts(parts).map_err(|_| InvalidUri)?;
+    Ok(())
+}
+
+/// Replaces the path, keeping the query; on `Err` the URI is left as it was.
+pub fn replace_path(uri: &mut http::Uri, path: &str) -> Result<(), InvalidUri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    replace_path_and_query(uri, pq)
+}
+
 /// Sets the framing headers for a body replaced by a plugin or built by the host.
 pub fn set_fixed_length(headers: &mut http::HeaderMap, len: usize) {
     headers.remove(http::header::TRANSFER_ENCODING);

@@ -212,13 +212,8 @@ fn rewrite_prefix(parts: &mut http::request::Parts, rewrite: &Rewrite) {
     if !new_path.starts_with('/') {
         new_path.insert(0, '/');
     }
-    if let Some(q) = parts.uri.query() {
-        new_path.push('?');
-        new_path.push_str(q);
-    }
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.path_and_query = new_path.parse().ok().or(uri.path_and_query);
-    parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+    // Left as it was if the result is not a valid path.
+    let _ = crate::message::replace_path(&mut parts.uri, &new_path);
     if !rewrite.prefix.is_empty()
         && let Ok(v) = HeaderValue::from_str(&rewrite.prefix)
     {

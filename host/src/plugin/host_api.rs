@@ -56,11 +56,7 @@ impl wit_http::HostRequest for PluginState {
         if !value.starts_with('/') || value.contains('?') {
             return Ok(Err(FieldError::InvalidValue));
         }
-        let pq = match uri.query() {
-            Some(q) => format!("{value}?{q}"),
-            None => value,
-        };
-        Ok(replace_path_and_query(uri, pq))
+        Ok(message::replace_path(uri, &value).map_err(|_| FieldError::InvalidValue))
     }
 
     fn query(&mut self, _: Resource<RequestHandle>) -> HostResult<Option<String>> {
@@ -399,21 +395,9 @@ async fn read_body(body: &mut Body, limit: u64) -> Result<Vec<u8>, BodyError> {
     }
 }
 
-/// Replaces the path and query; on `Err` the URI is left as it was.
+/// [`message::replace_path_and_query`], refused as the WIT `field-error` says.
 pub(super) fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), FieldError> {
-    let Ok(pq) = http::uri::PathAndQuery::try_from(pq) else {
-        return Err(FieldError::InvalidValue);
-    };
-    // From a copy: taking the URI would leave `/` behind if the new one is refused.
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(pq);
-    match http::Uri::from_parts(parts) {
-        Ok(new) => {
-            *uri = new;
-            Ok(())
-        }
-        Err(_) => Err(FieldError::InvalidValue),
-    }
+    message::replace_path_and_query(uri, pq).map_err(|_| FieldError::InvalidValue)
 }
 
 fn lossy(v: &HeaderValue) -> String {

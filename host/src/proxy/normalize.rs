@@ -56,7 +56,8 @@ pub fn request(parts: &mut http::request::Parts, policy: PathPolicy) -> Result<(
     method(&parts.method)?;
     host(parts)?;
     if let Cow::Owned(path) = path(parts.uri.path(), policy)? {
-        set_path(&mut parts.uri, &path);
+        // Decoding unreserved characters and dropping segments keeps a valid path valid.
+        let _ = crate::message::replace_path(&mut parts.uri, &path);
     }
     Ok(())
 }
@@ -159,20 +160,6 @@ fn remove_dot_segments(path: &str, merge_slashes: bool) -> String {
         s.push('/');
     }
     s
-}
-
-fn set_path(uri: &mut http::Uri, path: &str) {
-    let mut pq = path.to_owned();
-    if let Some(q) = uri.query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let mut parts = uri.clone().into_parts();
-    // Built from a valid path by decoding unreserved characters only: still valid.
-    parts.path_and_query = pq.parse().ok().or(parts.path_and_query);
-    if let Ok(new) = http::Uri::from_parts(parts) {
-        *uri = new;
-    }
 }
 
 /// One host at most, agreeing with the target's authority; written back normalised.
