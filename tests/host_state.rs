@@ -59,7 +59,7 @@ async fn the_store_is_shared_by_instances_and_threads_and_private_to_each_plugin
     gw.reloader.apply(&text, "test").await.unwrap();
     assert_eq!(count(gw.addr, "/a").await, 65);
 
-    let metrics = &gw.reloader.runtime().metrics;
+    let metrics = &gw.reloader.runtime().capabilities.metrics;
     assert_eq!(metrics.counter("counter-a", "kv_increments"), Some(65.0));
     assert_eq!(metrics.counter("counter-b", "kv_increments"), Some(1.0));
     gw.shutdown().await;

@@ -27,7 +27,7 @@ plugins = ["stamp"]
 }
 
 fn state(gw: &Running) -> RolloutState {
-    gw.gateway.load().plugin("stamp").unwrap().rollout.as_ref().unwrap().state()
+    gw.gateway.load().plugin("stamp").unwrap().rollout().unwrap().state()
 }
 
 #[tokio::test]

@@ -11,9 +11,9 @@ mod replay;
 mod scaffold;
 mod sdk;
 
-pub use build::{BuildError, Built, build};
-pub use replay::{CaptureLogs, Summary, run_cases};
-pub use scaffold::{ScaffoldError, new_project};
+pub use build::build;
+pub use replay::{CaptureLogs, run_cases};
+pub use scaffold::new_project;
 
 /// A plugin language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

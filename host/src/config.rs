@@ -509,16 +509,8 @@ fn validate_rollout(
         errors.push(at("max_error_rate"), format!("must be between 0 and 1, got {max_error_rate}"));
     }
     let sticky = match r.sticky.as_deref() {
-        None => Some(Sticky::None),
-        Some("client-ip") => Some(Sticky::ClientIp),
-        Some(other) => match other.strip_prefix("header:").map(http::HeaderName::try_from) {
-            Some(Ok(header)) => Some(Sticky::Header(header)),
-            _ => {
-                let msg = format!("expected \"client-ip\" or \"header:NAME\", got {other:?}");
-                errors.push(at("sticky"), msg);
-                None
-            }
-        },
+        None => Some(None),
+        Some(key) => errors.check(at("sticky"), key_source(key)).map(Some),
     };
     let p99 = duration(errors, &at("max_p99_increase"), &r.max_p99_increase);
     let min_requests = r.min_requests.unwrap_or(DEFAULT_ROLLOUT_MIN_REQUESTS);

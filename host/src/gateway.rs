@@ -7,18 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::config::{KeySource, PluginKind, Rewrite};
+use crate::config::{PluginKind, Rewrite};
 use crate::plugin::{Chain, CodeSource, LoadError, Module, NamedPlugin, Runtime};
 use crate::router::{Found, RequestView, Router};
-use crate::upstream::Upstream;
+use crate::upstream::{Targets, Upstream};
 
 /// A route, resolved.
 pub struct Route {
     pub name: Arc<str>,
     pub chain: Chain,
-    /// Upstreams with their split weights; one unless the route splits traffic.
-    pub targets: Vec<(Arc<Upstream>, u32)>,
-    pub split_sticky: Option<KeySource>,
+    /// Its upstream, or those it splits traffic between.
+    pub targets: Targets,
     pub rewrite: Option<Rewrite>,
     pub max_body_bytes: u64,
 }
@@ -98,8 +97,8 @@ impl Gateway {
             };
             let before = previous.and_then(|g| g.plugins.get(name));
             if let Some(before) = before {
-                let same_candidate = match (&before.rollout, &candidate) {
-                    (Some(r), Some(c)) => Arc::ptr_eq(&r.candidate.module, c),
+                let same_candidate = match (before.rollout(), &candidate) {
+                    (Some(r), Some(c)) => Arc::ptr_eq(&r.candidate_module, c),
                     (None, None) => true,
                     _ => false,
                 };
@@ -144,10 +143,10 @@ impl Gateway {
             .map(|(name, u)| {
                 let kept = previous
                     .and_then(|g| g.upstreams.get(name))
-                    .filter(|before| before.config == *u);
+                    .filter(|before| before.config() == u);
                 let upstream = match kept {
                     Some(before) => before.clone(),
-                    None => Arc::new(Upstream::new(name.clone(), u.clone())),
+                    None => Arc::new(Upstream::new(name, u.clone())),
                 };
                 (name.clone(), upstream)
             })
@@ -157,8 +156,10 @@ impl Gateway {
             let route = Route {
                 name: r.name.clone(),
                 chain,
-                targets: r.targets.iter().map(|(u, w)| (upstreams[u].clone(), *w)).collect(),
-                split_sticky: r.split_sticky.clone(),
+                targets: Targets::new(
+                    r.targets.iter().map(|(u, w)| (upstreams[u].clone(), *w)).collect(),
+                    r.split_sticky.clone(),
+                ),
                 rewrite: r.rewrite.clone(),
                 max_body_bytes: r.max_body_bytes,
             };
@@ -206,10 +207,10 @@ impl Gateway {
                 p.spec.timeout,
                 p.spec.on_error,
             );
-            if let Some(r) = &p.rollout {
+            if let Some(r) = p.rollout() {
                 tracing::info!(
                     "plugin {name:?}: rolling out {} to {}% of traffic (sticky: {:?})",
-                    describe(&r.candidate.module),
+                    describe(&r.candidate_module),
                     r.spec.percent,
                     r.spec.sticky,
                 );

@@ -15,14 +15,12 @@
 //! `config` turns TOML into a validated model, `gateway` builds routes, chains and
 //! upstreams from it, and `proxy` runs one request through them.
 
-pub mod author;
+pub mod capability;
 pub mod config;
 pub mod echo;
 pub mod gateway;
-pub mod kv;
 pub mod message;
 pub mod plugin;
-pub mod plugin_metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;
@@ -91,6 +89,7 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(
         listener,
+        Arc::new(server::PlainTcp),
         shared.clone(),
         async move {
             let _ = stopped.await;

@@ -1,5 +1,9 @@
 //! The `sluice` command: `run`, `check`, `demo`, `echo`, and `plugin new|build|test`.
 
+// The plugin author's loop (`sluice plugin new/build/test`) lives in the binary, not in the
+// gateway library, which holds only what serves requests (no wit-component, no WASI adapter).
+mod author;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,7 +70,7 @@ enum PluginCommand {
     /// Create a plugin project in ./NAME that builds, passes its own test cases, and runs.
     New {
         #[arg(long, value_enum)]
-        lang: sluice::author::Lang,
+        lang: author::Lang,
         name: String,
         /// Create it in this folder instead of the current one.
         #[arg(long, default_value = ".")]
@@ -146,20 +150,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             serve(source, Some(()), true)
         }
         Command::Plugin(PluginCommand::New { lang, name, dir }) => {
-            let (dir, files) = sluice::author::new_project(lang, &name, &dir)?;
+            let (dir, files) = author::new_project(lang, &name, &dir)?;
             println!("created {} ({} plugin):", dir.display(), lang.title());
             for f in files.iter().filter(|f| !f.starts_with("sdk/") && !f.starts_with("wit/")) {
                 println!("  {f}");
             }
             println!(
                 "  wit/, {}",
-                if lang == sluice::author::Lang::Js { "build.mjs, sluice.d.ts" } else { "sdk/" }
+                if lang == author::Lang::Js { "build.mjs, sluice.d.ts" } else { "sdk/" }
             );
             println!("next: cd {} && sluice plugin build && sluice plugin test", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Build { dir, output }) => {
-            let built = sluice::author::build(&dir, output.as_deref())?;
+            let built = author::build(&dir, output.as_deref())?;
             println!(
                 "built {} ({} plugin, {:.1} MB) in {:.1}s",
                 built.output.display(),
@@ -188,7 +192,7 @@ fn plugin_test(cases: &std::path::Path) -> anyhow::Result<ExitCode> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let logs = sluice::author::CaptureLogs::default();
+    let logs = author::CaptureLogs::default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=trace,extism=off"));
     let stderr = tracing_subscriber::fmt::layer()
@@ -197,7 +201,7 @@ fn plugin_test(cases: &std::path::Path) -> anyhow::Result<ExitCode> {
         .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != "plugin"));
     tracing_subscriber::registry().with(filter).with(logs.clone()).with(stderr).init();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = rt.block_on(sluice::author::run_cases(cases, &logs, &mut std::io::stdout()))?;
+    let summary = rt.block_on(author::run_cases(cases, &logs, &mut std::io::stdout()))?;
     Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -6,6 +6,8 @@
 
 mod body;
 mod client_body;
+mod conn;
+mod key;
 mod replay;
 
 use std::net::IpAddr;
@@ -13,6 +15,8 @@ use std::sync::Arc;
 
 pub use body::{Body, BodyError, BoxBody, BoxError};
 pub use client_body::{BodyWatch, ClientBody, ClientBodyError};
+pub use conn::{ConnInfo, TlsInfo};
+pub use key::{request_key, stable_hash};
 pub use replay::Replay;
 
 /// A request on its way upstream.
@@ -22,6 +26,32 @@ pub struct RequestMsg {
     pub meta: Arc<RequestMeta>,
     /// Values plugins keep for their later phases (WIT `set-context`).
     pub context: Context,
+}
+
+/// The messages a plugin hook call works on. They are moved into the plugin's store for the
+/// call and moved back out afterwards, trap or not, so a failing plugin never loses the
+/// request.
+pub struct Call {
+    pub request: RequestMsg,
+    /// Only in the response phase.
+    pub response: Option<ResponseMsg>,
+}
+
+impl RequestMsg {
+    /// A bodiless GET of `path` from 127.0.0.1 on route `r`, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(path: &str) -> Self {
+        let (parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
+        let meta = RequestMeta {
+            id_header: http::HeaderValue::from_static("t"),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            client_header: http::HeaderValue::from_static("127.0.0.1"),
+            route: Arc::from("r"),
+            params: Vec::new(),
+            max_body_bytes: 1024,
+        };
+        RequestMsg { parts, body: Body::empty(), meta: Arc::new(meta), context: Context::default() }
+    }
 }
 
 /// Per-request values, each owned by the plugin that stored it.

@@ -7,6 +7,7 @@
 //! its first bytes within `header_timeout`, and one with no request in flight and no byte
 //! either way for `idle_timeout` is closed, whatever protocol it claims to speak.
 
+mod accept;
 mod conn;
 
 use std::convert::Infallible;
@@ -19,20 +20,24 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::message::ConnInfo;
 use crate::proxy;
 use crate::throttle::{Throttle, Verdict, suppressed_note};
+pub use accept::{Acceptor, PlainTcp};
 use conn::{Activity, Limits};
 
 /// The live gateway: swapped whole on reload, read per request without locking.
 pub type Shared = Arc<ArcSwap<Gateway>>;
 
 /// Serves `listener` until `shutdown` resolves, then drains in-flight requests.
-pub async fn serve(
+/// `acceptor` turns each connection into the stream HTTP is spoken on (see [`Acceptor`]).
+pub async fn serve<A: Acceptor>(
     listener: TcpListener,
+    acceptor: Arc<A>,
     gateway: Shared,
     shutdown: impl Future<Output = ()>,
     shutdown_timeout: Duration,
@@ -40,6 +45,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let limits = Limits::default();
     let throttle = Throttle::default();
+    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -75,35 +81,25 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let activity = Activity::new();
-        // Written once per connection: every request on it forwards the same address.
-        let peer_header = crate::message::ip_header(peer.ip());
-        let in_flight = activity.clone();
-        let service = service_fn(move |req| {
-            let gw = gateway.load_full();
-            let peer_header = peer_header.clone();
-            let busy = in_flight.busy();
-            async move {
-                let resp = proxy::handle(gw, req, peer.ip(), peer_header).await;
-                drop(busy);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-        let io = TokioIo::new(activity.watch(stream));
-        let conn = builder.serve_connection(io, service).into_owned();
-        let conn = graceful.watch(conn);
+        let (gateway, acceptor, watcher) = (gateway.clone(), acceptor.clone(), graceful.watcher());
         tokio::spawn(async move {
-            tokio::select! {
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(%peer, "connection ended with an error: {e}");
-                },
-                () = activity.idle(header_timeout, idle_timeout) => {
-                    tracing::debug!(%peer, "closing a connection that went quiet");
-                }
-            }
+            let mut info = ConnInfo::new(peer, local);
+            let handshake =
+                tokio::time::timeout(header_timeout, acceptor.handshake(stream, &mut info));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(%peer, "handshake failed: {e}"),
+                Err(_) => return tracing::debug!(%peer, "handshake timed out"),
+            };
+            serve_connection(
+                stream,
+                Arc::new(info),
+                gateway,
+                watcher,
+                header_timeout,
+                idle_timeout,
+            )
+            .await;
             drop(slot);
         });
     }
@@ -113,6 +109,44 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(shutdown_timeout) => {
             tracing::warn!("shutdown timeout ({shutdown_timeout:?}) reached; closing remaining connections")
+        }
+    }
+}
+
+/// Serves HTTP on one connection until it ends or goes quiet.
+async fn serve_connection<S>(
+    stream: S,
+    conn: Arc<ConnInfo>,
+    gateway: Shared,
+    watcher: Watcher,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let activity = Activity::new();
+    let in_flight = activity.clone();
+    let service = service_fn(move |req| {
+        let gw = gateway.load_full();
+        let conn = conn.clone();
+        let busy = in_flight.busy();
+        async move {
+            let resp = proxy::handle(gw, req, conn).await;
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let io = TokioIo::new(activity.watch(stream));
+    let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::select! {
+        ended = conn => if let Err(e) = ended {
+            tracing::debug!(%peer, "connection ended with an error: {e}");
+        },
+        () = activity.idle(header_timeout, idle_timeout) => {
+            tracing::debug!(%peer, "closing a connection that went quiet");
         }
     }
 }

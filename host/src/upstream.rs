@@ -10,8 +10,10 @@
 mod balance;
 pub mod breaker;
 mod connector;
+mod error;
 mod health;
 pub mod retry;
+mod send;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -21,23 +23,24 @@ use http::uri::Authority;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-pub use connector::Connector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-pub use balance::stable_hash;
 use balance::{Balancer, View};
 use breaker::{Admit, Breaker};
+use connector::{Connector, Http};
+pub use error::{SendError, UpstreamError};
 use health::{Counter, Passive};
+pub use send::{AttemptRecord, Outgoing, Sent, Targets, Trace};
 
 use crate::config::{self, EndpointState, HealthCheck};
 use crate::message::BoxBody;
 
 /// The pooled HTTP/1.1 client of one upstream.
-pub type Client = HyperClient<Connector, BoxBody>;
+type Client = HyperClient<Connector, BoxBody>;
 
 /// The client, and its connector (which can close a connection for good).
-pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> (Client, Connector) {
+fn client(connect_timeout: Duration, idle_timeout: Duration) -> Http {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
@@ -48,7 +51,7 @@ pub fn client(connect_timeout: Duration, idle_timeout: Duration) -> (Client, Con
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector.clone());
-    (client, connector)
+    Http { client, connector }
 }
 
 pub struct Endpoint {
@@ -95,13 +98,12 @@ pub enum Outcome {
 }
 
 pub struct Upstream {
-    pub name: String,
-    pub config: config::Upstream,
-    pub client: Client,
-    pub connector: Connector,
-    pub endpoints: Vec<Endpoint>,
+    name: Arc<str>,
+    config: config::Upstream,
+    transport: Http,
+    endpoints: Vec<Endpoint>,
     balancer: Balancer,
-    pub budget: retry::Budget,
+    budget: retry::Budget,
     epoch: Instant,
     checker: OnceLock<tokio::task::AbortHandle>,
 }
@@ -121,7 +123,7 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    pub fn new(name: String, config: config::Upstream) -> Self {
+    pub fn new(name: &str, config: config::Upstream) -> Self {
         assert!(!config.endpoints.is_empty(), "config validation guarantees an endpoint");
         let ids: Vec<(String, u32)> =
             config.endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
@@ -139,10 +141,8 @@ impl Upstream {
                 recovered_at: AtomicU64::new(0),
             })
             .collect();
-        let (client, connector) = client(config.connect_timeout, config.idle_timeout);
         Upstream {
-            client,
-            connector,
+            transport: client(config.connect_timeout, config.idle_timeout),
             balancer: Balancer::new(&config.strategy, &ids),
             budget: retry::Budget::new(
                 config.retry.budget_ratio,
@@ -151,9 +151,21 @@ impl Upstream {
             epoch: Instant::now(),
             checker: OnceLock::new(),
             endpoints,
-            name,
+            name: name.into(),
             config,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &config::Upstream {
+        &self.config
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
     }
 
     /// Starts the active health checks, once (a gateway kept across reloads keeps them).
@@ -166,7 +178,7 @@ impl Upstream {
     }
 
     /// Whether in-flight counts must last until the response body ends.
-    pub fn tracks_load(&self) -> bool {
+    pub(crate) fn tracks_load(&self) -> bool {
         self.balancer.uses_load()
     }
 
@@ -190,7 +202,11 @@ impl Upstream {
 
     /// Picks the endpoint for an attempt. `key` is the request's hash key; `tried` are the
     /// endpoints earlier attempts used, avoided while any other is available.
-    pub fn pick(&self, key: Option<u64>, tried: &[usize]) -> Result<Attempt<'_>, Unavailable> {
+    pub(crate) fn pick(
+        &self,
+        key: Option<u64>,
+        tried: &[usize],
+    ) -> Result<Attempt<'_>, Unavailable> {
         let now = Instant::now();
         let now_nanos = self.nanos(now);
         let mut refused: Vec<usize> = Vec::new();
@@ -410,40 +426,45 @@ async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
     }
 }
 
+/// Two round-robin endpoints, 10.0.0.1:80 and 10.0.0.2:80, with `retry`, for unit tests.
+#[cfg(test)]
+fn test_config(retry: config::RetryPolicy) -> config::Upstream {
+    let endpoint = |a: &str| config::Endpoint {
+        address: a.parse().unwrap(),
+        weight: 1,
+        state: EndpointState::Up,
+    };
+    config::Upstream {
+        endpoints: vec![endpoint("10.0.0.1:80"), endpoint("10.0.0.2:80")],
+        strategy: config::Strategy::RoundRobin,
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        total_timeout: None,
+        idle_timeout: Duration::from_secs(1),
+        slow_start: None,
+        health_check: None,
+        passive_health: None,
+        circuit_breaker: None,
+        retry,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Endpoint as EndpointConfig, RetryPolicy, Strategy};
+    use crate::config::RetryPolicy;
 
     fn upstream(slow_start: Option<Duration>) -> Upstream {
-        let endpoint = |a: &str| EndpointConfig {
-            address: a.parse().unwrap(),
-            weight: 1,
-            state: EndpointState::Up,
-        };
-        Upstream::new(
-            "u".into(),
-            config::Upstream {
-                endpoints: vec![endpoint("10.0.0.1:80"), endpoint("10.0.0.2:80")],
-                strategy: Strategy::RoundRobin,
-                connect_timeout: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                total_timeout: None,
-                idle_timeout: Duration::from_secs(1),
-                slow_start,
-                health_check: None,
-                passive_health: None,
-                circuit_breaker: None,
-                retry: RetryPolicy {
-                    attempts: 1,
-                    statuses: vec![],
-                    backoff: Duration::from_millis(1),
-                    max_backoff: Duration::from_millis(1),
-                    budget_ratio: 0.0,
-                    budget_min_per_second: 0,
-                },
-            },
-        )
+        let mut config = test_config(RetryPolicy {
+            attempts: 1,
+            statuses: vec![],
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            budget_ratio: 0.0,
+            budget_min_per_second: 0,
+        });
+        config.slow_start = slow_start;
+        Upstream::new("u", config)
     }
 
     /// Share of 4,000 picks that went to endpoint 1.

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::message::{Body, Context, RequestMeta, RequestMsg, ResponseMsg};
-use crate::plugin::Chain;
+use sluice::message::{Body, Context, RequestMeta, RequestMsg, ResponseMsg};
+use sluice::plugin::Chain;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,15 +194,15 @@ pub async fn run_cases(
     }
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let (name, config) = gateway_config(cases.plugin)?;
-    let source = crate::ConfigSource::Text {
+    let source = sluice::ConfigSource::Text {
         text: config,
         name: format!("{} [plugin]", file.display()),
         base_dir: base,
     };
     let config = source.parse(&source.read()?).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (_runtime, gateway) = crate::build(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_runtime, gateway) = sluice::build(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let plugin = gateway.plugin(&name).expect("the config names this plugin").clone();
-    let max_body_bytes = crate::config::DEFAULT_MAX_BODY_BYTES;
+    let max_body_bytes = sluice::config::DEFAULT_MAX_BODY_BYTES;
     let chain = Chain::new(vec![plugin]);
     logs.take();
 
@@ -526,7 +526,7 @@ fn build_request(case: &Case, id: &str, max_body_bytes: u64) -> anyhow::Result<R
     let meta = RequestMeta {
         id_header: http::HeaderValue::from_str(id)?,
         client_ip: case.client_ip,
-        client_header: crate::message::ip_header(case.client_ip),
+        client_header: sluice::message::ip_header(case.client_ip),
         route: Arc::from("test"),
         params: Vec::new(),
         max_body_bytes,
@@ -539,6 +539,6 @@ fn build_response(upstream: &Upstream) -> anyhow::Result<ResponseMsg> {
     let mut builder = http::Response::builder().status(upstream.status);
     *builder.headers_mut().expect("a fresh builder") = headers_of(&upstream.headers)?;
     let (mut parts, ()) = builder.body(())?.into_parts();
-    crate::message::set_fixed_length(&mut parts.headers, upstream.body.len());
+    sluice::message::set_fixed_length(&mut parts.headers, upstream.body.len());
     Ok(ResponseMsg { parts, body: Body::Full(Bytes::from(upstream.body.clone())) })
 }

@@ -316,7 +316,8 @@ pub struct Rollout {
     pub module: PathBuf,
     /// Share of requests (or of sticky keys) the new version serves, 0-100.
     pub percent: f64,
-    pub sticky: Sticky,
+    /// What keeps a client on one version; `None`: each request is assigned on its own.
+    pub sticky: Option<KeySource>,
     /// Roll back when the new version fails more than this share of its calls.
     pub max_error_rate: f64,
     /// Roll back when the new version's p99 hook time exceeds the old one's by more.
@@ -325,15 +326,6 @@ pub struct Rollout {
     pub min_requests: u64,
     /// Promote once the new version has served this many calls within the limits.
     pub promote_after: u64,
-}
-
-/// What keeps a client on one version during a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sticky {
-    /// Each request is assigned on its own.
-    None,
-    ClientIp,
-    Header(http::HeaderName),
 }
 
 #[derive(Debug, Clone)]

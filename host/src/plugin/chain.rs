@@ -8,13 +8,52 @@
 //! 4. A failed call follows the plugin's fail policy: `fail` ends the request with a 500,
 //!    `continue` logs and skips that plugin for this phase.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use super::error::{FailureKind, Phase, PluginError};
-use super::named::{Decision, NamedPlugin};
-use super::state::Call;
+use super::hook::Decision;
+use super::named::NamedPlugin;
 use crate::config::FailPolicy;
-use crate::message::{RequestMsg, ResponseMsg};
+use crate::message::{Call, RequestMsg, ResponseMsg};
+
+/// One plugin of a chain, as the chain sees it: a [`NamedPlugin`], or a fake in tests.
+pub trait Link: Send + Sync {
+    fn name(&self) -> &Arc<str>;
+    fn on_error(&self) -> FailPolicy;
+    fn has_hook(&self, phase: Phase) -> bool;
+    /// Runs `phase` on `call`, which is handed back whatever happens.
+    fn run(
+        &self,
+        phase: Phase,
+        call: Box<Call>,
+    ) -> impl Future<Output = (Box<Call>, Result<Decision, PluginError>)> + Send;
+}
+
+impl Link for NamedPlugin {
+    fn name(&self) -> &Arc<str> {
+        &self.spec.name
+    }
+
+    fn on_error(&self) -> FailPolicy {
+        self.spec.on_error
+    }
+
+    fn has_hook(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::Request => self.has_request_hook(),
+            Phase::Response => self.has_response_hook(),
+        }
+    }
+
+    fn run(
+        &self,
+        phase: Phase,
+        call: Box<Call>,
+    ) -> impl Future<Output = (Box<Call>, Result<Decision, PluginError>)> + Send {
+        NamedPlugin::run(self, phase, call)
+    }
+}
 
 /// The outcome of a chain's request phases.
 pub struct RequestPhase {
@@ -25,17 +64,33 @@ pub struct RequestPhase {
     pub reached: usize,
 }
 
-#[derive(Clone, Default)]
-pub struct Chain {
-    plugins: Arc<[Arc<NamedPlugin>]>,
+pub struct Chain<P = NamedPlugin> {
+    plugins: Arc<[Arc<P>]>,
     /// Whether any plugin takes part in the response phase; fixed at load, so decided once.
     response_hooks: bool,
 }
 
-impl Chain {
-    pub fn new(plugins: Vec<Arc<NamedPlugin>>) -> Self {
-        let response_hooks = plugins.iter().any(|p| p.has_response_hook());
+impl<P> Clone for Chain<P> {
+    fn clone(&self) -> Self {
+        Self { plugins: self.plugins.clone(), response_hooks: self.response_hooks }
+    }
+}
+
+impl<P> Default for Chain<P> {
+    fn default() -> Self {
+        Self { plugins: Arc::new([]), response_hooks: false }
+    }
+}
+
+impl<P: Link> Chain<P> {
+    pub fn new(plugins: Vec<Arc<P>>) -> Self {
+        let response_hooks = plugins.iter().any(|p| p.has_hook(Phase::Response));
         Self { plugins: plugins.into(), response_hooks }
+    }
+
+    /// The name of the plugin at `index` in the chain.
+    pub fn plugin_name(&self, index: usize) -> Option<Arc<str>> {
+        self.plugins.get(index).map(|p| p.name().clone())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,7 +106,7 @@ impl Chain {
     pub async fn run_request(&self, request: RequestMsg) -> Result<RequestPhase, PluginError> {
         let mut call = Box::new(Call { request, response: None });
         for (i, plugin) in self.plugins.iter().enumerate() {
-            if !plugin.has_request_hook() {
+            if !plugin.has_hook(Phase::Request) {
                 continue;
             }
             let result;
@@ -62,7 +117,7 @@ impl Chain {
                     let request = call.request;
                     return Ok(RequestPhase { request, local: Some(local), reached: i });
                 }
-                Err(e) => fail_or_skip(plugin, e, &call.request)?,
+                Err(e) => fail_or_skip(&**plugin, e, &call.request)?,
             }
         }
         Ok(RequestPhase { request: call.request, local: None, reached: self.plugins.len() })
@@ -76,21 +131,21 @@ impl Chain {
     ) -> Result<ResponseMsg, PluginError> {
         let mut call = Box::new(Call { request, response: Some(response) });
         for plugin in self.plugins[..reached].iter().rev() {
-            if !plugin.has_response_hook() {
+            if !plugin.has_hook(Phase::Response) {
                 continue;
             }
             let result;
             (call, result) = plugin.run(Phase::Response, call).await;
             if let Err(e) = result {
-                fail_or_skip(plugin, e, &call.request)?;
+                fail_or_skip(&**plugin, e, &call.request)?;
             }
         }
         Ok(call.response.expect("the response phase keeps its response"))
     }
 }
 
-fn fail_or_skip(plugin: &NamedPlugin, e: PluginError, req: &RequestMsg) -> Result<(), PluginError> {
-    match plugin.spec.on_error {
+fn fail_or_skip(plugin: &impl Link, e: PluginError, req: &RequestMsg) -> Result<(), PluginError> {
+    match plugin.on_error() {
         _ if matches!(e.kind, FailureKind::StoreClosed(_)) => Err(e),
         FailPolicy::Fail => Err(e),
         FailPolicy::Continue => {
@@ -103,3 +158,6 @@ fn fail_or_skip(plugin: &NamedPlugin, e: PluginError, req: &RequestMsg) -> Resul
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,10 +4,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_bindings::exports::sluice::plugin::filter::Hooks;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Request,
     Response,
+}
+
+impl Phase {
+    /// The hook flag a plugin exports this phase as.
+    pub fn hook(self) -> Hooks {
+        match self {
+            Phase::Request => Hooks::ON_REQUEST,
+            Phase::Response => Hooks::ON_RESPONSE,
+        }
+    }
 }
 
 impl fmt::Display for Phase {

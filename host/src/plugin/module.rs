@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use sluice_bindings::{FILTER_INTERFACE, PluginPre, WORLD_VERSION};
 use wasmtime::component::Component;
 
-use super::runtime::Runtime;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
 use super::state::PluginState;
 use crate::config::PluginKind;
 
@@ -104,9 +106,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Module {
-    /// Blocking: compiles or deserializes, then checks and links.
+    /// Blocking: compiles (with `linker`'s engine) or loads from `cache_dir`, then checks
+    /// and links.
     pub(crate) fn build(
-        rt: &Runtime,
+        linker: &Linker<PluginState>,
+        cache_dir: Option<&Path>,
         path: PathBuf,
         bytes: Vec<u8>,
         hash: [u8; 32],
@@ -131,11 +135,12 @@ impl Module {
             }
             (PluginKind::Component, _) => {}
         }
-        let cached = rt.cache_dir().map(|dir| dir.join(cache_file_name(rt, &hash)));
-        let (component, source) = match cached.as_deref().and_then(|f| load_cached(rt, f)) {
+        let engine = linker.engine();
+        let cached = cache_dir.map(|dir| dir.join(cache_file_name(engine, &hash)));
+        let (component, source) = match cached.as_deref().and_then(|f| load_cached(engine, f)) {
             Some(component) => (component, CodeSource::DiskCache),
             None => {
-                let component = Component::new(rt.engine(), &bytes)
+                let component = Component::new(engine, &bytes)
                     .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
                 if let Some(file) = &cached {
                     store_cached(&component, file);
@@ -143,11 +148,9 @@ impl Module {
                 (component, CodeSource::Compiled)
             }
         };
-        check_world(rt, &component)?;
-        let pre = rt
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| ModuleError::Link(format!("{e:#}")))?;
+        check_world(engine, &component)?;
+        let pre =
+            linker.instantiate_pre(&component).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
         Ok(Self { path, hash, source, load_time: started.elapsed(), code: Code::Component(pre) })
     }
@@ -160,13 +163,13 @@ impl Module {
 
 /// The file name embeds the engine's compatibility hash (wasmtime version and settings),
 /// so an upgrade never loads stale machine code.
-fn cache_file_name(rt: &Runtime, hash: &str) -> String {
+fn cache_file_name(engine: &Engine, hash: &str) -> String {
     let mut h = DefaultHasher::new();
-    rt.engine().precompile_compatibility_hash().hash(&mut h);
+    engine.precompile_compatibility_hash().hash(&mut h);
     format!("{hash}-{:016x}.cwasm", h.finish())
 }
 
-fn load_cached(rt: &Runtime, file: &Path) -> Option<Component> {
+fn load_cached(engine: &Engine, file: &Path) -> Option<Component> {
     if !file.is_file() {
         return None;
     }
@@ -174,7 +177,7 @@ fn load_cached(rt: &Runtime, file: &Path) -> Option<Component> {
     // with `Component::serialize` for a compatible engine (the file name says which), and is
     // as trusted as the binary. wasmtime still checks the header and engine compatibility;
     // any failure falls back to compiling.
-    match unsafe { Component::deserialize_file(rt.engine(), file) } {
+    match unsafe { Component::deserialize_file(engine, file) } {
         Ok(component) => Some(component),
         Err(e) => {
             tracing::warn!(file = %file.display(), "ignoring unusable compiled cache entry: {e:#}");
@@ -207,9 +210,9 @@ fn rand_suffix() -> u64 {
 
 /// Gives a clear error for components built against another world version, or not for
 /// Sluice at all, instead of wasmtime's generic "missing export".
-fn check_world(rt: &Runtime, component: &Component) -> Result<(), ModuleError> {
+fn check_world(engine: &Engine, component: &Component) -> Result<(), ModuleError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(rt.engine()).map(|(name, _)| name.to_owned()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
     if exports.iter().any(|e| e == FILTER_INTERFACE) {
         return Ok(());
     }

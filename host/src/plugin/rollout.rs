@@ -8,14 +8,13 @@
 //! promoted rollout stays so until the plugin's config changes.
 
 use std::collections::VecDeque;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::named::NamedPlugin;
-use crate::config::{self, Sticky};
-use crate::message::RequestMsg;
+use super::module::Module;
+use crate::config;
+use crate::message::{RequestMsg, request_key, stable_hash};
 
 /// Durations kept per version for the latency check.
 const WINDOW: usize = 1024;
@@ -103,16 +102,28 @@ pub fn verdict(
     if promote { Verdict::Promote } else { Verdict::Undecided }
 }
 
-pub struct Rollout {
+/// Two versions of a plugin (`B` serves a version's calls), and the record that decides
+/// between them.
+pub struct Rollout<B> {
     pub spec: config::Rollout,
-    pub candidate: NamedPlugin,
+    pub stable: B,
+    pub candidate: B,
+    /// The new version's module.
+    pub candidate_module: Arc<Module>,
     state: AtomicU8,
     stats: Mutex<(Series, Series)>,
 }
 
-impl Rollout {
-    pub fn new(spec: config::Rollout, candidate: NamedPlugin) -> Self {
-        Self { spec, candidate, state: AtomicU8::new(State::Active as u8), stats: Mutex::default() }
+impl<B> Rollout<B> {
+    pub fn new(spec: config::Rollout, stable: B, candidate: B, module: Arc<Module>) -> Self {
+        Self {
+            spec,
+            stable,
+            candidate,
+            candidate_module: module,
+            state: AtomicU8::new(State::Active as u8),
+            stats: Mutex::default(),
+        }
     }
 
     pub fn state(&self) -> State {
@@ -130,15 +141,14 @@ impl Rollout {
             State::RolledBack => return Which::Stable,
             State::Active => {}
         }
-        let mut h = DefaultHasher::new();
-        match &self.spec.sticky {
-            Sticky::None => req.meta.id_header.as_bytes().hash(&mut h),
-            Sticky::ClientIp => req.meta.client_ip.hash(&mut h),
-            Sticky::Header(name) => {
-                req.parts.headers.get(name).map(|v| v.as_bytes()).unwrap_or_default().hash(&mut h)
-            }
-        }
-        match ((h.finish() % 10_000) as f64) < self.spec.percent * 100.0 {
+        // Unsticky, each request on its own; a sticky key a request lacks counts as empty,
+        // so such requests stay together.
+        let key = match &self.spec.sticky {
+            None => stable_hash(req.meta.id_header.as_bytes()),
+            Some(source) => request_key(source, &req.parts, req.meta.client_ip)
+                .unwrap_or_else(|| stable_hash(b"")),
+        };
+        match ((key % 10_000) as f64) < self.spec.percent * 100.0 {
             true => Which::Candidate,
             false => Which::Stable,
         }
@@ -156,7 +166,7 @@ impl Rollout {
             return;
         }
         let check_latency = candidate.calls % LATENCY_CHECK_EVERY == 0;
-        let module = &self.candidate.module;
+        let module = &self.candidate_module;
         match verdict(&self.spec, stable, candidate, check_latency) {
             Verdict::Undecided => {}
             Verdict::RollBack(why) => {
@@ -190,7 +200,7 @@ mod tests {
         config::Rollout {
             module: "new.wasm".into(),
             percent: 10.0,
-            sticky: Sticky::None,
+            sticky: None,
             max_error_rate: 0.05,
             max_p99_increase: Duration::from_millis(2),
             min_requests: 10,

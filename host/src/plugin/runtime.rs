@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
     UpdateDeadline,
@@ -15,11 +15,10 @@ use wasmtime::{
 
 use super::memory::{Limits, MemoryBudget};
 use super::module::{Module, ModuleError};
-use super::state::{PluginState, monotonic_nanos};
+use super::state::{self, PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
+use crate::capability;
 use crate::config::{self, PluginKind};
-use crate::kv::Store as KvStore;
-use crate::plugin_metrics::PluginMetrics;
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
@@ -50,9 +49,9 @@ pub struct Runtime {
     /// The wasmtime cache settings file Extism compiles through (see [`Self::extism_cache_config`]).
     extism_cache: OnceLock<Option<PathBuf>>,
     ticker: Ticker,
-    /// The plugins' key-value store and metrics: per process, so they outlive reloads.
-    pub kv: Arc<KvStore>,
-    pub metrics: Arc<PluginMetrics>,
+    /// The host capabilities' shared state (the key-value store, the plugins' metrics):
+    /// per process, so it outlives reloads.
+    pub capabilities: capability::Shared,
 }
 
 impl Runtime {
@@ -89,12 +88,9 @@ impl Runtime {
         })?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| RuntimeError(format!("linking WASI: {e:#}")))?;
-        sluice_bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        state::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError(format!("linking the host API: {e:#}")))?;
-
-        let kv = KvStore::new(&cfg.kv).map_err(|e| RuntimeError(format!("kv.url: {e}")))?;
+        let capabilities = capability::Shared::new(cfg).map_err(RuntimeError)?;
         let ticker = Ticker::start(&engine);
         Ok(Arc::new(Self {
             engine,
@@ -105,8 +101,7 @@ impl Runtime {
             modules: Mutex::default(),
             extism_cache: OnceLock::new(),
             ticker,
-            kv: Arc::new(kv),
-            metrics: Arc::default(),
+            capabilities,
         }))
     }
 
@@ -118,14 +113,6 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    pub(crate) fn linker(&self) -> &Linker<PluginState> {
-        &self.linker
-    }
-
-    pub(crate) fn cache_dir(&self) -> Option<&Path> {
-        self.cache_dir.as_deref()
     }
 
     pub(crate) fn max_memory_bytes(&self) -> usize {
@@ -180,10 +167,11 @@ impl Runtime {
         }
         let this = self.clone();
         let path = path.to_owned();
-        let module =
-            tokio::task::spawn_blocking(move || Module::build(&this, path, bytes, key.0, kind))
-                .await
-                .map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
+        let module = tokio::task::spawn_blocking(move || {
+            Module::build(&this.linker, this.cache_dir.as_deref(), path, bytes, key.0, kind)
+        })
+        .await
+        .map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
         let module = Arc::new(module);
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules.retain(|_, m| m.strong_count() > 0);
@@ -199,10 +187,8 @@ impl Runtime {
     /// by the deadline in its state (see [`PluginState`]).
     pub(crate) fn new_store(&self, name: Arc<str>) -> Store<PluginState> {
         let limits = Limits::new(self.memory.clone(), self.max_memory_bytes);
-        let mut store = Store::new(
-            &self.engine,
-            PluginState::new(name, limits, self.kv.clone(), self.metrics.clone()),
-        );
+        let mut store =
+            Store::new(&self.engine, PluginState::new(name, limits, &self.capabilities));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| {
             let budget = &mut ctx.data_mut().budget;

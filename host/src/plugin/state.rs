@@ -1,37 +1,41 @@
-//! What a plugin instance's `Store` carries: WASI, limits, and the messages of the call in
-//! progress.
+//! What a plugin instance's `Store` carries: WASI, limits, its call budget, and the
+//! per-instance state of each host capability (see `crate::capability`), linked here.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::memory::Limits;
 use super::stderr::StderrTail;
-use crate::kv::Store;
-use crate::message::{RequestMsg, ResponseMsg};
-use crate::plugin_metrics::PluginMetrics;
+use crate::capability::{self, http::HttpCtx, kv::KvCtx, log::LogView, metrics::MetricsCtx};
 
 /// The data of one plugin instance's store.
 pub struct PluginState {
-    pub(super) plugin: Arc<str>,
+    plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limits: Limits,
     /// The current call's budget (see [`Budget`]); checked on every epoch tick.
     pub(super) budget: Budget,
     pub(super) stderr: StderrTail,
-    /// The messages of the hook call in progress; `None` between calls and during `init`.
-    pub(super) call: Option<Box<Call>>,
-    /// Set when the call in progress read its message's body.
-    pub(super) read_body: bool,
-    pub(super) kv: Arc<Store>,
-    pub(super) metrics: Arc<PluginMetrics>,
-    /// The counters this instance has used, by name (admitted names only, so at most the
-    /// per-plugin cap of [`PluginMetrics`]).
-    pub(super) counters: Vec<(Box<str>, prometheus::Counter)>,
+    /// WIT `http`: the messages of the hook call in progress.
+    pub(super) http: HttpCtx,
+    kv: KvCtx,
+    metrics: MetricsCtx,
+}
+
+/// Links WASI and every host capability, each to its part of [`PluginState`].
+pub(super) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    capability::http::add_to_linker(linker, |s| &mut s.http)?;
+    capability::log::add_to_linker(linker, |s| LogView::new(&s.plugin, s.http.call.as_deref()))?;
+    capability::clock::add_to_linker(linker)?;
+    capability::kv::add_to_linker(linker, |s| &mut s.kv)?;
+    capability::metrics::add_to_linker(linker, |s| &mut s.metrics)?;
+    Ok(())
 }
 
 /// How long a call may take. `timeout` counts the plugin's own running time, in epoch ticks
@@ -74,50 +78,20 @@ impl Budget {
     }
 }
 
-/// The messages a hook call works on. They are moved into the store for the call and moved
-/// back out afterwards, trap or not, so a failing plugin never loses the request.
-pub(super) struct Call {
-    pub request: RequestMsg,
-    pub response: Option<ResponseMsg>,
-}
-
 impl PluginState {
-    pub(super) fn new(
-        plugin: Arc<str>,
-        limits: Limits,
-        kv: Arc<Store>,
-        metrics: Arc<PluginMetrics>,
-    ) -> Self {
+    pub(super) fn new(plugin: Arc<str>, limits: Limits, shared: &capability::Shared) -> Self {
         let stderr = StderrTail::new(plugin.clone());
         let wasi = WasiCtx::builder().stderr(stderr.clone()).stdout(stderr.clone()).build();
         Self {
+            http: HttpCtx::new(plugin.clone()),
+            kv: KvCtx::new(plugin.clone(), shared.kv.clone()),
+            metrics: MetricsCtx::new(plugin.clone(), shared.metrics.clone()),
             plugin,
             wasi,
             table: ResourceTable::new(),
             limits,
             budget: Budget::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
             stderr,
-            call: None,
-            read_body: false,
-            kv,
-            metrics,
-            counters: Vec::new(),
-        }
-    }
-
-    /// The request of the call in progress. Host functions are only reachable from a hook
-    /// call, so `None` means a broken invariant: trap rather than guess.
-    pub(super) fn request(&mut self) -> wasmtime::Result<&mut RequestMsg> {
-        match &mut self.call {
-            Some(call) => Ok(&mut call.request),
-            None => Err(wasmtime::format_err!("no request outside a hook call")),
-        }
-    }
-
-    pub(super) fn response(&mut self) -> wasmtime::Result<&mut ResponseMsg> {
-        match self.call.as_mut().and_then(|c| c.response.as_mut()) {
-            Some(response) => Ok(response),
-            None => Err(wasmtime::format_err!("no response outside the response phase")),
         }
     }
 }

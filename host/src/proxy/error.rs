@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use super::normalize::Refused;
 use crate::message::{BoxBody, ClientBodyError};
 use crate::plugin::{FailureKind, PluginError};
+use crate::upstream::{SendError, UpstreamError};
 
 /// Where a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub enum Origin {
     Downstream,
     Upstream,
     Plugin,
+    /// The gateway itself: a bug, never the client's or an upstream's doing.
+    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +30,19 @@ pub enum ProxyError {
     NoRoute,
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    #[error("cannot connect to upstream {endpoint}: {reason}")]
-    UpstreamConnect { endpoint: String, reason: String },
-    #[error("upstream {endpoint} did not answer within {timeout:?}")]
-    UpstreamTimeout { endpoint: String, timeout: Duration },
-    #[error("upstream {endpoint} failed: {reason}")]
-    Upstream { endpoint: String, reason: String },
-    #[error("upstream {upstream:?} has no healthy endpoint")]
-    NoHealthyEndpoint { upstream: String },
-    #[error("upstream {upstream:?}: every healthy endpoint's circuit is open")]
-    CircuitOpen { upstream: String, retry_after: Duration },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<SendError> for ProxyError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Upstream(e) => ProxyError::Upstream(e),
+            SendError::Client(e) => ProxyError::ClientBody(e),
+        }
+    }
 }
 
 impl ProxyError {
@@ -50,11 +56,8 @@ impl ProxyError {
                 FailureKind::Overloaded(_) | FailureKind::StoreClosed(_) => S::SERVICE_UNAVAILABLE,
                 _ => S::INTERNAL_SERVER_ERROR,
             },
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => S::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } => S::GATEWAY_TIMEOUT,
-            ProxyError::NoHealthyEndpoint { .. } | ProxyError::CircuitOpen { .. } => {
-                S::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Upstream(e) => e.status(),
+            ProxyError::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -64,11 +67,8 @@ impl ProxyError {
                 Origin::Downstream
             }
             ProxyError::Plugin(_) => Origin::Plugin,
-            ProxyError::UpstreamConnect { .. }
-            | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::Upstream { .. }
-            | ProxyError::NoHealthyEndpoint { .. }
-            | ProxyError::CircuitOpen { .. } => Origin::Upstream,
+            ProxyError::Upstream(_) => Origin::Upstream,
+            ProxyError::Internal(_) => Origin::Internal,
         }
     }
 
@@ -86,16 +86,11 @@ impl ProxyError {
                 "plugin overloaded"
             }
             ProxyError::Plugin(_) => "plugin failed",
-            ProxyError::UpstreamConnect { .. } => "upstream unavailable",
-            ProxyError::UpstreamTimeout { .. } => "upstream timed out",
-            ProxyError::Upstream { .. } => "upstream failed",
-            ProxyError::NoHealthyEndpoint { .. } => "no healthy upstream",
-            ProxyError::CircuitOpen { .. } => "upstream circuit open",
+            ProxyError::Upstream(e) => e.client_text(),
+            ProxyError::Internal(_) => "internal error",
         };
         let retry_after = match &self {
-            ProxyError::CircuitOpen { retry_after, .. } => {
-                Some(super::attempts::retry_after_secs(*retry_after))
-            }
+            ProxyError::Upstream(e) => e.retry_after().map(retry_after_secs),
             _ => None,
         };
         let body = Bytes::from(format!("{text}\n"));
@@ -115,4 +110,21 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// An error with its causes, on one line: `outer: cause: root cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }

@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
 
 use super::normalize::Refused;
 pub use crate::config::Underscores;
@@ -154,10 +155,11 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     }
 }
 
-/// Sets `X-Forwarded-Proto` and `X-Forwarded-Host` (from `host`, the client's Host or
-/// `:authority`).
-pub fn set_forwarded(headers: &mut HeaderMap, host: Option<HeaderValue>) {
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+/// Sets `X-Forwarded-Proto` (the scheme the client spoke) and `X-Forwarded-Host` (from
+/// `host`, the client's Host or `:authority`).
+pub fn set_forwarded(headers: &mut HeaderMap, host: Option<HeaderValue>, scheme: &Scheme) {
+    let proto = if *scheme == Scheme::HTTPS { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
@@ -192,7 +194,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
-        set_forwarded(&mut h, Some(HeaderValue::from_static("a.test")));
+        set_forwarded(&mut h, Some(HeaderValue::from_static("a.test")), &Scheme::HTTP);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.test");

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::Strategy;
+use crate::message::stable_hash;
 
 pub enum Balancer {
     RoundRobin(AtomicUsize),
@@ -134,22 +135,6 @@ fn weighted_random(v: &View<'_>, other_than: Option<usize>) -> Option<usize> {
         r -= w;
     }
     None
-}
-
-/// FNV-1a with a final mix: the same in every process and build, so gateways sharing a
-/// config agree on where a key goes.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // splitmix64's finalizer spreads FNV's weak low bits.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
 }
 
 #[cfg(test)]

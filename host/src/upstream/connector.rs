@@ -19,6 +19,35 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector, 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// hyper-util's pooled client over this connector: how attempts reach an upstream.
+pub(crate) struct Http {
+    pub client: super::Client,
+    pub connector: Connector,
+}
+
+impl super::send::Transport for Http {
+    type Body = hyper::body::Incoming;
+
+    fn request(
+        &self,
+        req: http::Request<crate::message::BoxBody>,
+    ) -> impl Future<Output = Result<http::Response<Self::Body>, super::send::TransportError>> + Send
+    {
+        use super::send::TransportError;
+        let sent = self.client.request(req);
+        async move {
+            sent.await.map_err(|e| match e.is_connect() {
+                true => TransportError::Connect(Box::new(e)),
+                false => TransportError::Broken(Box::new(e)),
+            })
+        }
+    }
+
+    fn close_connection_of(&self, response: &http::Response<Self::Body>) {
+        self.connector.close_connection_of(response);
+    }
+}
+
 /// Open connections by local address, with their sockets.
 type Registry = Arc<Mutex<HashMap<SocketAddr, RawFd>>>;
 

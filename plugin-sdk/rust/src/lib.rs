@@ -83,6 +83,27 @@ pub mod metrics {
     pub use crate::bindings::sluice::plugin::metrics::{counter_add, observe};
 }
 
+/// Shapes that plugin configs often take.
+pub mod config {
+    /// A config value written as one item or a list of them: `issuer = "a"` or
+    /// `issuer = ["a", "b"]`.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+    #[serde(untagged)]
+    pub enum OneOrMany<T = String> {
+        One(T),
+        Many(Vec<T>),
+    }
+
+    impl<T> OneOrMany<T> {
+        pub fn into_vec(self) -> Vec<T> {
+            match self {
+                OneOrMany::One(one) => vec![one],
+                OneOrMany::Many(many) => many,
+            }
+        }
+    }
+}
+
 /// Logging through the gateway's log; lines are tagged with the plugin, route and request id.
 pub mod log {
     pub use crate::bindings::sluice::plugin::log::{Level, enabled, log};

@@ -25,24 +25,9 @@ mod verify;
 
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_pdk::config::OneOrMany;
 use sluice_pdk::{Action, Hooks, LocalResponse, Plugin, Request};
 use verify::{Checks, Failure, Key, KeyConfig};
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

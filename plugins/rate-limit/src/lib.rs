@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use limiter::{Algorithm, Charge, Store, Tier, Verdict};
 use serde::Deserialize;
+use sluice_pdk::config::OneOrMany;
 use sluice_pdk::kv::KvError;
 use sluice_pdk::{Action, Hooks, LocalResponse, Plugin, Request, Response};
 
@@ -49,13 +50,6 @@ pub struct Config {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]

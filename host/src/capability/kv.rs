@@ -20,6 +20,12 @@ mod redis;
 pub use local::LocalKv;
 pub use redis::RedisKv;
 
+use std::sync::Arc;
+
+use sluice_bindings::sluice::plugin::kv as wit_kv;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::HostResult;
 use crate::config::{KvBackend, KvSettings, OnUnavailable};
 
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -119,6 +125,99 @@ impl LocalKv {
                 .compare_and_swap(namespace, key, expected.as_deref(), value, ttl_ms)
                 .map(Reply::Flag),
             Op::Delete => self.delete(namespace, key).map(Reply::Flag),
+        }
+    }
+}
+
+/// An instance's handle on the store: its plugin's namespace.
+pub struct KvCtx {
+    plugin: Arc<str>,
+    store: Arc<Store>,
+}
+
+impl KvCtx {
+    pub fn new(plugin: Arc<str>, store: Arc<Store>) -> Self {
+        Self { plugin, store }
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut KvCtx,
+) -> wasmtime::Result<()> {
+    wit_kv::add_to_linker::<T, HasSelf<KvCtx>>(linker, get)
+}
+
+/// Each plugin's keys live under its name (see `crate::kv`). Under `fail-closed`, an
+/// unreachable store fails the call (and so the request, with 503) instead of returning.
+impl wit_kv::Host for KvCtx {
+    async fn get(&mut self, key: String) -> HostResult<Result<Option<Vec<u8>>, wit_kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Get).await? {
+            Ok(Reply::Value(v)) => Ok(v),
+            other => Err(wit_error(other)),
+        })
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> HostResult<Result<(), wit_kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Set { value, ttl_ms }).await? {
+            Ok(Reply::Done) => Ok(()),
+            other => Err(wit_error(other)),
+        })
+    }
+
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> HostResult<Result<i64, wit_kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Incr { delta, ttl_ms }).await? {
+            Ok(Reply::Number(n)) => Ok(n),
+            other => Err(wit_error(other)),
+        })
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> HostResult<Result<bool, wit_kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Cas { expected, value, ttl_ms }).await? {
+            Ok(Reply::Flag(b)) => Ok(b),
+            other => Err(wit_error(other)),
+        })
+    }
+
+    async fn delete(&mut self, key: String) -> HostResult<Result<bool, wit_kv::KvError>> {
+        Ok(match self.kv_run(key, Op::Delete).await? {
+            Ok(Reply::Flag(b)) => Ok(b),
+            other => Err(wit_error(other)),
+        })
+    }
+}
+
+impl KvCtx {
+    async fn kv_run(&mut self, key: String, op: Op) -> HostResult<Result<Reply, KvError>> {
+        Ok(self.store.run(&self.plugin, &key, op).await?)
+    }
+}
+
+/// The WIT error for a store answer that is not the op's own reply kind: the store's error,
+/// or (cannot happen: each op has one reply kind) a reply of another shape, as `unavailable`.
+fn wit_error(r: Result<Reply, KvError>) -> wit_kv::KvError {
+    match r {
+        Err(KvError::Unavailable(why)) => wit_kv::KvError::Unavailable(why),
+        Err(KvError::NotANumber) => wit_kv::KvError::NotANumber,
+        Err(KvError::TooLarge) => wit_kv::KvError::TooLarge,
+        Ok(reply) => {
+            wit_kv::KvError::Unavailable(format!("store gave an unexpected reply: {reply:?}"))
         }
     }
 }

@@ -9,7 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use prometheus::{Counter, CounterVec, HistogramOpts, HistogramVec, Opts, Registry};
+use sluice_bindings::sluice::plugin::metrics as wit_metrics;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::HostResult;
 
 const MAX_NAMES_PER_PLUGIN: usize = 100;
 const MAX_NAME_LEN: usize = 64;
@@ -95,6 +101,46 @@ impl PluginMetrics {
             );
         }
         false
+    }
+}
+
+/// An instance's metrics: the shared registry, and the counters it has used.
+pub struct MetricsCtx {
+    plugin: Arc<str>,
+    metrics: Arc<PluginMetrics>,
+    /// The counters this instance has used, by name (admitted names only, so at most the
+    /// per-plugin cap of [`PluginMetrics`]).
+    counters: Vec<(Box<str>, Counter)>,
+}
+
+impl MetricsCtx {
+    pub fn new(plugin: Arc<str>, metrics: Arc<PluginMetrics>) -> Self {
+        Self { plugin, metrics, counters: Vec::new() }
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut MetricsCtx,
+) -> wasmtime::Result<()> {
+    wit_metrics::add_to_linker::<T, HasSelf<MetricsCtx>>(linker, get)
+}
+
+impl wit_metrics::Host for MetricsCtx {
+    fn counter_add(&mut self, name: String, value: u64) -> HostResult<()> {
+        // A plugin counts the same few names on every request: look each up once.
+        if let Some((_, counter)) = self.counters.iter().find(|(n, _)| **n == *name) {
+            counter.inc_by(value as f64);
+        } else if let Some(counter) = self.metrics.counter_handle(&self.plugin, &name) {
+            counter.inc_by(value as f64);
+            self.counters.push((name.into(), counter));
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, name: String, value: f64) -> HostResult<()> {
+        self.metrics.observe(&self.plugin, &name, value);
+        Ok(())
     }
 }
 

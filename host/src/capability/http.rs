@@ -1,29 +1,62 @@
-//! The host side of the WIT imports (`http`, `log`, `clock`, `kv`, `metrics`): what a
-//! plugin can call.
+//! WIT `http`: the request and response of the hook call in progress, as a plugin reads
+//! and edits them.
 //!
 //! Every function answers from the message of the call in progress; only reading a body
 //! waits (for the peer). Errors a plugin can handle are WIT results; a call outside a hook
 //! is a broken invariant and traps.
 
-use std::sync::OnceLock;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use sluice_bindings::sluice::plugin::{clock, http as wit_http, kv, log, metrics};
+use sluice_bindings::sluice::plugin::http as wit_http;
 use sluice_bindings::{RequestHandle, ResponseHandle};
-use wasmtime::component::Resource;
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wit_http::{BodyError, FieldError};
 
-use super::state::PluginState;
-use crate::kv::{Op, Reply};
-use crate::message::{self, Body, BodyError as MsgBodyError};
+use super::HostResult;
+use crate::message::{self, Body, BodyError as MsgBodyError, Call, RequestMsg, ResponseMsg};
 
-/// A host call's own outcome: `Err` traps the plugin.
-type HostResult<T> = wasmtime::Result<T>;
+/// An instance's view of the hook call in progress.
+pub struct HttpCtx {
+    plugin: Arc<str>,
+    /// The messages of the hook call in progress; `None` between calls and during `init`.
+    pub call: Option<Box<Call>>,
+    /// Set when the call in progress read its message's body.
+    pub read_body: bool,
+}
 
-impl wit_http::Host for PluginState {}
+impl HttpCtx {
+    pub fn new(plugin: Arc<str>) -> Self {
+        Self { plugin, call: None, read_body: false }
+    }
 
-impl wit_http::HostRequest for PluginState {
+    /// The request of the call in progress. Host functions are only reachable from a hook
+    /// call, so `None` means a broken invariant: trap rather than guess.
+    fn request(&mut self) -> HostResult<&mut RequestMsg> {
+        match &mut self.call {
+            Some(call) => Ok(&mut call.request),
+            None => Err(wasmtime::format_err!("no request outside a hook call")),
+        }
+    }
+
+    fn response(&mut self) -> HostResult<&mut ResponseMsg> {
+        match self.call.as_mut().and_then(|c| c.response.as_mut()) {
+            Some(response) => Ok(response),
+            None => Err(wasmtime::format_err!("no response outside the response phase")),
+        }
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut HttpCtx,
+) -> wasmtime::Result<()> {
+    wit_http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)
+}
+
+impl wit_http::Host for HttpCtx {}
+
+impl wit_http::HostRequest for HttpCtx {
     fn method(&mut self, _: Resource<RequestHandle>) -> HostResult<String> {
         Ok(self.request()?.parts.method.as_str().to_owned())
     }
@@ -173,7 +206,7 @@ impl wit_http::HostRequest for PluginState {
     }
 }
 
-impl wit_http::HostResponse for PluginState {
+impl wit_http::HostResponse for HttpCtx {
     fn status(&mut self, _: Resource<ResponseHandle>) -> HostResult<u16> {
         Ok(self.response()?.parts.status.as_u16())
     }
@@ -252,140 +285,6 @@ impl wit_http::HostResponse for PluginState {
     }
 }
 
-impl log::Host for PluginState {
-    fn log(&mut self, level: log::Level, message: String) -> HostResult<()> {
-        let (request_id, route) = match &self.call {
-            Some(call) => (call.request.meta.id(), &*call.request.meta.route),
-            None => ("", ""),
-        };
-        let level = match level {
-            log::Level::Trace => tracing::Level::TRACE,
-            log::Level::Debug => tracing::Level::DEBUG,
-            log::Level::Info => tracing::Level::INFO,
-            log::Level::Warn => tracing::Level::WARN,
-            log::Level::Error => tracing::Level::ERROR,
-        };
-        plugin_log(level, &self.plugin, route, request_id, &message);
-        Ok(())
-    }
-
-    fn enabled(&mut self, level: log::Level) -> HostResult<bool> {
-        Ok(match level {
-            log::Level::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
-            log::Level::Debug => tracing::enabled!(target: "plugin", tracing::Level::DEBUG),
-            log::Level::Info => tracing::enabled!(target: "plugin", tracing::Level::INFO),
-            log::Level::Warn => tracing::enabled!(target: "plugin", tracing::Level::WARN),
-            log::Level::Error => tracing::enabled!(target: "plugin", tracing::Level::ERROR),
-        })
-    }
-}
-
-impl clock::Host for PluginState {
-    fn now_ms(&mut self) -> HostResult<u64> {
-        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-        Ok(since_epoch.map_or(0, |d| d.as_millis() as u64))
-    }
-
-    fn monotonic_ns(&mut self) -> HostResult<u64> {
-        static START: OnceLock<Instant> = OnceLock::new();
-        Ok(START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
-    }
-}
-
-/// Each plugin's keys live under its name (see `crate::kv`). Under `fail-closed`, an
-/// unreachable store fails the call (and so the request, with 503) instead of returning.
-impl kv::Host for PluginState {
-    async fn get(&mut self, key: String) -> HostResult<Result<Option<Vec<u8>>, kv::KvError>> {
-        Ok(match self.kv_run(key, Op::Get).await? {
-            Ok(Reply::Value(v)) => Ok(v),
-            other => Err(wit_error(other)),
-        })
-    }
-
-    async fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: u64,
-    ) -> HostResult<Result<(), kv::KvError>> {
-        Ok(match self.kv_run(key, Op::Set { value, ttl_ms }).await? {
-            Ok(Reply::Done) => Ok(()),
-            other => Err(wit_error(other)),
-        })
-    }
-
-    async fn incr(
-        &mut self,
-        key: String,
-        delta: i64,
-        ttl_ms: u64,
-    ) -> HostResult<Result<i64, kv::KvError>> {
-        Ok(match self.kv_run(key, Op::Incr { delta, ttl_ms }).await? {
-            Ok(Reply::Number(n)) => Ok(n),
-            other => Err(wit_error(other)),
-        })
-    }
-
-    async fn compare_and_swap(
-        &mut self,
-        key: String,
-        expected: Option<Vec<u8>>,
-        value: Vec<u8>,
-        ttl_ms: u64,
-    ) -> HostResult<Result<bool, kv::KvError>> {
-        Ok(match self.kv_run(key, Op::Cas { expected, value, ttl_ms }).await? {
-            Ok(Reply::Flag(b)) => Ok(b),
-            other => Err(wit_error(other)),
-        })
-    }
-
-    async fn delete(&mut self, key: String) -> HostResult<Result<bool, kv::KvError>> {
-        Ok(match self.kv_run(key, Op::Delete).await? {
-            Ok(Reply::Flag(b)) => Ok(b),
-            other => Err(wit_error(other)),
-        })
-    }
-}
-
-impl PluginState {
-    async fn kv_run(
-        &mut self,
-        key: String,
-        op: Op,
-    ) -> HostResult<Result<Reply, crate::kv::KvError>> {
-        Ok(self.kv.run(&self.plugin, &key, op).await?)
-    }
-}
-
-/// The WIT error for a store answer that is not the op's own reply kind: the store's error,
-/// or (cannot happen: each op has one reply kind) a reply of another shape, as `unavailable`.
-fn wit_error(r: Result<Reply, crate::kv::KvError>) -> kv::KvError {
-    match r {
-        Err(crate::kv::KvError::Unavailable(why)) => kv::KvError::Unavailable(why),
-        Err(crate::kv::KvError::NotANumber) => kv::KvError::NotANumber,
-        Err(crate::kv::KvError::TooLarge) => kv::KvError::TooLarge,
-        Ok(reply) => kv::KvError::Unavailable(format!("store gave an unexpected reply: {reply:?}")),
-    }
-}
-
-impl metrics::Host for PluginState {
-    fn counter_add(&mut self, name: String, value: u64) -> HostResult<()> {
-        // A plugin counts the same few names on every request: look each up once.
-        if let Some((_, counter)) = self.counters.iter().find(|(n, _)| **n == *name) {
-            counter.inc_by(value as f64);
-        } else if let Some(counter) = self.metrics.counter_handle(&self.plugin, &name) {
-            counter.inc_by(value as f64);
-            self.counters.push((name.into(), counter));
-        }
-        Ok(())
-    }
-
-    fn observe(&mut self, name: String, value: f64) -> HostResult<()> {
-        self.metrics.observe(&self.plugin, &name, value);
-        Ok(())
-    }
-}
-
 async fn read_body(body: &mut Body, limit: u64) -> Result<Vec<u8>, BodyError> {
     match body.buffer(limit).await {
         Ok(bytes) => Ok(bytes.to_vec()),
@@ -396,7 +295,7 @@ async fn read_body(body: &mut Body, limit: u64) -> Result<Vec<u8>, BodyError> {
 }
 
 /// [`message::replace_path_and_query`], refused as the WIT `field-error` says.
-pub(super) fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), FieldError> {
+fn replace_path_and_query(uri: &mut http::Uri, pq: String) -> Result<(), FieldError> {
     message::replace_path_and_query(uri, pq).map_err(|_| FieldError::InvalidValue)
 }
 
@@ -420,7 +319,8 @@ fn names(map: &HeaderMap) -> Vec<String> {
     map.keys().map(|k| k.as_str().to_owned()).collect()
 }
 
-fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
+/// A header name a plugin may write: valid, and not one the gateway owns.
+pub fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FieldError::InvalidName)?;
     match message::is_host_owned_header(&name) {
         true => Err(FieldError::Forbidden),
@@ -428,12 +328,7 @@ fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
     }
 }
 
-pub(super) fn set(
-    map: &mut HeaderMap,
-    name: &str,
-    value: &str,
-    append: bool,
-) -> Result<(), FieldError> {
+fn set(map: &mut HeaderMap, name: &str, value: &str, append: bool) -> Result<(), FieldError> {
     let name = writable_name(name)?;
     let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| FieldError::InvalidValue)?;
     if append {
@@ -444,48 +339,9 @@ pub(super) fn set(
     Ok(())
 }
 
-pub(super) fn remove(map: &mut HeaderMap, name: &str) -> Result<(), FieldError> {
+fn remove(map: &mut HeaderMap, name: &str) -> Result<(), FieldError> {
     map.remove(writable_name(name)?);
     Ok(())
-}
-
-/// A plugin's log line, as every plugin kind emits it: target `plugin`, with the plugin,
-/// route and request id, at most 4 KiB.
-pub(super) fn plugin_log(
-    level: tracing::Level,
-    plugin: &str,
-    route: &str,
-    request_id: &str,
-    message: &str,
-) {
-    let mut cut = message.len().min(4096);
-    while !message.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let message = &message[..cut];
-    // Warnings and errors repeat when something is broken: a few a second per message.
-    let mut note = String::new();
-    if level <= tracing::Level::WARN {
-        use crate::throttle::{Throttle, Verdict, suppressed_note};
-        static THROTTLE: std::sync::LazyLock<Throttle> =
-            std::sync::LazyLock::new(Throttle::default);
-        match THROTTLE.check((plugin, message)) {
-            Verdict::Write { suppressed } => note = suppressed_note(suppressed),
-            Verdict::Suppress => return,
-        }
-    }
-    macro_rules! emit {
-        ($level:expr) => {
-            tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}{note}")
-        };
-    }
-    match level {
-        tracing::Level::TRACE => emit!(tracing::Level::TRACE),
-        tracing::Level::DEBUG => emit!(tracing::Level::DEBUG),
-        tracing::Level::INFO => emit!(tracing::Level::INFO),
-        tracing::Level::WARN => emit!(tracing::Level::WARN),
-        tracing::Level::ERROR => emit!(tracing::Level::ERROR),
-    }
 }
 
 #[cfg(test)]

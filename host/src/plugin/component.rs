@@ -1,0 +1,184 @@
+//! The component backend: a module's pre-linked component and the pool of its instances.
+//! A call takes an instance (a fresh one if none is idle), arms its deadline, runs the
+//! hook, and classifies a failure. An instance that traps, times out or returns something
+//! invalid is dropped, never reused; its pool slot is recycled by wasmtime.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks};
+use sluice_bindings::{Plugin as World, PluginPre};
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+
+use super::error::{FailureKind, Phase};
+use super::hook::{Decision, local_response, prebuffer, trap_message};
+use super::pool::{Permit, Pool};
+use super::runtime::Runtime;
+use super::state::PluginState;
+use crate::capability::kv::StoreClosed;
+use crate::config;
+use crate::message::Call;
+
+/// A component instance with its own store.
+pub struct Instance {
+    store: Store<PluginState>,
+    world: World,
+}
+
+pub struct ComponentBackend {
+    pre: PluginPre<PluginState>,
+    pool: Pool<Instance>,
+    hooks: Hooks,
+    runtime: Arc<Runtime>,
+    spec: config::Plugin,
+    /// How long a call may wait for an instance, and the wall-clock bound of a call.
+    queue_timeout: Duration,
+    /// Whether this plugin has read the request (0) or response (1) body in that phase. From
+    /// then on the host reads that body whole before it takes an instance.
+    reads_body: [AtomicBool; 2],
+}
+
+/// Why a new instance could not be made ready.
+pub enum InitError {
+    /// `init` refused the plugin's config.
+    Rejected(String),
+    Failed(FailureKind),
+}
+
+impl ComponentBackend {
+    /// Instantiates the plugin once and runs `init` with its config, so a bad config is
+    /// reported now, at load; the instance is the pool's first.
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        pre: PluginPre<PluginState>,
+        spec: config::Plugin,
+        queue_timeout: Duration,
+    ) -> Result<Self, InitError> {
+        let (first, hooks) = instantiate(&runtime, &pre, &spec).await?;
+        let pool = Pool::new(first, &spec, queue_timeout);
+        Ok(Self { pre, pool, hooks, runtime, spec, queue_timeout, reads_body: Default::default() })
+    }
+
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    pub fn idle_instances(&self) -> usize {
+        self.pool.idle()
+    }
+
+    pub async fn call(
+        &self,
+        phase: Phase,
+        mut call: Box<Call>,
+    ) -> (Box<Call>, Result<Decision, FailureKind>) {
+        let reads_body = &self.reads_body[phase as usize];
+        if reads_body.load(Ordering::Relaxed) {
+            prebuffer(phase, &mut call, self.queue_timeout).await;
+        }
+        let (mut instance, permit) = match self.checkout().await {
+            Ok(lease) => lease,
+            Err(kind) => return (call, Err(kind)),
+        };
+        let _ticking = self.runtime.ticking();
+        let store = &mut instance.store;
+        store.data_mut().http.call = Some(call);
+        arm_deadline(store, self.spec.timeout, self.queue_timeout);
+        let filter = instance.world.sluice_plugin_filter();
+        let outcome = match phase {
+            Phase::Request => {
+                let req = Resource::new_borrow(0);
+                filter.call_on_request(&mut *store, req).await.map(Some)
+            }
+            Phase::Response => {
+                let (req, resp) = (Resource::new_borrow(0), Resource::new_borrow(0));
+                filter.call_on_response(&mut *store, req, resp).await.map(|()| None)
+            }
+        };
+        let http = &mut store.data_mut().http;
+        let call = http.call.take().expect("the call is put back by no one else");
+        if std::mem::take(&mut http.read_body) {
+            reads_body.store(true, Ordering::Relaxed);
+        }
+        let result = match outcome {
+            Ok(None) => Ok(Decision::Continue),
+            Ok(Some(Action::Continue)) => Ok(Decision::Continue),
+            Ok(Some(Action::Respond(local))) => local_response(local),
+            Err(e) => Err(classify(&e, store, self.spec.timeout)),
+        };
+        match &result {
+            Ok(_) => self.pool.checkin(instance, permit),
+            // The instance may be in any state now: drop it, never reuse it.
+            Err(_) => drop((instance, permit)),
+        }
+        (call, result)
+    }
+
+    async fn checkout(&self) -> Result<(Instance, Permit), FailureKind> {
+        let (idle, permit) = self.pool.lease().await?;
+        if let Some(instance) = idle {
+            return Ok((instance, permit));
+        }
+        match instantiate(&self.runtime, &self.pre, &self.spec).await {
+            Ok((instance, _)) => Ok((instance, permit)),
+            Err(InitError::Failed(kind)) => Err(kind),
+            // The same config was accepted at load; refusing it now is a plugin bug.
+            Err(InitError::Rejected(msg)) => Err(FailureKind::BadReturn(format!(
+                "init rejected the config it accepted at load: {msg}"
+            ))),
+        }
+    }
+}
+
+/// A new instance, `init`ialised with the plugin's config.
+async fn instantiate(
+    runtime: &Runtime,
+    pre: &PluginPre<PluginState>,
+    spec: &config::Plugin,
+) -> Result<(Instance, Hooks), InitError> {
+    let _ticking = runtime.ticking();
+    let mut store = runtime.new_store(spec.name.clone());
+    // `init` may parse keys or compile patterns: give it ten hook budgets.
+    let budget = spec.timeout * 10;
+    arm_deadline(&mut store, budget, budget * 10);
+    let world = match pre.instantiate_async(&mut store).await {
+        Ok(world) => world,
+        Err(e) => {
+            let mut why = format!("{e:#}");
+            if why.contains("concurrent limit") {
+                // Every plugin's instances share the pool's slots.
+                why.push_str(" (runtime.max_instances)");
+            }
+            return Err(InitError::Failed(FailureKind::Instantiate(why)));
+        }
+    };
+    let init = world.sluice_plugin_filter().call_init(&mut store, &spec.config_json).await;
+    match init {
+        Ok(Ok(hooks)) => Ok((Instance { store, world }, hooks)),
+        Ok(Err(msg)) => Err(InitError::Rejected(msg)),
+        Err(e) => Err(InitError::Failed(classify(&e, &mut store, budget))),
+    }
+}
+
+/// `budget` of running time, and at most `wall_limit` in all (waiting included).
+fn arm_deadline(store: &mut Store<PluginState>, budget: Duration, wall_limit: Duration) {
+    store.data_mut().budget.arm(budget, wall_limit.max(budget));
+    store.set_epoch_deadline(1);
+}
+
+/// Names what went wrong, on one line: the root cause, the plugin's own function names
+/// from the backtrace (where the module kept its name section), and the plugin's last
+/// stderr lines (a Rust panic message lands there).
+fn classify(e: &wasmtime::Error, store: &mut Store<PluginState>, budget: Duration) -> FailureKind {
+    let stderr = store.data().stderr.take_recent();
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return FailureKind::Timeout(budget);
+    }
+    if let Some(closed) = e.downcast_ref::<StoreClosed>() {
+        return FailureKind::StoreClosed(closed.to_string());
+    }
+    let cause = e.chain().last().map_or_else(|| e.to_string(), |c| c.to_string());
+    FailureKind::Trap { message: trap_message(&cause, e.downcast_ref()), stderr }
+}

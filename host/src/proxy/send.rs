@@ -1,0 +1,111 @@
+//! The upstream stage: the request goes through the route's [`Targets`] (split, endpoint,
+//! attempts, retries), and the response head comes back cleaned for the client.
+
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+
+use super::forward::{set_forwarded, strip_hop_by_hop};
+use super::request_id::X_REQUEST_ID;
+use super::{ProxyError, RequestCtx};
+use crate::gateway::Route;
+use crate::message::{Body, BodyWatch, BoxBody, RequestMsg, ResponseMsg};
+use crate::upstream::{InFlight, Outgoing};
+
+/// Sends the request upstream. With `keep`, the request's head comes back (without its
+/// body) for the response phases; without, nothing is copied.
+pub async fn upstream(
+    ctx: &mut RequestCtx,
+    route: &Route,
+    request: RequestMsg,
+    keep: bool,
+    watch: Option<&BodyWatch>,
+) -> Result<(Option<RequestMsg>, ResponseMsg), ProxyError> {
+    let RequestMsg { parts, body, meta, context } = request;
+    // A body a plugin could not read whole is not the request: never send it on.
+    if let Body::Broken(e) = &body {
+        use crate::message::{BodyError, ClientBodyError};
+        let fault = watch.and_then(BodyWatch::failure).cloned();
+        return Err(ProxyError::ClientBody(fault.unwrap_or_else(|| match e {
+            BodyError::TimedOut(d) => ClientBodyError::TimedOut(*d),
+            e => ClientBodyError::Broken(e.to_string()),
+        })));
+    }
+    let outgoing = Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch };
+    let (scheme, id) = (&ctx.scheme, &meta.id_header);
+    let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {
+        prepare(req, endpoint, scheme, id);
+    };
+    let sent = route.targets.send(&mut ctx.upstream, outgoing, prepare).await?;
+    let (mut resp_parts, resp_body) = sent.response.into_parts();
+    strip_hop_by_hop(&mut resp_parts.headers);
+    // An upstream that stops sending its body part way is cut by the client connection's
+    // idle watchdog (`server.idle_timeout`): no timer per response.
+    let body = match sent.in_flight {
+        None => Body::stream(resp_body),
+        Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
+    };
+    let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta, context });
+    Ok((request, ResponseMsg { parts: resp_parts, body }))
+}
+
+/// The upstream request for `endpoint`: its URI, Host, hop-by-hop headers dropped, and the
+/// forwarding headers.
+fn prepare(
+    req: &mut Request<BoxBody>,
+    endpoint: &http::uri::Authority,
+    scheme: &http::uri::Scheme,
+    id: &HeaderValue,
+) {
+    let client_host = req.headers().get(http::header::HOST).cloned();
+    // HTTP/2 clients send `:authority` instead of Host; the upstream needs a Host header.
+    let authority_host = match client_host {
+        Some(_) => None,
+        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(endpoint.clone());
+    uri.path_and_query = req.uri().path_and_query().cloned();
+    if let Ok(u) = http::Uri::from_parts(uri) {
+        *req.uri_mut() = u;
+    }
+    // The upstream client speaks HTTP/1.1 whatever the client spoke (the edge issue
+    // makes this per upstream).
+    *req.version_mut() = http::Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(h) = &authority_host {
+        headers.insert(http::header::HOST, h.clone());
+    }
+    set_forwarded(headers, client_host.or(authority_host), scheme);
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its endpoint's in-flight count until it ends.
+    struct Guarded {
+        #[pin]
+        body: Incoming,
+        _guard: InFlight,
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,295 @@
+//! The one way into upstreams: choose the route's upstream (split), pick an endpoint
+//! (balancer, with the request's hash key), then attempts with timeouts, and retries with
+//! back-off under the retry budget. Each attempt's outcome is reported to its endpoint's
+//! health and circuit breaker, and written into the request's [`Trace`].
+//!
+//! What is retried: a connect failure for any method (nothing was sent); for idempotent
+//! methods also a timeout, a broken connection and the configured statuses. Never once the
+//! request body has been streamed, since it cannot be sent again.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use super::error::{SendError, UpstreamError};
+use super::{InFlight, Outcome, Unavailable, Upstream, retry};
+use crate::config::{KeySource, Strategy};
+use crate::message::{Body, BodyWatch, BoxBody, BoxError, ClientBodyError, Replay, request_key};
+
+/// A route's upstreams: one, or several sharing its traffic by weight.
+pub struct Targets {
+    split: Box<[(Arc<Upstream>, u32)]>,
+    total: u64,
+    /// Keeps a client on one upstream of a split.
+    sticky: Option<KeySource>,
+}
+
+impl Targets {
+    pub fn new(split: Vec<(Arc<Upstream>, u32)>, sticky: Option<KeySource>) -> Self {
+        assert!(!split.is_empty(), "config validation guarantees an upstream");
+        let total = split.iter().map(|(_, w)| u64::from(*w)).sum();
+        Self { split: split.into(), total, sticky }
+    }
+
+    /// The upstreams with their split weights.
+    pub fn upstreams(&self) -> impl Iterator<Item = (&Arc<Upstream>, u32)> {
+        self.split.iter().map(|(u, w)| (u, *w))
+    }
+
+    /// Sends the request to the chosen upstream, with retries. `prepare` fills in the
+    /// upstream request for the chosen endpoint (URI, Host, forwarding headers). `watch`
+    /// follows the client's body while it streams: an attempt that failed because of it is
+    /// the client's fault, reported as such, never retried and never held against the
+    /// endpoint.
+    pub async fn send(
+        &self,
+        trace: &mut Trace,
+        request: Outgoing<'_>,
+        prepare: impl Fn(&mut Request<BoxBody>, &Authority),
+    ) -> Result<Sent, SendError> {
+        let upstream = self.choose(request.parts, request.client_ip);
+        let key = match &upstream.config.strategy {
+            Strategy::ConsistentHash(source) => {
+                request_key(source, request.parts, request.client_ip)
+            }
+            _ => None,
+        };
+        upstream.send_with(&upstream.transport, upstream, trace, request, key, prepare).await
+    }
+
+    fn choose(&self, parts: &http::request::Parts, client_ip: IpAddr) -> &Arc<Upstream> {
+        if let [(only, _)] = &*self.split {
+            return only;
+        }
+        let key = self.sticky.as_ref().and_then(|k| request_key(k, parts, client_ip));
+        let mut point = match key {
+            Some(k) => k % self.total,
+            None => fastrand::u64(0..self.total),
+        };
+        for (u, w) in &self.split {
+            if point < u64::from(*w) {
+                return u;
+            }
+            point -= u64::from(*w);
+        }
+        &self.split[0].0
+    }
+}
+
+/// What goes upstream: the request head (sent as a copy per attempt), its body, and what
+/// the balancing key may be taken from.
+pub struct Outgoing<'a> {
+    pub parts: &'a http::request::Parts,
+    pub body: Body,
+    pub client_ip: IpAddr,
+    pub watch: Option<&'a BodyWatch>,
+}
+
+/// What came back: the response, and the in-flight guard that must live as long as its
+/// body when the balancer counts load.
+pub struct Sent<B = hyper::body::Incoming> {
+    pub response: Response<B>,
+    pub in_flight: Option<InFlight>,
+}
+
+/// What the upstream side did for one request, for the request's context.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The upstream the request went to.
+    pub upstream: Option<Arc<str>>,
+    pub attempts: SmallVec<[AttemptRecord; 1]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub endpoint: Authority,
+    /// How the attempt went; `None` when it was abandoned because of the client.
+    pub outcome: Option<Outcome>,
+    /// From sending to the response head (or the failure).
+    pub took: Duration,
+}
+
+/// How an attempt's request is carried: hyper's pooled client, or a script in tests.
+pub(crate) trait Transport: Sync {
+    type Body: Send;
+    fn request(
+        &self,
+        req: Request<BoxBody>,
+    ) -> impl Future<Output = Result<Response<Self::Body>, TransportError>> + Send;
+    /// Never reuses the connection that carried `response`.
+    fn close_connection_of(&self, response: &Response<Self::Body>);
+}
+
+#[derive(Debug)]
+pub(crate) enum TransportError {
+    /// No connection: nothing was sent.
+    Connect(BoxError),
+    /// The connection failed after it was made.
+    Broken(BoxError),
+}
+
+impl Upstream {
+    async fn send_with<T: Transport>(
+        &self,
+        transport: &T,
+        this: &Arc<Upstream>,
+        trace: &mut Trace,
+        request: Outgoing<'_>,
+        key: Option<u64>,
+        prepare: impl Fn(&mut Request<BoxBody>, &Authority),
+    ) -> Result<Sent<T::Body>, SendError> {
+        let Outgoing { parts, body, watch, .. } = request;
+        let policy = &self.config.retry;
+        trace.upstream = Some(self.name.clone());
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::TRACE
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
+        let deadline = self.config.total_timeout.map(|t| Instant::now() + t);
+        let hold_load = self.tracks_load().then_some(this);
+        if policy.attempts > 1 {
+            self.budget.deposit();
+        }
+        let mut body = Replay::new(body);
+        let mut tried = SmallVec::<[usize; 4]>::new();
+        // The previous attempt's failure: what the client gets if a retry cannot even start.
+        let mut last: Option<UpstreamError> = None;
+        for attempt_no in 1..=policy.attempts {
+            let attempt = match (self.pick(key, &tried), last) {
+                (Ok(attempt), _) => attempt,
+                (Err(_), Some(previous)) => return Err(previous.into()),
+                (Err(u), None) => return Err(self.unavailable(u).into()),
+            };
+            let (index, endpoint) = (attempt.index, attempt.endpoint().clone());
+            let Some(attempt_body) = body.for_attempt() else {
+                // The failed attempt read the body after all (a race with its connection).
+                return Err(UpstreamError::BodySpent { endpoint: endpoint.to_string() }.into());
+            };
+            let mut req = Request::from_parts(parts.clone(), attempt_body);
+            prepare(&mut req, &endpoint);
+            let started = Instant::now();
+            let timeout = match deadline {
+                Some(d) => self.config.timeout.min(d.saturating_duration_since(started)),
+                None => self.config.timeout,
+            };
+            let sent = tokio::time::timeout(timeout, transport.request(req)).await;
+            let mut record = |outcome| {
+                let took = started.elapsed();
+                trace.attempts.push(AttemptRecord { endpoint: endpoint.clone(), outcome, took });
+            };
+            if sent.as_ref().is_ok_and(Result::is_ok) {
+                // Answered; the client's body may still fail later, as the response streams.
+            } else if let Some(fault) = client_fault(watch, sent.is_err(), timeout) {
+                // Dropped unfinished, the attempt records nothing against the endpoint.
+                drop(attempt);
+                record(None);
+                return Err(fault.into());
+            }
+            let at = || endpoint.to_string();
+            let error = match sent {
+                Ok(Ok(response)) if badly_framed(&response) => {
+                    // What follows on that connection cannot be told apart from this body.
+                    transport.close_connection_of(&response);
+                    attempt.finish(Outcome::Failed, None);
+                    record(Some(Outcome::Failed));
+                    UpstreamError::BadFraming { endpoint: at() }
+                }
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let in_flight = attempt.finish(Outcome::Status(status), hold_load);
+                    record(Some(Outcome::Status(status)));
+                    let retry_status = idempotent && policy.statuses.contains(&status.as_u16());
+                    if !(retry_status && self.may_retry(attempt_no, &body, deadline)) {
+                        return Ok(Sent { response, in_flight });
+                    }
+                    UpstreamError::Status { endpoint: at(), status }
+                }
+                Err(_) => {
+                    attempt.finish(Outcome::TimedOut, None);
+                    record(Some(Outcome::TimedOut));
+                    UpstreamError::Timeout { endpoint: at(), timeout }
+                }
+                Ok(Err(TransportError::Connect(source))) => {
+                    attempt.finish(Outcome::ConnectFailed, None);
+                    record(Some(Outcome::ConnectFailed));
+                    UpstreamError::Connect { endpoint: at(), source }
+                }
+                Ok(Err(TransportError::Broken(source))) => {
+                    attempt.finish(Outcome::Failed, None);
+                    record(Some(Outcome::Failed));
+                    UpstreamError::Broken { endpoint: at(), source }
+                }
+            };
+            // A retried status was already checked against the policy above.
+            let status_retry = matches!(error, UpstreamError::Status { .. });
+            if !(status_retry
+                || error.retryable(idempotent) && self.may_retry(attempt_no, &body, deadline))
+            {
+                return Err(error.into());
+            }
+            tracing::debug!(upstream = %self.name, "attempt {attempt_no} failed, retrying: {error}");
+            tried.push(index);
+            last = Some(error);
+            let wait = retry::backoff(attempt_no, policy.backoff, policy.max_backoff);
+            tokio::time::sleep(wait).await;
+        }
+        // Only reached if `attempts` were 0, which validation refuses.
+        Err(last.unwrap_or_else(|| self.unavailable(Unavailable::NoHealthy)).into())
+    }
+
+    /// A further attempt is allowed, the body can be sent again, time is left, and the
+    /// budget has a retry.
+    fn may_retry(&self, attempt_no: u32, body: &Replay, deadline: Option<Instant>) -> bool {
+        let policy = &self.config.retry;
+        attempt_no < policy.attempts
+            && body.replayable()
+            && deadline.is_none_or(|d| d > Instant::now() + policy.backoff)
+            && self.budget.try_withdraw(Instant::now())
+    }
+
+    fn unavailable(&self, u: Unavailable) -> UpstreamError {
+        let upstream = self.name.to_string();
+        match u {
+            Unavailable::NoHealthy => UpstreamError::NoHealthyEndpoint { upstream },
+            Unavailable::CircuitOpen { retry_after } => {
+                UpstreamError::CircuitOpen { upstream, retry_after }
+            }
+        }
+    }
+}
+
+/// A response whose length two headers disagree about (RFC 9112 section 6.3): whichever
+/// one the gateway believed, a client or a cache behind it might believe the other.
+fn badly_framed<B>(response: &Response<B>) -> bool {
+    let h = response.headers();
+    h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// Whether a failed attempt was the client's doing: its body broke, or the attempt timed
+/// out while the client was still sending it (an upstream cannot answer a request it has
+/// not been given whole).
+fn client_fault(
+    watch: Option<&BodyWatch>,
+    timed_out: bool,
+    timeout: Duration,
+) -> Option<ClientBodyError> {
+    let watch = watch?;
+    if let Some(e) = watch.failure() {
+        return Some(e.clone());
+    }
+    (timed_out && !watch.ended()).then_some(ClientBodyError::TimedOut(timeout))
+}
+
+#[cfg(test)]
+mod tests;
