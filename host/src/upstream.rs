@@ -16,7 +16,7 @@ pub mod retry;
 mod send;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -30,10 +30,10 @@ use balance::{Balancer, View};
 use breaker::{Admit, Breaker};
 use connector::{Connector, Http};
 pub use error::{SendError, UpstreamError};
-use health::{Counter, Passive};
+use health::Passive;
 pub use send::{AttemptRecord, Outgoing, Sent, Targets, Trace};
 
-use crate::config::{self, EndpointState, HealthCheck};
+use crate::config::{self, EndpointState};
 use crate::message::BoxBody;
 
 /// The pooled HTTP/1.1 client of one upstream.
@@ -172,7 +172,7 @@ impl Upstream {
     pub fn start_checks(self: &Arc<Self>) {
         let Some(check) = self.config.health_check.clone() else { return };
         self.checker.get_or_init(|| {
-            let task = tokio::spawn(check_loop(Arc::downgrade(self), check));
+            let task = tokio::spawn(health::check_loop(Arc::downgrade(self), check));
             task.abort_handle()
         });
     }
@@ -376,53 +376,6 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.endpoints[self.index].in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Probes every endpoint each interval and publishes the result. Holds the upstream only
-/// while publishing, so a replaced upstream is freed (and this task ends) promptly.
-async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
-    let (addresses, name) = match upstream.upgrade() {
-        Some(up) => {
-            let addrs: Vec<String> = up.endpoints.iter().map(|e| e.address.to_string()).collect();
-            (addrs, up.name.clone())
-        }
-        None => return,
-    };
-    let mut counters = vec![Counter::default(); addresses.len()];
-    let mut ticker = tokio::time::interval(check.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let mut probes = tokio::task::JoinSet::new();
-        for (i, address) in addresses.iter().enumerate() {
-            let (address, check) = (address.clone(), check.clone());
-            probes.spawn(async move { (i, health::probe(&address, &check).await) });
-        }
-        let results = probes.join_all().await;
-        let Some(up) = upstream.upgrade() else { return };
-        for (i, result) in results {
-            let endpoint = &up.endpoints[i];
-            let passed = result.is_ok();
-            let Some(now_healthy) =
-                counters[i].record(passed, check.healthy_threshold, check.unhealthy_threshold)
-            else {
-                continue;
-            };
-            endpoint.healthy.store(now_healthy, Ordering::Relaxed);
-            match result {
-                Ok(()) => {
-                    tracing::info!(upstream = %name, endpoint = %endpoint.address, "healthy again");
-                    endpoint.recovered_at.store(up.nanos(Instant::now()), Ordering::Relaxed);
-                }
-                Err(why) => tracing::warn!(
-                    upstream = %name,
-                    endpoint = %endpoint.address,
-                    "unhealthy after {} failed checks: {why}",
-                    check.unhealthy_threshold
-                ),
-            }
-        }
     }
 }
 

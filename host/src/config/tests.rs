@@ -1,3 +1,4 @@
+use super::plugins::resolve_module;
 use super::*;
 
 fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigErrors> {
@@ -140,7 +141,7 @@ fn upstream_defaults_inherit_from_the_server_and_ties_are_warned_about() {
     assert_eq!((u.connect_timeout, u.timeout), (Duration::from_secs(1), Duration::from_secs(7)));
     assert_eq!(u.strategy, Strategy::RoundRobin);
     assert_eq!((u.endpoints[1].weight, u.endpoints[1].state), (4, EndpointState::Drain));
-    assert_eq!(u.retry.attempts, traffic::DEFAULT_ATTEMPTS);
+    assert_eq!(u.retry.attempts, upstreams::DEFAULT_ATTEMPTS);
     assert!(u.passive_health.is_some() && u.health_check.is_none() && u.circuit_breaker.is_none());
     let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");

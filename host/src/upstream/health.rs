@@ -1,14 +1,15 @@
 //! Endpoint health: active checks (background probes that publish each endpoint's state)
 //! and passive checks (outlier detection on real traffic, with growing ejections).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use http_body_util::Empty;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::Upstream;
 use crate::config::{CheckKind, HealthCheck, PassiveHealth};
 
 /// Consecutive probe results against the thresholds. Starts healthy: a new endpoint takes
@@ -147,6 +148,53 @@ impl Passive {
 pub fn ejection_length(previous: u32, config: &PassiveHealth) -> Duration {
     let factor = 1u32.checked_shl(previous.min(20)).unwrap_or(u32::MAX);
     config.base_ejection.saturating_mul(factor).min(config.max_ejection)
+}
+
+/// Probes every endpoint each interval and publishes the result. Holds the upstream only
+/// while publishing, so a replaced upstream is freed (and this task ends) promptly.
+pub(super) async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
+    let (addresses, name) = match upstream.upgrade() {
+        Some(up) => {
+            let addrs: Vec<String> = up.endpoints.iter().map(|e| e.address.to_string()).collect();
+            (addrs, up.name.clone())
+        }
+        None => return,
+    };
+    let mut counters = vec![Counter::default(); addresses.len()];
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, address) in addresses.iter().enumerate() {
+            let (address, check) = (address.clone(), check.clone());
+            probes.spawn(async move { (i, probe(&address, &check).await) });
+        }
+        let results = probes.join_all().await;
+        let Some(up) = upstream.upgrade() else { return };
+        for (i, result) in results {
+            let endpoint = &up.endpoints[i];
+            let passed = result.is_ok();
+            let Some(now_healthy) =
+                counters[i].record(passed, check.healthy_threshold, check.unhealthy_threshold)
+            else {
+                continue;
+            };
+            endpoint.healthy.store(now_healthy, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    tracing::info!(upstream = %name, endpoint = %endpoint.address, "healthy again");
+                    endpoint.recovered_at.store(up.nanos(Instant::now()), Ordering::Relaxed);
+                }
+                Err(why) => tracing::warn!(
+                    upstream = %name,
+                    endpoint = %endpoint.address,
+                    "unhealthy after {} failed checks: {why}",
+                    check.unhealthy_threshold
+                ),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

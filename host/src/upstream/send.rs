@@ -184,52 +184,19 @@ impl Upstream {
                 None => self.config.timeout,
             };
             let sent = tokio::time::timeout(timeout, transport.request(req)).await;
-            let mut record = |outcome| {
-                let took = started.elapsed();
-                trace.attempts.push(AttemptRecord { endpoint: endpoint.clone(), outcome, took });
+            let retry_status = |status: http::StatusCode| {
+                idempotent
+                    && policy.statuses.contains(&status.as_u16())
+                    && self.may_retry(attempt_no, &body, deadline)
             };
-            if sent.as_ref().is_ok_and(Result::is_ok) {
-                // Answered; the client's body may still fail later, as the response streams.
-            } else if let Some(fault) = client_fault(watch, sent.is_err(), timeout) {
-                // Dropped unfinished, the attempt records nothing against the endpoint.
-                drop(attempt);
-                record(None);
-                return Err(fault.into());
-            }
-            let at = || endpoint.to_string();
-            let error = match sent {
-                Ok(Ok(response)) if badly_framed(&response) => {
-                    // What follows on that connection cannot be told apart from this body.
-                    transport.close_connection_of(&response);
-                    attempt.finish(Outcome::Failed, None);
-                    record(Some(Outcome::Failed));
-                    UpstreamError::BadFraming { endpoint: at() }
-                }
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    let in_flight = attempt.finish(Outcome::Status(status), hold_load);
-                    record(Some(Outcome::Status(status)));
-                    let retry_status = idempotent && policy.statuses.contains(&status.as_u16());
-                    if !(retry_status && self.may_retry(attempt_no, &body, deadline)) {
-                        return Ok(Sent { response, in_flight });
-                    }
-                    UpstreamError::Status { endpoint: at(), status }
-                }
-                Err(_) => {
-                    attempt.finish(Outcome::TimedOut, None);
-                    record(Some(Outcome::TimedOut));
-                    UpstreamError::Timeout { endpoint: at(), timeout }
-                }
-                Ok(Err(TransportError::Connect(source))) => {
-                    attempt.finish(Outcome::ConnectFailed, None);
-                    record(Some(Outcome::ConnectFailed));
-                    UpstreamError::Connect { endpoint: at(), source }
-                }
-                Ok(Err(TransportError::Broken(source))) => {
-                    attempt.finish(Outcome::Failed, None);
-                    record(Some(Outcome::Failed));
-                    UpstreamError::Broken { endpoint: at(), source }
-                }
+            let (outcome, settled) =
+                settle(transport, attempt, sent, timeout, watch, hold_load, retry_status);
+            let took = started.elapsed();
+            trace.attempts.push(AttemptRecord { endpoint, outcome, took });
+            let error = match settled {
+                Settled::Answered(sent) => return Ok(sent),
+                Settled::ClientFault(fault) => return Err(fault.into()),
+                Settled::Failed(error) => error,
             };
             // A retried status was already checked against the policy above.
             let status_retry = matches!(error, UpstreamError::Status { .. });
@@ -267,6 +234,62 @@ impl Upstream {
             }
         }
     }
+}
+
+/// How an attempt ended, once reported to its endpoint.
+enum Settled<B> {
+    Answered(Sent<B>),
+    /// The client's body failed, or the attempt timed out while the client still sent it.
+    ClientFault(ClientBodyError),
+    Failed(UpstreamError),
+}
+
+/// Reports how an attempt went to its endpoint (health, breaker, load), and says what it
+/// means for the request. `retry_status` says whether a response with this status should
+/// be tried again (it takes a retry from the budget when it says yes).
+fn settle<T: Transport>(
+    transport: &T,
+    attempt: super::Attempt<'_>,
+    sent: Result<Result<Response<T::Body>, TransportError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    watch: Option<&BodyWatch>,
+    hold_load: Option<&Arc<Upstream>>,
+    retry_status: impl FnOnce(http::StatusCode) -> bool,
+) -> (Option<Outcome>, Settled<T::Body>) {
+    if !sent.as_ref().is_ok_and(Result::is_ok)
+        && let Some(fault) = client_fault(watch, sent.is_err(), timeout)
+    {
+        // Dropped unfinished, the attempt records nothing against the endpoint.
+        drop(attempt);
+        return (None, Settled::ClientFault(fault));
+    }
+    let endpoint = attempt.endpoint().to_string();
+    let (outcome, error) = match sent {
+        Ok(Ok(response)) if badly_framed(&response) => {
+            // What follows on that connection cannot be told apart from this body.
+            transport.close_connection_of(&response);
+            (Outcome::Failed, UpstreamError::BadFraming { endpoint })
+        }
+        Ok(Ok(response)) => {
+            // Answered; the client's body may still fail later, as the response streams.
+            let status = response.status();
+            let outcome = Outcome::Status(status);
+            let in_flight = attempt.finish(outcome, hold_load);
+            if !retry_status(status) {
+                return (Some(outcome), Settled::Answered(Sent { response, in_flight }));
+            }
+            return (Some(outcome), Settled::Failed(UpstreamError::Status { endpoint, status }));
+        }
+        Err(_) => (Outcome::TimedOut, UpstreamError::Timeout { endpoint, timeout }),
+        Ok(Err(TransportError::Connect(source))) => {
+            (Outcome::ConnectFailed, UpstreamError::Connect { endpoint, source })
+        }
+        Ok(Err(TransportError::Broken(source))) => {
+            (Outcome::Failed, UpstreamError::Broken { endpoint, source })
+        }
+    };
+    attempt.finish(outcome, None);
+    (Some(outcome), Settled::Failed(error))
 }
 
 /// A response whose length two headers disagree about (RFC 9112 section 6.3): whichever

@@ -162,90 +162,99 @@ fn headers_in(headers: &http::HeaderMap) -> Vec<(&str, Cow<'_, str>)> {
 /// anything changes: a refused output fails the call and leaves the message as it was, so
 /// `on_error = "continue"` never goes on with half an edit.
 pub fn apply(phase: Phase, output: &[u8], call: &mut Call) -> Result<Decision, FailureKind> {
-    let bad = |what: String| FailureKind::BadReturn(what);
-    let trimmed = output.trim_ascii();
-    let out: Output = match trimmed {
+    let out: Output = match output.trim_ascii() {
         b"" | b"null" => Output::default(),
         json => serde_json::from_slice(json)
             .map_err(|e| bad(format!("output is not the JSON Sluice expects: {e}")))?,
     };
-    let body = body_out(out.body, out.body_base64, "")?;
     match phase {
-        Phase::Request => {
-            if out.status.is_some() {
-                return Err(bad("`status` is for on_response; use `respond` in on_request".into()));
+        Phase::Request => apply_to_request(out, call),
+        Phase::Response => apply_to_response(out, call),
+    }
+}
+
+fn bad(what: String) -> FailureKind {
+    FailureKind::BadReturn(what)
+}
+
+fn apply_to_request(out: Output, call: &mut Call) -> Result<Decision, FailureKind> {
+    if out.status.is_some() {
+        return Err(bad("`status` is for on_response; use `respond` in on_request".into()));
+    }
+    let body = body_out(out.body, out.body_base64, "")?;
+    if let Some(respond) = out.respond {
+        let body = body_out(respond.body, respond.body_base64, "respond.")?;
+        let local = LocalResponse {
+            status: respond.status,
+            headers: respond.headers.into_iter().collect(),
+            body: body.unwrap_or_default(),
+        };
+        return local_response(local);
+    }
+    let req = &mut call.request;
+    let headers = HeaderEdits::check(&out.set_headers, &out.remove_headers)?;
+    let uri = match out.path {
+        None => None,
+        Some(path) => {
+            let refused = || bad(format!("`path` {path:?} is not an absolute path"));
+            if !path.starts_with('/') {
+                return Err(refused());
             }
-            if let Some(respond) = out.respond {
-                let body = body_out(respond.body, respond.body_base64, "respond.")?;
-                let local = LocalResponse {
-                    status: respond.status,
-                    headers: respond.headers.into_iter().collect(),
-                    body: body.unwrap_or_default(),
-                };
-                return local_response(local);
-            }
-            let req = &mut call.request;
-            let headers = HeaderEdits::check(&out.set_headers, &out.remove_headers)?;
-            let uri = match out.path {
-                None => None,
-                Some(path) => {
-                    let refused = || bad(format!("`path` {path:?} is not an absolute path"));
-                    if !path.starts_with('/') {
-                        return Err(refused());
-                    }
-                    let mut uri = req.parts.uri.clone();
-                    message::replace_path_and_query(&mut uri, path.clone())
-                        .map_err(|_| refused())?;
-                    Some(uri)
-                }
-            };
-            let method = match out.method {
-                None => None,
-                Some(m) => Some(
-                    http::Method::from_bytes(m.as_bytes())
-                        .map_err(|_| bad(format!("`method` {m:?} is not a method")))?,
-                ),
-            };
-            headers.apply(&mut req.parts.headers);
-            if let Some(uri) = uri {
-                req.parts.uri = uri;
-            }
-            if let Some(method) = method {
-                req.parts.method = method;
-            }
-            if let Some(body) = body {
-                message::set_fixed_length(&mut req.parts.headers, body.len());
-                req.body = Body::Full(body.into());
-            }
+            let mut uri = req.parts.uri.clone();
+            message::replace_path_and_query(&mut uri, path.clone()).map_err(|_| refused())?;
+            Some(uri)
         }
-        Phase::Response => {
-            for (field, set) in [
-                ("respond", out.respond.is_some()),
-                ("path", out.path.is_some()),
-                ("method", out.method.is_some()),
-            ] {
-                if set {
-                    return Err(bad(format!("`{field}` is for on_request")));
-                }
-            }
-            let headers = HeaderEdits::check(&out.set_headers, &out.remove_headers)?;
-            let status = match out.status {
-                None => None,
-                Some(s) => Some(
-                    http::StatusCode::from_u16(s)
-                        .map_err(|_| bad(format!("`status` {s} is not 100-999")))?,
-                ),
-            };
-            let resp = call.response.as_mut().expect("the response phase has a response");
-            headers.apply(&mut resp.parts.headers);
-            if let Some(status) = status {
-                resp.parts.status = status;
-            }
-            if let Some(body) = body {
-                message::set_fixed_length(&mut resp.parts.headers, body.len());
-                resp.body = Body::Full(body.into());
-            }
+    };
+    let method = match out.method {
+        None => None,
+        Some(m) => Some(
+            http::Method::from_bytes(m.as_bytes())
+                .map_err(|_| bad(format!("`method` {m:?} is not a method")))?,
+        ),
+    };
+    // Everything was checked: now it applies, whole.
+    headers.apply(&mut req.parts.headers);
+    if let Some(uri) = uri {
+        req.parts.uri = uri;
+    }
+    if let Some(method) = method {
+        req.parts.method = method;
+    }
+    if let Some(body) = body {
+        message::set_fixed_length(&mut req.parts.headers, body.len());
+        req.body = Body::Full(body.into());
+    }
+    Ok(Decision::Continue)
+}
+
+fn apply_to_response(out: Output, call: &mut Call) -> Result<Decision, FailureKind> {
+    for (field, set) in [
+        ("respond", out.respond.is_some()),
+        ("path", out.path.is_some()),
+        ("method", out.method.is_some()),
+    ] {
+        if set {
+            return Err(bad(format!("`{field}` is for on_request")));
         }
+    }
+    let body = body_out(out.body, out.body_base64, "")?;
+    let headers = HeaderEdits::check(&out.set_headers, &out.remove_headers)?;
+    let status = match out.status {
+        None => None,
+        Some(s) => Some(
+            http::StatusCode::from_u16(s)
+                .map_err(|_| bad(format!("`status` {s} is not 100-999")))?,
+        ),
+    };
+    // Everything was checked: now it applies, whole.
+    let resp = call.response.as_mut().expect("the response phase has a response");
+    headers.apply(&mut resp.parts.headers);
+    if let Some(status) = status {
+        resp.parts.status = status;
+    }
+    if let Some(body) = body {
+        message::set_fixed_length(&mut resp.parts.headers, body.len());
+        resp.body = Body::Full(body.into());
     }
     Ok(Decision::Continue)
 }

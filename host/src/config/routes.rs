@@ -1,0 +1,285 @@
+//! `[[routes]]`: matching, rewriting and splitting, and the route-table analysis that finds
+//! unreachable and ambiguous routes.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::check::*;
+use super::error::Errors;
+use super::model::*;
+use super::{ConfigError, DEFAULT_MAX_BODY_BYTES, schema};
+use crate::router::{self, FieldMatch, Finding, HostPattern, PathPattern, Rule, ValueMatch};
+
+pub fn validate_routes(
+    file: &schema::File,
+    default_body: Option<u64>,
+    errors: &mut Errors,
+    warnings: &mut Vec<ConfigError>,
+) -> Vec<Route> {
+    let default_body = default_body.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    // Names given in the file must be unique; an unnamed route is named after its path,
+    // with `#N` (its position, from 1) when that name is taken.
+    let mut seen_names = HashSet::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(name) = &r.name
+            && !seen_names.insert(name.clone())
+        {
+            errors.push(format!("routes[{i}].name"), format!("duplicate route name {name:?}"));
+        }
+    }
+    let mut routes = Vec::with_capacity(file.routes.len());
+    // Config indices of the routes in `routes`, for the analysis' messages.
+    let mut indices = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        let before = errors.0.len();
+        let rule = validate_rule(r, &at, errors);
+        let name = match &r.name {
+            Some(name) => name.clone(),
+            None => {
+                let path = r.path.clone().or_else(|| r.prefix.clone());
+                let path = path.unwrap_or_else(|| format!("routes[{i}]"));
+                let mut name = path.clone();
+                if seen_names.contains(&name) {
+                    name = format!("{path}#{}", i + 1);
+                }
+                seen_names.insert(name.clone());
+                name
+            }
+        };
+        let targets = validate_targets(r, file, &at, errors);
+        let split_sticky = match (&r.split_sticky, &r.split) {
+            (None, _) => None,
+            (Some(_), None) => {
+                errors.push(at("split_sticky"), "only used with `split`");
+                None
+            }
+            (Some(k), Some(_)) => errors.check(at("split_sticky"), key_source(k)),
+        };
+        for (j, p) in r.plugins.iter().enumerate() {
+            if !file.plugins.contains_key(p) {
+                errors.push(format!("routes[{i}].plugins[{j}]"), format!("unknown plugin {p:?}"));
+            }
+        }
+        let rewrite = rule.as_ref().and_then(|rule| validate_rewrite(r, rule, &at, errors));
+        if let Some(rule) = rule.filter(|_| errors.0.len() == before) {
+            indices.push(i);
+            routes.push(Route {
+                name: name.into(),
+                rule,
+                rewrite,
+                targets,
+                split_sticky,
+                plugins: r.plugins.clone(),
+                max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
+            });
+        }
+    }
+    analyze(&routes, &indices, errors, warnings);
+    routes
+}
+
+pub(super) fn validate_rule(
+    r: &schema::Route,
+    at: &impl Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<Rule> {
+    let path = match (&r.path, &r.prefix) {
+        (Some(p), None) => errors.check(at("path"), PathPattern::parse(p, false)),
+        (None, Some(p)) => errors.check(at("prefix"), PathPattern::parse(p, true)),
+        (Some(_), Some(_)) => {
+            errors.push(at("path"), "give `path` (exact) or `prefix`, not both");
+            None
+        }
+        (None, None) => {
+            errors.push(at("prefix"), "a route needs `prefix = \"/...\"` or `path = \"/...\"`");
+            None
+        }
+    };
+    let mut hosts = Vec::new();
+    for (j, h) in r.hosts.iter().enumerate() {
+        hosts.extend(errors.check(at(&format!("hosts[{j}]")), HostPattern::parse(h)));
+    }
+    let mut methods = Vec::new();
+    for (j, m) in r.methods.iter().enumerate() {
+        let parsed = http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("not an HTTP method: {m:?}"));
+        methods.extend(errors.check(at(&format!("methods[{j}]")), parsed));
+    }
+    let mut headers = Vec::new();
+    for (j, f) in r.headers.iter().enumerate() {
+        let path = at(&format!("headers[{j}]"));
+        let name = http::HeaderName::try_from(f.name.as_str())
+            .map_err(|_| format!("not a header name: {:?}", f.name));
+        let name = errors.check(format!("{path}.name"), name);
+        let value = field_value(f, &path, errors);
+        if let (Some(name), Some(value)) = (name, value) {
+            headers.push(FieldMatch { name, value });
+        }
+    }
+    let mut query = Vec::new();
+    for (j, f) in r.query.iter().enumerate() {
+        let path = at(&format!("query[{j}]"));
+        if let Some(value) = field_value(f, &path, errors) {
+            query.push(FieldMatch { name: f.name.clone(), value });
+        }
+    }
+    Some(Rule { path: path?, priority: r.priority.unwrap_or(0), hosts, methods, headers, query })
+}
+
+pub(super) fn field_value(
+    f: &schema::FieldMatch,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<ValueMatch> {
+    match (&f.exact, &f.regex, f.present) {
+        (Some(v), None, None) => Some(ValueMatch::Exact(v.clone())),
+        (None, Some(r), None) => {
+            let re = regex::Regex::new(r).map_err(|e| {
+                // The regex crate's message spans lines; its last line says what is wrong.
+                let text = e.to_string();
+                let why = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
+                format!("not a regex ({why}): {r:?}")
+            });
+            errors.check(format!("{path}.regex"), re).map(ValueMatch::Regex)
+        }
+        (None, None, Some(true)) => Some(ValueMatch::Present),
+        _ => {
+            errors.push(path, "give exactly one of `exact`, `regex` or `present = true`");
+            None
+        }
+    }
+}
+
+pub(super) fn validate_rewrite(
+    r: &schema::Route,
+    rule: &Rule,
+    at: &impl Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<Rewrite> {
+    let replacement = match (r.strip_prefix, &r.replace_prefix) {
+        (None | Some(false), None) => return None,
+        (Some(true), None) => String::new(),
+        (None | Some(false), Some(p)) => {
+            if !p.starts_with('/')
+                || p.parse::<http::uri::PathAndQuery>().is_err()
+                || p.contains('?')
+            {
+                errors.push(at("replace_prefix"), format!("not a path starting with '/': {p:?}"));
+                return None;
+            }
+            p.trim_end_matches('/').to_owned()
+        }
+        (Some(true), Some(_)) => {
+            errors.push(at("replace_prefix"), "give `strip_prefix` or `replace_prefix`, not both");
+            return None;
+        }
+    };
+    let field = if r.replace_prefix.is_some() { "replace_prefix" } else { "strip_prefix" };
+    if !rule.path.prefix {
+        errors.push(at(field), "only a `prefix` route can rewrite its prefix");
+        return None;
+    }
+    match rule.path.literal_prefix() {
+        Some(prefix) => Some(Rewrite { prefix, replacement }),
+        None => {
+            errors.push(at(field), "the prefix has parameters; only a literal prefix is rewritten");
+            None
+        }
+    }
+}
+
+pub(super) fn validate_targets(
+    r: &schema::Route,
+    file: &schema::File,
+    at: &impl Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Vec<(String, u32)> {
+    let known = |name: &str, path: String, errors: &mut Errors| {
+        let ok = file.upstreams.contains_key(name);
+        if !ok {
+            errors.push(path, format!("unknown upstream {name:?}"));
+        }
+        ok
+    };
+    match (&r.upstream, &r.split) {
+        (Some(u), None) => {
+            known(u, at("upstream"), errors);
+            vec![(u.clone(), 1)]
+        }
+        (None, Some(split)) => {
+            if split.is_empty() {
+                errors.push(at("split"), "needs at least one upstream");
+            }
+            let mut targets = Vec::new();
+            for (j, s) in split.iter().enumerate() {
+                known(&s.upstream, at(&format!("split[{j}].upstream")), errors);
+                targets.push((s.upstream.clone(), s.weight));
+            }
+            if !split.is_empty() && targets.iter().all(|(_, w)| *w == 0) {
+                errors.push(at("split"), "at least one weight must be above 0");
+            }
+            targets
+        }
+        (Some(_), Some(_)) => {
+            errors.push(at("split"), "give `upstream` or `split`, not both");
+            vec![]
+        }
+        (None, None) => {
+            errors.push(at("upstream"), "a route needs an `upstream` (or a `split`)");
+            vec![]
+        }
+    }
+}
+
+/// Unreachable routes are errors: a route that can never match is a mistake. Ambiguous
+/// pairs are warnings: config order decides, which is well defined but easy to misread.
+pub(super) fn analyze(
+    routes: &[Route],
+    indices: &[usize],
+    errors: &mut Errors,
+    warnings: &mut Vec<ConfigError>,
+) {
+    let rules: Vec<Rule> = routes.iter().map(|r| r.rule.clone()).collect();
+    let name = |i: usize| format!("routes[{}] ({:?})", indices[i], &*routes[i].name);
+    let mut by_route: BTreeMap<usize, String> = BTreeMap::new();
+    for f in router::analyze(&rules) {
+        match f {
+            Finding::Unreachable { shadowed, by } => {
+                let (a, b) = (&rules[by], &rules[shadowed]);
+                let message = if a.priority == b.priority && b.covers(a) {
+                    format!(
+                        "duplicate of {}: the same match conditions; set `priority`, \
+                             add a condition or remove one",
+                        name(by)
+                    )
+                } else if a.priority == b.priority {
+                    format!(
+                        "unreachable: {} matches every request it would and ranks first \
+                             (more specific or earlier)",
+                        name(by)
+                    )
+                } else {
+                    format!(
+                        "unreachable: {} matches every request it would and has the higher \
+                         priority ({} > {})",
+                        name(by),
+                        a.priority,
+                        b.priority
+                    )
+                };
+                by_route.insert(indices[shadowed], message);
+            }
+            Finding::Ambiguous { first, second } => warnings.push(ConfigError::new(
+                format!("routes[{}]", indices[second]),
+                format!(
+                    "ambiguous: {} may match the same requests with the same priority and \
+                     specificity, and wins only by coming first; set `priority` to decide",
+                    name(first)
+                ),
+            )),
+        }
+    }
+    for (i, message) in by_route {
+        errors.push(format!("routes[{i}]"), message);
+    }
+}
