@@ -141,7 +141,8 @@ fn every_guest_package_is_built_for_the_tests() {
             let cargo = std::fs::read_to_string(path.join("Cargo.toml")).unwrap();
             let name =
                 cargo.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"');
-            assert!(PLUGIN_PACKAGES.contains(&name), "{name} is missing from PLUGIN_PACKAGES");
+            // Built for the tests as a guest: every member not on the host side is.
+            assert!(!NOT_GUESTS.contains(&name), "{name} would not be built as a guest");
             let member = path.strip_prefix(workspace()).unwrap().display().to_string();
             assert!(
                 manifest.contains(&format!("\"{member}\"")),

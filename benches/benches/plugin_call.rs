@@ -22,10 +22,8 @@ fn plugin_path(stem: &str) -> PathBuf {
     let target = exe.ancestors().nth(3).unwrap();
     let path = match stem {
         // The Extism example is a core module, built for wasm32-unknown-unknown.
-        "sluice_extism_example" => {
-            target.join(format!("wasm32-unknown-unknown/release/{stem}.wasm"))
-        }
-        _ => target.join(format!("wasm32-wasip2/release/{stem}.wasm")),
+        "sluice_extism_example" => target.join(format!("wasm32-unknown-unknown/guest/{stem}.wasm")),
+        _ => target.join(format!("wasm32-wasip2/guest/{stem}.wasm")),
     };
     assert!(path.is_file(), "{} missing: run ./dev bench", path.display());
     path

@@ -18,7 +18,7 @@ const WARM: usize = 20;
 
 fn module(stem: &str) -> Vec<u8> {
     let exe = std::env::current_exe().unwrap();
-    let path = exe.ancestors().nth(3).unwrap().join(format!("wasm32-wasip2/release/{stem}.wasm"));
+    let path = exe.ancestors().nth(3).unwrap().join(format!("wasm32-wasip2/guest/{stem}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run ./dev bench", path.display()))
 }
 

@@ -43,32 +43,22 @@ pub fn plugin_dir() -> &'static Path {
         let target = target_dir();
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace())
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
-            .args(PLUGIN_PACKAGES.iter().flat_map(|p| ["-p", p]))
+            .args(["build", "--profile", "guest", "--quiet", "--target", "wasm32-wasip2"])
+            .arg("--workspace")
+            .args(NOT_GUESTS.iter().flat_map(|p| ["--exclude", p]))
             .arg("--target-dir")
             .arg(&target)
             .status()
             .expect("run cargo to build the plugins");
         assert!(status.success(), "building the plugins failed");
-        target.join("wasm32-wasip2/release")
+        target.join("wasm32-wasip2/guest")
     })
 }
 
-/// Every guest package in the workspace; `shipped_plugins` checks this list is complete.
-pub const PLUGIN_PACKAGES: &[&str] = &[
-    "sluice-plugin-header-transform",
-    "sluice-plugin-deny",
-    "sluice-plugin-rate-limit",
-    "sluice-plugin-jwt",
-    "sluice-plugin-api-key",
-    "sluice-plugin-basic-auth",
-    "sluice-plugin-cors",
-    "sluice-plugin-transform",
-    "sluice-test-faults",
-    "sluice-test-stamp-v1",
-    "sluice-test-stamp-v2",
-    "sluice-example-hello",
-];
+/// The workspace members that are not guests (as in ./dev): the host side and the Extism
+/// example, a core module. Every other member is a plugin, test plugin or example.
+pub const NOT_GUESTS: &[&str] =
+    &["sluice", "sluice-bindings", "sluice-benches", "sluice-extism-example"];
 
 /// The Extism example (plugin-sdk/extism/example), built from source for
 /// wasm32-unknown-unknown (a core module, as Extism PDKs build them).
@@ -78,13 +68,13 @@ pub fn extism_example() -> String {
         let target = target_dir();
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace())
-            .args(["build", "--release", "--quiet", "--target", "wasm32-unknown-unknown"])
+            .args(["build", "--profile", "guest", "--quiet", "--target", "wasm32-unknown-unknown"])
             .args(["-p", "sluice-extism-example", "--target-dir"])
             .arg(&target)
             .status()
             .expect("run cargo to build the Extism example");
         assert!(status.success(), "building the Extism example failed");
-        target.join("wasm32-unknown-unknown/release/sluice_extism_example.wasm")
+        target.join("wasm32-unknown-unknown/guest/sluice_extism_example.wasm")
     });
     path.display().to_string()
 }
