@@ -94,6 +94,55 @@ async fn a_module_written_to_disk_is_swapped_in_and_a_broken_one_refused() {
     gw.shutdown().await;
 }
 
+/// Writes `file` every 20 ms (faster than the watcher's settle time) until dropped.
+struct Churn(std::sync::Arc<std::sync::atomic::AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Churn {
+    fn start(write: impl Fn(u64) + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for n in 0.. {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                write(n);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Churn(stop, Some(thread))
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.1.take().map(std::thread::JoinHandle::join);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_folder_or_a_file_that_never_settles_does_not_hold_a_reload_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("stamp.wasm");
+    install("v1", &module, true);
+    let gw = gateway(echo().await, &stamp_config(&module, "a")).await;
+    let _watch = sluice::reload::watch(gw.reloader.clone()).unwrap();
+
+    // A log written next to the module all the time: not a file the config names.
+    let log = dir.path().join("gateway.log");
+    let _log = Churn::start(move |n| std::fs::write(&log, format!("line {n}\n")).unwrap());
+    install("v2", &module, true);
+    wait_for_stamp(gw.addr, "v2").await;
+
+    // The module itself rewritten all the time: applied after at most MAX_SETTLE.
+    let target = module.clone();
+    let _module = Churn::start(move |_| install("v1", &target, true));
+    wait_for_stamp(gw.addr, "v1").await;
+    drop(_module);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_applies_whole_or_not_at_all_and_keeps_what_did_not_change() {
     let upstream = echo().await;

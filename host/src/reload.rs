@@ -18,7 +18,7 @@ use crate::gateway::{self, Gateway};
 use crate::plugin::Runtime;
 use crate::server::Shared;
 
-pub use watch::{SETTLE, Watcher, watch};
+pub use watch::{MAX_SETTLE, SETTLE, Watcher, watch};
 
 /// Applied configs remembered for rollback.
 const HISTORY: usize = 16;

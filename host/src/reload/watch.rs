@@ -6,6 +6,10 @@
 //! file written in several steps (truncate, then write) is read once it is whole; if a
 //! reload still catches it half-written, the module fails to compile, the reload is
 //! refused, and the final write triggers another one.
+//!
+//! Only the config file and the files it names count: other files in the same folders (a
+//! log written next to the config) never hold a reload off. A watched file that never goes
+//! quiet holds it off for at most [`MAX_SETTLE`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,11 +18,15 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::Reloader;
 
 /// How long watched files must be quiet before a reload starts.
 pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// The longest a change waits for its files to settle.
+pub const MAX_SETTLE: Duration = Duration::from_secs(1);
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct Watcher {
@@ -61,14 +69,21 @@ async fn run(
         if changed.is_empty() {
             continue;
         }
-        // Debounce: wait until the watched files have been quiet for SETTLE.
+        // Debounce: wait until the watched files have been quiet for SETTLE (events on
+        // other files do not count), but no longer than MAX_SETTLE in all.
+        let give_up = Instant::now() + MAX_SETTLE;
+        let mut quiet_at = Instant::now() + SETTLE;
         loop {
-            match tokio::time::timeout(SETTLE, events.recv()).await {
+            match tokio::time::timeout_at(quiet_at.min(give_up), events.recv()).await {
                 Ok(Some(more)) => {
-                    changed.extend(more.into_iter().filter(|p| files.contains(&normal(p))))
+                    let before = changed.len();
+                    changed.extend(more.into_iter().filter(|p| files.contains(&normal(p))));
+                    if changed.len() > before {
+                        quiet_at = Instant::now() + SETTLE;
+                    }
                 }
                 Ok(None) => return,
-                Err(_quiet) => break,
+                Err(_settled) => break,
             }
         }
         changed.sort();
