@@ -69,7 +69,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// relative paths.
 pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let fail = |errors| ConfigErrors { source_name: source_name.to_owned(), errors };
-    let file = deserialize(text).map_err(|e| fail(vec![e]))?;
+    let file = deserialize(text).map_err(fail)?;
     let mut errors = Errors::default();
     let config = validate(file, source_name, base_dir, &mut errors);
     match config {
@@ -78,12 +78,56 @@ pub fn parse(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, C
     }
 }
 
-fn deserialize(text: &str) -> Result<schema::File, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| toml_error("", &e, text))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+/// At most this many shape errors are reported from one file.
+const MAX_SHAPE_ERRORS: usize = 50;
+
+/// The file's shape, or every shape error in it (unknown keys, wrong types, missing keys),
+/// each with its path and line. After an error, what it is about is taken out of the
+/// document and the rest is read again, so one run reports them all.
+fn deserialize(text: &str) -> Result<schema::File, Vec<ConfigError>> {
+    let mut doc = toml::de::DeTable::parse(text).map_err(|e| vec![toml_error("", &e, text)])?;
+    let mut errors = Vec::new();
+    while errors.len() < MAX_SHAPE_ERRORS {
+        let de = toml::Deserializer::from(doc.clone());
+        let e = match serde_path_to_error::deserialize(de) {
+            Ok(file) if errors.is_empty() => return Ok(file),
+            Ok(_) => break,
+            Err(e) => e,
+        };
         let path = e.path().to_string();
-        toml_error(if path == "." { "" } else { &path }, e.inner(), text)
-    })
+        errors.push(toml_error(if path == "." { "" } else { &path }, e.inner(), text));
+        let path: Vec<_> = e.path().iter().collect();
+        if !remove(doc.get_mut(), &path) {
+            break;
+        }
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(errors)
+}
+
+/// Takes the key at `path` out of the document; `false` if it cannot (the path ends in an
+/// array element, whose removal would shift the paths of the next ones, or is not there).
+fn remove(table: &mut toml::de::DeTable<'_>, path: &[&serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    match path {
+        [Segment::Map { key }] => table.remove(key.as_str()).is_some(),
+        [Segment::Map { key }, rest @ ..] => {
+            table.get_mut(key.as_str()).is_some_and(|v| remove_in(v.get_mut(), rest))
+        }
+        _ => false,
+    }
+}
+
+fn remove_in(value: &mut toml::de::DeValue<'_>, path: &[&serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    use toml::de::DeValue;
+    match (value, path) {
+        (DeValue::Table(t), _) => remove(t, path),
+        (DeValue::Array(a), [Segment::Seq { index }, rest @ ..]) if !rest.is_empty() => {
+            a.get_mut(*index).is_some_and(|v| remove_in(v.get_mut(), rest))
+        }
+        _ => false,
+    }
 }
 
 fn toml_error(path: &str, e: &toml::de::Error, text: &str) -> ConfigError {
