@@ -1,5 +1,5 @@
 //! `config/api-gateway.toml`, the shipped example of a full plugin chain
-//! (jwt -> rate-limit -> cors -> transform), run as written against the echo upstream.
+//! (cors -> jwt -> rate-limit -> transform), run as written against the echo upstream.
 
 use crate::common::services::run_python;
 use crate::common::*;
@@ -38,7 +38,7 @@ async fn the_example_chain_jwt_rate_limit_cors_transform_works_end_to_end() {
         b.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap()
     };
 
-    // A browser's preflight passes jwt (no token needed) and is answered by cors.
+    // A browser's preflight is answered by cors, first in the chain.
     let pre = [
         ("origin", ORIGIN),
         ("access-control-request-method", "GET"),
@@ -53,9 +53,11 @@ async fn the_example_chain_jwt_rate_limit_cors_transform_works_end_to_end() {
     let r = send(&client, request("OPTIONS", "/v1/orders", &evil)).await;
     assert_eq!((r.status.as_u16(), r.header("access-control-allow-origin")), (204, None));
 
-    // No token: jwt answers 401 before anything else runs.
+    // No token: jwt answers 401 before the limiter and the upstream; cors's headers let the
+    // browser see it.
     let r = send(&client, request("GET", "/v1/orders", &[("origin", ORIGIN)])).await;
     assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ORIGIN));
 
     // With a token: every plugin leaves its mark.
     let ada = token("ada");
@@ -81,9 +83,18 @@ async fn the_example_chain_jwt_rate_limit_cors_transform_works_end_to_end() {
         remaining.push(r.header("x-ratelimit-remaining").unwrap().to_owned());
     }
     assert_eq!(remaining, ["4", "3", "2", "1", "0"]);
-    let r = send(&client, request("GET", "/v1/orders", &[("authorization", &ada)])).await;
+    let r =
+        send(&client, request("GET", "/v1/orders", &[("authorization", &ada), ("origin", ORIGIN)]))
+            .await;
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_some());
+    // The browser can read the 429 (cors runs first, so its headers are on every answer)...
+    assert_eq!(r.header("access-control-allow-origin"), Some(ORIGIN));
+    // ...and preflights, which carry no token and so no user key, are never limited.
+    for _ in 0..10 {
+        let r = send(&client, request("OPTIONS", "/v1/orders", &pre)).await;
+        assert_eq!(r.status, 204);
+    }
     // The limit is per user (the `sub` claim jwt forwarded as x-user-id).
     let grace = token("grace");
     let r = send(&client, request("GET", "/v1/orders", &[("authorization", &grace)])).await;

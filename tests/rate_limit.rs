@@ -104,6 +104,41 @@ async fn rate_limit_keys_tiers_and_bypass() {
     gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_its_key_is_limited_per_client_ip_or_skipped() {
+    // Behind a trusted proxy (127.0.0.1), each X-Forwarded-For is another client.
+    let up = echo().await;
+    let start = |config: &str| {
+        let text = config_text(up, &limited(config))
+            .replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+        sluice::start(source(text))
+    };
+    let gw = start("key = \"header:x-api-key\"\nlimit = 2\nwindow = \"1m\"").await.unwrap();
+    const ONE: &[(&str, &str)] = &[("x-forwarded-for", "10.0.0.1")];
+    const TWO: &[(&str, &str)] = &[("x-forwarded-for", "10.0.0.2")];
+    // Without the header, client one gets its own two requests...
+    for _ in 0..2 {
+        assert_eq!(get(gw.addr, "/", ONE).await.status, 200);
+    }
+    assert_eq!(get(gw.addr, "/", ONE).await.status, 429);
+    // ...which are not client two's: no shared bucket for everyone without a key.
+    assert_eq!(get(gw.addr, "/", TWO).await.status, 200);
+    // Nor can a key name the fallback bucket of another client.
+    let posing = [("x-forwarded-for", "10.0.0.2"), ("x-api-key", "!ip:10.0.0.1")];
+    assert_eq!(get(gw.addr, "/", &posing).await.status, 200);
+    gw.shutdown().await;
+
+    let gw =
+        start("key = \"header:x-api-key\"\nlimit = 1\nwindow = \"1m\"\nmissing_key = \"skip\"")
+            .await
+            .unwrap();
+    let keyless = burst(gw.addr, 5, &[]).await;
+    assert_eq!(count(&keyless, 200), 5, "not limited at all");
+    assert!(keyless.iter().all(|r| r.header("x-ratelimit-limit").is_none()));
+    assert_eq!(count(&burst(gw.addr, 2, &[("x-api-key", "k")]).await, 200), 1);
+    gw.shutdown().await;
+}
+
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();

@@ -9,6 +9,7 @@
 //! key = ["header:x-api-key", "route"]     # default ["client-ip"]
 //! tiers = [{ limit = 10, window = "1s" }, { limit = 1000, window = "1h" }]
 //! bypass = ["internal-batch-key|orders"]  # composed keys that are never limited
+//! missing_key = "client-ip"               # or "skip": a request without its header or query
 //! ```
 //!
 //! Counts live in the gateway's key-value store, so a limit holds across worker threads,
@@ -46,6 +47,9 @@ pub struct Config {
     bypass: Vec<String>,
     #[serde(default = "yes")]
     headers: bool,
+    /// What a request whose key lacks a header or query part is counted under.
+    #[serde(default)]
+    missing_key: Option<String>,
 }
 
 fn yes() -> bool {
@@ -88,9 +92,20 @@ impl KeyPart {
     }
 }
 
+/// What a request is counted under when a header or query part of its key is missing.
+#[derive(Debug, PartialEq)]
+pub enum Missing {
+    /// Its client IP, alone: such requests never share one bucket (where a few clients
+    /// would exhaust it for everyone), and leaving the header out gains a client nothing.
+    ClientIp,
+    /// Not limited (say, when another plugin already refused requests without it).
+    Skip,
+}
+
 pub struct RateLimit {
     algorithm: Algorithm,
     key: Vec<KeyPart>,
+    missing: Missing,
     /// Each tier with the prefix of its store keys (limit and window, so a changed tier
     /// starts fresh instead of reading counts kept for another).
     tiers: Vec<(Tier, String)>,
@@ -99,26 +114,31 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The key parts joined with `|`; a missing header or query parameter counts as empty.
-    fn key_of(&self, req: &Request) -> String {
+    /// The key parts joined with `|`, or `None` when a header or query part is missing
+    /// (absent or empty).
+    fn key_of(&self, req: &Request) -> Option<String> {
         let mut out = String::new();
         for (i, part) in self.key.iter().enumerate() {
             if i > 0 {
                 out.push('|');
             }
-            match part {
-                KeyPart::ClientIp => out.push_str(&req.client_ip()),
-                KeyPart::Route => out.push_str(&req.route()),
-                KeyPart::Header(name) => out.push_str(&req.header(name).unwrap_or_default()),
-                KeyPart::Query(name) => out.push_str(
-                    req.query()
-                        .as_deref()
-                        .and_then(|q| sluice_pdk::query_param(q, name))
-                        .unwrap_or(""),
-                ),
+            let value = match part {
+                KeyPart::ClientIp => req.client_ip(),
+                KeyPart::Route => req.route(),
+                KeyPart::Header(name) => req.header(name).unwrap_or_default(),
+                KeyPart::Query(name) => req
+                    .query()
+                    .as_deref()
+                    .and_then(|q| sluice_pdk::query_param(q, name))
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            if value.is_empty() && matches!(part, KeyPart::Header(_) | KeyPart::Query(_)) {
+                return None;
             }
+            out.push_str(&value);
         }
-        out
+        Some(out)
     }
 }
 
@@ -206,7 +226,16 @@ impl Plugin for RateLimit {
                 Ok((Tier { limit: t.limit, window }, prefix))
             })
             .collect::<Result<_, _>>()?;
-        Ok(RateLimit { algorithm, key, tiers, bypass: c.bypass, headers: c.headers })
+        let missing = match c.missing_key.as_deref() {
+            None | Some("client-ip") => Missing::ClientIp,
+            Some("skip") => Missing::Skip,
+            Some(other) => {
+                return Err(format!(
+                    "config.missing_key: expected \"client-ip\" or \"skip\", got {other:?}"
+                ));
+            }
+        };
+        Ok(RateLimit { algorithm, key, missing, tiers, bypass: c.bypass, headers: c.headers })
     }
 
     fn hooks(&self) -> Hooks {
@@ -217,17 +246,29 @@ impl Plugin for RateLimit {
     }
 
     fn on_request(&self, req: &Request) -> Action {
-        let key = self.key_of(req);
-        if self.bypass.contains(&key) {
-            sluice_pdk::metrics::counter_add("bypassed", 1);
-            return Action::Continue;
-        }
+        // The store key after the tier's prefix: `:KEY` for a composed key, `!ip:IP` for the
+        // client-IP fallback, so no header value can name a fallback bucket.
+        let suffix = match (self.key_of(req), &self.missing) {
+            (Some(key), _) if self.bypass.contains(&key) => {
+                sluice_pdk::metrics::counter_add("bypassed", 1);
+                return Action::Continue;
+            }
+            (Some(key), _) => format!(":{key}"),
+            (None, Missing::Skip) => {
+                sluice_pdk::metrics::counter_add("missing_key", 1);
+                return Action::Continue;
+            }
+            (None, Missing::ClientIp) => {
+                sluice_pdk::metrics::counter_add("missing_key", 1);
+                format!("!ip:{}", req.client_ip())
+            }
+        };
         let now = sluice_pdk::clock::now_ms();
         let mut charges: Vec<Charge> = Vec::with_capacity(self.tiers.len());
         let mut tightest: Option<Verdict> = None;
         for (tier, prefix) in &self.tiers {
             let verdict =
-                match limiter::hit(&Kv, self.algorithm, tier, &format!("{prefix}:{key}"), now) {
+                match limiter::hit(&Kv, self.algorithm, tier, &format!("{prefix}{suffix}"), now) {
                     Ok((verdict, charge)) => {
                         charges.push(charge);
                         verdict
@@ -310,6 +351,16 @@ mod tests {
         );
         assert!(
             err(r#"{"limit": 1, "window": "1s", "burst": 3}"#).contains("unknown field `burst`")
+        );
+        assert!(
+            err(r#"{"limit": 1, "window": "1s", "missing_key": "share"}"#)
+                .starts_with("config.missing_key: expected")
+        );
+        let missing = |j: &str| config(j).unwrap().missing;
+        assert_eq!(missing(r#"{"limit": 1, "window": "1s"}"#), Missing::ClientIp);
+        assert_eq!(
+            missing(r#"{"limit": 1, "window": "1s", "missing_key": "skip"}"#),
+            Missing::Skip
         );
     }
 

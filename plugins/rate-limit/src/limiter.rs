@@ -126,8 +126,10 @@ fn sliding_window<S: Store>(
 }
 
 /// How long until one more request fits, with `previous` and `current` counted and
-/// `elapsed` ms into the current window.
+/// `elapsed` ms into the current window. A count above the limit holds other refused
+/// requests not yet given back (a burst arrives at once): at most `limit` were let in.
 fn retry_after(limit: u64, previous: u64, current: u64, elapsed: u64, w: u64) -> u64 {
+    let current = current.min(limit);
     let room = limit.saturating_sub(current + 1);
     if current < limit && previous > 0 {
         // Within this window, once the previous window weighs at most `room`:
@@ -309,6 +311,15 @@ mod tests {
         assert_eq!(allowed(&s, Algorithm::SlidingWindow, &t, 11_200, 3), 1);
         // Two windows later nothing of the burst is left.
         assert_eq!(allowed(&s, Algorithm::SlidingWindow, &t, 13_000, 9), 5);
+    }
+
+    #[test]
+    fn a_burst_of_refusals_does_not_push_retry_after_out() {
+        // 20 let in, and 40 refused requests counted but not yet given back.
+        let w = 3_600_000;
+        assert_eq!(retry_after(20, 0, 60, 1000, w), retry_after(20, 0, 20, 1000, w));
+        // Into the next window, once this one's 20 weigh at most 19: w / 20 after it starts.
+        assert_eq!(retry_after(20, 0, 60, 1000, w), (w - 1000) + w / 20);
     }
 
     #[test]
