@@ -172,3 +172,27 @@ async fn a_busy_port_is_named_once_and_piped_logs_have_no_colour() {
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
     drop(busy);
 }
+
+#[test]
+fn version_names_the_commit_and_the_plugin_world_and_completions_print() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = run(&["--version"]);
+    let world = format!("plugin world sluice:plugin@{}", sluice_bindings::WORLD_VERSION);
+    assert!(version.starts_with("sluice 0."), "{version}");
+    assert!(version.contains(&world), "{version}");
+    // This test runs from a git checkout: the commit is a hash, not "unknown".
+    let commit = version.split("commit ").nth(1).and_then(|r| r.split(',').next()).unwrap();
+    assert!(commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()), "{version}");
+
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("_sluice()") && bash.contains("complete -F _sluice"), "{bash}");
+    for sub in ["run", "check", "plugin", "completions"] {
+        assert!(bash.contains(sub), "{sub} missing");
+    }
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef sluice"));
+    assert!(run(&["completions", "fish"]).contains("complete -c sluice"));
+}

@@ -11,10 +11,20 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `0.1.0 (commit 0123456789ab, plugin world sluice:plugin@0.2.0)`.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (commit {}, plugin world sluice:plugin@{})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SLUICE_GIT_COMMIT"),
+        sluice_bindings::WORLD_VERSION
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
-    version,
+    version = VERSION.as_str(),
     about = "A programmable HTTP gateway extended by Wasm component plugins"
 )]
 struct Cli {
@@ -63,6 +73,11 @@ enum Command {
     /// Write, build and test plugins: `new`, `build`, `test`.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -115,6 +130,11 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => {
             let config = match sluice::config::load(&config) {
                 Ok(c) => c,
