@@ -51,6 +51,21 @@ fn build(project: &str, out_name: &str) -> String {
     path
 }
 
+/// Builds the fixture plugin in tests/plugins/NAME and runs `sluice plugin test` on its
+/// cases.toml (whose module is `NAME.wasm`); returns the run and its output.
+fn test_fixture(name: &str) -> (std::process::Output, String) {
+    let module = build(&format!("tests/plugins/{name}"), name);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = workspace().join(format!("tests/plugins/{name}/cases.toml"));
+    let cases = std::fs::read_to_string(cases)
+        .unwrap()
+        .replace(&format!("module = \"{name}.wasm\""), &format!("module = \"{module}\""));
+    std::fs::write(dir.path().join("cases.toml"), cases).unwrap();
+    let run = sluice(&["plugin", "test"], dir.path());
+    let out = text(&run);
+    (run, out)
+}
+
 fn routes(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
@@ -286,14 +301,7 @@ fn plugin_new_build_and_test_work_for_rust_go_and_js() {
 /// own function names and its stderr.
 #[test]
 fn go_sdk_panic_is_reported_with_the_plugins_function_names() {
-    let stress = build("tests/plugins/go-stress", "go-stress");
-    let dir = tempfile::tempdir().unwrap();
-    let cases = std::fs::read_to_string(workspace().join("tests/plugins/go-stress/cases.toml"))
-        .unwrap()
-        .replace("module = \"go-stress.wasm\"", &format!("module = \"{stress}\""));
-    std::fs::write(dir.path().join("cases.toml"), cases).unwrap();
-    let run = sluice(&["plugin", "test"], dir.path());
-    let out = text(&run);
+    let (run, out) = test_fixture("go-stress");
     assert!(run.status.success(), "{out}");
     assert!(out.contains("case \"a panic fails the request\" (case-2): fail"), "{out}");
     assert!(
@@ -301,5 +309,16 @@ fn go_sdk_panic_is_reported_with_the_plugins_function_names() {
         "the trap names the plugin's function: {out}"
     );
     assert!(!out.contains("at runtime.abort"), "Go runtime frames are left out: {out}");
-    assert!(out.contains("panic: go-stress was asked to panic"), "{out}");
+    // The panic message is on the failure line itself, however long the goroutine dump.
+    let failure = out.lines().find(|l| l.contains("failed in on-request")).expect("a failure");
+    assert!(failure.contains("plugin stderr: panic: go-stress was asked to panic"), "{failure}");
+}
+
+#[test]
+fn a_js_exception_is_reported_with_its_message_and_the_plugins_own_frame() {
+    let (run, out) = test_fixture("js-throw");
+    assert!(run.status.success(), "{out}");
+    let failure = out.lines().find(|l| l.contains("failed in on-request")).expect("a failure");
+    assert!(failure.contains("plugin stderr: js-throw was asked to throw"), "{failure}");
+    assert!(failure.contains("onRequest@plugin.js"), "the plugin's frame: {failure}");
 }

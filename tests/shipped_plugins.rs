@@ -135,8 +135,8 @@ fn every_guest_package_is_built_for_the_tests() {
             if !path.is_dir() {
                 continue; // e.g. source shared by several fixture crates
             }
-            if path.join("go.mod").is_file() {
-                continue; // a Go fixture, built by tests/sdks.rs
+            if path.join("go.mod").is_file() || path.join("package.json").is_file() {
+                continue; // a Go or JS fixture, built by tests/sdks.rs
             }
             let cargo = std::fs::read_to_string(path.join("Cargo.toml")).unwrap();
             let name =

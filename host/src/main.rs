@@ -175,10 +175,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for f in files.iter().filter(|f| !f.starts_with("sdk/") && !f.starts_with("wit/")) {
                 println!("  {f}");
             }
-            println!(
-                "  wit/, {}",
-                if lang == author::Lang::Js { "build.mjs, sluice.d.ts" } else { "sdk/" }
-            );
+            // The SDK and WIT copies, by folder (the JS SDK's files were listed above).
+            println!("  {}", if lang == author::Lang::Js { "wit/" } else { "wit/, sdk/" });
             println!("next: cd {} && sluice plugin build && sluice plugin test", dir.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -213,8 +211,12 @@ fn plugin_test(cases: &std::path::Path) -> anyhow::Result<ExitCode> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let logs = author::CaptureLogs::default();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plugin=trace,extism=off"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // Compiles are announced (a JavaScript plugin takes tens of seconds, once).
+        tracing_subscriber::EnvFilter::new(
+            "warn,plugin=trace,extism=off,sluice::plugin::module=info,sluice::plugin::runtime=info",
+        )
+    });
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour())

@@ -99,7 +99,10 @@ try {
   });
   await writeFile(out, component);
   const mb = (component.length / 1e6).toFixed(1);
-  console.error(`built ${out} (${mb} MB) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  // `sluice plugin build` runs this with SLUICE_BUILD_QUIET and prints its own summary.
+  if (!process.env.SLUICE_BUILD_QUIET) {
+    console.error(`built ${out} (${mb} MB) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  }
 } catch (e) {
   console.error(`error: building ${source} failed: ${e?.message ?? e}`);
   process.exitCode = 1;

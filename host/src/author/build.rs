@@ -217,6 +217,8 @@ fn build_js(dir: &Path, output: &Path) -> Result<Vec<u8>, BuildError> {
     let staged = output.with_extension("js.wasm");
     let mut cmd = Command::new("node");
     cmd.current_dir(dir).arg(&script).arg(main).arg("-o").arg(&staged);
+    // `sluice plugin build` prints the one summary line itself.
+    cmd.env("SLUICE_BUILD_QUIET", "1");
     run(cmd, "node", "install Node.js 18 or newer")?;
     let component = std::fs::read(&staged)
         .map_err(|e| BuildError::Other(format!("cannot read {}: {e}", staged.display())))?;

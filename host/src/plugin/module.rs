@@ -140,6 +140,14 @@ impl Module {
         let (component, source) = match cached.as_deref().and_then(|f| load_cached(engine, f)) {
             Some(component) => (component, CodeSource::DiskCache),
             None => {
+                // Cranelift takes ~3 s per MB on one core: a JavaScript plugin (~12 MB)
+                // compiles for tens of seconds, once; say so before the silence.
+                let mb = bytes.len() as f64 / 1e6;
+                tracing::info!(
+                    "compiling {} ({mb:.1} MB){}; the result is cached for next time",
+                    path.display(),
+                    if mb >= 2.0 { ", which can take a while" } else { "" }
+                );
                 let component = Component::new(engine, &bytes)
                     .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
                 if let Some(file) = &cached {

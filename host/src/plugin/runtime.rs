@@ -27,6 +27,9 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// running.
 const HALF_TICK: u64 = super::ticker::EPOCH_TICK.as_nanos() as u64 / 2;
 
+/// How often a long compile reports that it is still running.
+const COMPILE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A module's SHA-256 and what it is loaded as.
 type ModuleKey = ([u8; 32], PluginKind);
 
@@ -166,12 +169,25 @@ impl Runtime {
             return Ok(module);
         }
         let this = self.clone();
+        let shown = path.display().to_string();
         let path = path.to_owned();
-        let module = tokio::task::spawn_blocking(move || {
+        let build = tokio::task::spawn_blocking(move || {
             Module::build(&this.linker, this.cache_dir.as_deref(), path, bytes, key.0, kind)
-        })
-        .await
-        .map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
+        });
+        // A long compile says it is still running (a cache hit ends long before).
+        let heartbeat = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut every = tokio::time::interval(COMPILE_HEARTBEAT);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                tracing::info!("still compiling {shown} ({:.0?} so far)", started.elapsed());
+            }
+        });
+        let built = build.await;
+        heartbeat.abort();
+        let module =
+            built.map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
         let module = Arc::new(module);
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules.retain(|_, m| m.strong_count() > 0);

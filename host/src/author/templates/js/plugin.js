@@ -7,6 +7,10 @@ let greeting;
 export const filter = {
   init(json) {
     const config = JSON.parse(json);
+    // A typo in the config is an unknown key, reported at load, not a silent default.
+    for (const key of Object.keys(config)) {
+      if (key !== 'greeting') throw new Error(`config.${key}: unknown field (expected greeting)`);
+    }
     if (typeof config.greeting !== 'string' || config.greeting.trim() === '') {
       throw new Error('config.greeting: must be a non-empty string');
     }
