@@ -263,12 +263,14 @@ fn settle<T: Transport>(
         drop(attempt);
         return (None, Settled::ClientFault(fault));
     }
-    let endpoint = attempt.endpoint().to_string();
+    // Named only when the attempt failed: a served request allocates nothing for it.
+    let endpoint = attempt.endpoint().clone();
+    let at = || endpoint.to_string();
     let (outcome, error) = match sent {
         Ok(Ok(response)) if badly_framed(&response) => {
             // What follows on that connection cannot be told apart from this body.
             transport.close_connection_of(&response);
-            (Outcome::Failed, UpstreamError::BadFraming { endpoint })
+            (Outcome::Failed, UpstreamError::BadFraming { endpoint: at() })
         }
         Ok(Ok(response)) => {
             // Answered; the client's body may still fail later, as the response streams.
@@ -278,14 +280,15 @@ fn settle<T: Transport>(
             if !retry_status(status) {
                 return (Some(outcome), Settled::Answered(Sent { response, in_flight }));
             }
-            return (Some(outcome), Settled::Failed(UpstreamError::Status { endpoint, status }));
+            let error = UpstreamError::Status { endpoint: at(), status };
+            return (Some(outcome), Settled::Failed(error));
         }
-        Err(_) => (Outcome::TimedOut, UpstreamError::Timeout { endpoint, timeout }),
+        Err(_) => (Outcome::TimedOut, UpstreamError::Timeout { endpoint: at(), timeout }),
         Ok(Err(TransportError::Connect(source))) => {
-            (Outcome::ConnectFailed, UpstreamError::Connect { endpoint, source })
+            (Outcome::ConnectFailed, UpstreamError::Connect { endpoint: at(), source })
         }
         Ok(Err(TransportError::Broken(source))) => {
-            (Outcome::Failed, UpstreamError::Broken { endpoint, source })
+            (Outcome::Failed, UpstreamError::Broken { endpoint: at(), source })
         }
     };
     attempt.finish(outcome, None);
