@@ -11,6 +11,7 @@ mod config_ui;
 mod cors;
 mod extism;
 mod host_state;
+mod observability;
 mod plugin_chain;
 mod plugin_failures;
 mod proxy;

@@ -79,6 +79,8 @@ fn request() -> RequestMsg {
         route: Arc::from("/api/users"),
         params: Vec::new(),
         max_body_bytes: 1 << 20,
+        trace_id: 0,
+        calls: None,
     });
     RequestMsg { parts, body: Body::empty(), meta, context: Default::default() }
 }

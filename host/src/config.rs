@@ -10,6 +10,7 @@
 mod check;
 mod error;
 mod model;
+mod observe;
 mod plugins;
 mod routes;
 mod runtime;
@@ -25,6 +26,7 @@ pub use check::key_source;
 use error::Errors;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use observe::DEFAULT_ADMIN_LISTEN;
 pub use runtime::default_plugin_dirs;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -187,7 +189,25 @@ fn validate(
     let routes =
         routes::validate_routes(&file, server.as_ref().map(|s| s.1), errors, &mut warnings);
     unused(&file, &mut warnings);
+    // An absent section is off; a present one that fails its checks fails the config.
+    let admin = match &file.admin {
+        Some(a) => Some(observe::validate_admin(a, errors)?),
+        None => None,
+    };
+    let metrics = observe::validate_metrics(&file.metrics, errors);
+    let access_log = match &file.access_log {
+        Some(a) => Some(observe::validate_access_log(a, errors)?),
+        None => None,
+    };
+    let tracing = match &file.tracing {
+        Some(t) => Some(observe::validate_tracing(t, errors)?),
+        None => None,
+    };
     Some(Config {
+        tracing,
+        admin,
+        metrics,
+        access_log,
         warnings,
         source_name: source_name.to_owned(),
         server: server?.0,

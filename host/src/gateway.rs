@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::config::{PluginKind, Rewrite};
 use crate::plugin::{Chain, CodeSource, LoadError, Module, NamedPlugin, Runtime};
 use crate::router::{Found, RequestView, Router};
+use crate::telemetry::access_log::AccessLog;
 use crate::upstream::{Targets, Upstream};
 
 /// A route, resolved.
@@ -27,6 +28,8 @@ pub struct Gateway {
     router: Router<Arc<Route>>,
     plugins: BTreeMap<String, Arc<NamedPlugin>>,
     upstreams: HashMap<String, Arc<Upstream>>,
+    /// Where each request's line goes (`[access_log]`).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// A plugin whose module changed between two gateways.
@@ -133,6 +136,18 @@ impl Gateway {
                 }
             }
         }
+        // The same settings keep the running log (its file and writer); new ones open it.
+        let kept_log = previous
+            .and_then(|g| g.access_log.clone())
+            .filter(|log| Some(&log.settings) == config.access_log.as_ref());
+        let access_log = match (&config.access_log, kept_log) {
+            (_, Some(kept)) => Some(kept),
+            (None, None) => None,
+            (Some(settings), None) => AccessLog::start(settings.clone())
+                .map_err(|e| errors.push(ConfigError::new("access_log.path", format!("{e}"))))
+                .ok()
+                .map(Arc::new),
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors { source_name: config.source_name.clone(), errors });
         }
@@ -166,7 +181,7 @@ impl Gateway {
             (r.rule.clone(), Arc::new(route))
         });
         let router = Router::new(routes);
-        Ok((Self { config, router, plugins, upstreams }, report))
+        Ok((Self { config, router, plugins, upstreams, access_log }, report))
     }
 
     /// Starts what runs in the background (health checks). Called once the gateway is
@@ -188,6 +203,16 @@ impl Gateway {
 
     pub fn plugin(&self, name: &str) -> Option<&Arc<NamedPlugin>> {
         self.plugins.get(name)
+    }
+
+    /// Every plugin, by name.
+    pub fn plugins(&self) -> impl Iterator<Item = (&String, &Arc<NamedPlugin>)> {
+        self.plugins.iter()
+    }
+
+    /// Every upstream, by name.
+    pub fn upstreams(&self) -> impl Iterator<Item = (&String, &Arc<Upstream>)> {
+        self.upstreams.iter()
     }
 
     /// Every plugin module file in use, for the file watcher.

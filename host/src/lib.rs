@@ -15,6 +15,7 @@
 //! `config` turns TOML into a validated model, `gateway` builds routes, chains and
 //! upstreams from it, and `proxy` runs one request through them.
 
+pub mod admin;
 pub mod capability;
 pub mod config;
 pub mod echo;
@@ -25,6 +26,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod telemetry;
 pub mod throttle;
 pub mod upstream;
 
@@ -51,6 +53,14 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("tracing.endpoint: {0}")]
+    Tracing(String),
+    #[error("admin.listen: cannot listen on {addr}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Builds the gateway for `config`, reporting every problem, without serving anything.
@@ -66,6 +76,20 @@ pub async fn build(config: Config) -> Result<(Arc<Runtime>, Gateway), StartError
 pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let text = source.read()?;
     let config = source.parse(&text)?;
+    telemetry::init_metrics(&config.metrics);
+    if let Some(t) = &config.tracing {
+        telemetry::otel::init(t).map_err(StartError::Tracing)?;
+    }
+    // The admin listener comes up first: `/live` answers, and `/ready` says 503, while the
+    // plugins compile.
+    let admin = match &config.admin {
+        Some(a) => Some(
+            admin::AdminHandle::start(a.listen)
+                .await
+                .map_err(|source| StartError::AdminListen { addr: a.listen, source })?,
+        ),
+        None => None,
+    };
     let addr = config.server.listen;
     let shutdown_timeout = config.server.shutdown_timeout;
     if let Some(files) = server::raise_fd_limit() {
@@ -85,6 +109,9 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
     gateway.activate();
     let shared: server::Shared = Arc::new(ArcSwap::from_pointee(gateway));
+    if let Some(admin) = &admin {
+        admin.state.serving(shared.clone(), runtime.clone());
+    }
     let reloader = Arc::new(Reloader::new(source, &text, runtime, shared.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(
@@ -96,5 +123,5 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
         },
         shutdown_timeout,
     ));
-    Ok(Running::new(local, shared, reloader, stop, task))
+    Ok(Running::new(local, shared, reloader, admin, stop, task))
 }

@@ -49,6 +49,8 @@ impl RequestMsg {
             route: Arc::from("r"),
             params: Vec::new(),
             max_body_bytes: 1024,
+            trace_id: 0,
+            calls: None,
         };
         RequestMsg { parts, body: Body::empty(), meta: Arc::new(meta), context: Context::default() }
     }
@@ -98,6 +100,23 @@ pub struct RequestMeta {
     pub params: crate::router::Params,
     /// The most a plugin may buffer when it reads a body.
     pub max_body_bytes: u64,
+    /// The W3C trace id the request belongs to (0: none), for plugins' log lines.
+    pub trace_id: u128,
+    /// Each plugin call, when the request is traced (for its spans).
+    pub calls: Option<std::sync::Mutex<Vec<CallRecord>>>,
+}
+
+/// One plugin hook call, as a traced request keeps it for its span.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub plugin: Arc<str>,
+    pub phase: &'static str,
+    /// `continue`, `local_reply`, `trap`, ... (as in `sluice_plugin_calls_total`).
+    pub outcome: &'static str,
+    /// The local reply's status.
+    pub status: Option<http::StatusCode>,
+    pub started: std::time::Instant,
+    pub took: std::time::Duration,
 }
 
 /// A response on its way to the client.

@@ -22,6 +22,7 @@ mod named;
 mod pool;
 mod rollout;
 mod runtime;
+mod series;
 mod state;
 mod stderr;
 mod ticker;

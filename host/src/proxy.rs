@@ -12,6 +12,7 @@ mod ctx;
 mod error;
 mod forward;
 pub mod normalize;
+mod record;
 mod request_id;
 mod send;
 
@@ -39,8 +40,11 @@ pub async fn handle(
 ) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
     let mut ctx = RequestCtx::new(conn, request_id::of(&parts.headers), &parts);
+    ctx.access_log = gw.access_log.clone();
     let result = serve(&gw, &mut ctx, parts, body).await;
-    finish(&mut ctx, result)
+    let response = finish(&mut ctx, result);
+    // The context goes with the body: the request is recorded when the body ends.
+    response.map(|body| BoxBody::new(record::Recorded::new(body, ctx)))
 }
 
 async fn serve(
@@ -88,6 +92,9 @@ fn arrive_and_route(
     normalize::request(&mut parts, server.paths)
         .and_then(|()| forward::from_client(&mut parts.headers, trusted, server.underscores))
         .map_err(ProxyError::Refused)?;
+    ctx.path = parts.uri.path_and_query().cloned();
+    // Plugins and the upstream see the gateway's span as the parent.
+    ctx.trace.propagate(&mut parts.headers);
     let (client_ip, client_header) = match trusted {
         false => (peer, ctx.conn.peer_header.clone()),
         true => {
@@ -108,6 +115,8 @@ fn arrive_and_route(
         route: route.name.clone(),
         params,
         max_body_bytes: route.max_body_bytes,
+        trace_id: ctx.trace.trace_id,
+        calls: ctx.traced.then(Default::default),
     });
     ctx.meta = Some(meta.clone());
     // A body still to come is watched, so that a client who breaks it or goes quiet is
@@ -117,6 +126,7 @@ fn arrive_and_route(
         false => {
             let watch = Arc::new(BodyWatch::default());
             let body = ClientBody::new(body, watch.clone(), server.body_timeout);
+            ctx.body_in = Some(watch.clone());
             (Body::stream(body), Some(watch))
         }
     };
@@ -131,8 +141,8 @@ struct Arrived {
     watch: Option<Arc<BodyWatch>>,
 }
 
-/// Where a result becomes a status, and where the request is recorded: for now a log line
-/// for a failure; metrics and the access log are written here from `ctx`.
+/// Where a result becomes a status, and the outcome is written into `ctx`, to be recorded
+/// (metrics, the access log) when the response body ends (`proxy/record.rs`).
 fn finish(
     ctx: &mut RequestCtx,
     result: Result<Response<BoxBody>, ProxyError>,

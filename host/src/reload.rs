@@ -17,6 +17,7 @@ use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::gateway::{self, Gateway};
 use crate::plugin::Runtime;
 use crate::server::Shared;
+use crate::telemetry::metrics;
 
 pub use watch::{MAX_SETTLE, SETTLE, Watcher, watch};
 
@@ -108,6 +109,7 @@ impl Reloader {
     /// Wraps a gateway that was built from `text` of `source`.
     pub fn new(source: ConfigSource, text: &str, runtime: Arc<Runtime>, shared: Shared) -> Self {
         let first = applied(1, "start", text);
+        metrics().config_version.set(1);
         Self {
             source: Mutex::new(source),
             runtime,
@@ -157,7 +159,9 @@ impl Reloader {
         if let ConfigSource::Text { text: t, .. } = &mut *lock(&self.source) {
             *t = text.to_owned();
         }
+        let m = metrics();
         for swap in &report.swaps {
+            m.swaps.with_label_values(&[&swap.plugin]).inc();
             tracing::info!(
                 "plugin {:?} swapped: {} -> {}",
                 swap.plugin,
@@ -168,6 +172,8 @@ impl Reloader {
         let mut history = lock(&self.history);
         let version = history.back().map_or(1, |a| a.version + 1);
         let entry = applied(version, cause, text);
+        m.reloads.with_label_values(&["applied"]).inc();
+        m.config_version.set(version as i64);
         tracing::info!(
             "config version {version} applied ({cause}): sha256 {}, {} plugins reloaded, {} kept, in {:.1?}",
             entry.sha256,
@@ -216,6 +222,7 @@ impl Reloader {
         let serving = self.current();
         // One line, so log pipelines keep the reasons with the event.
         let errors: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        metrics().reloads.with_label_values(&["refused"]).inc();
         tracing::error!(
             "reload refused ({cause}); still serving config version {}: {}",
             serving.version,
@@ -238,6 +245,15 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.server.workers != new.server.workers {
         tracing::warn!("server.workers changed; it takes effect on restart");
+    }
+    if old.admin != new.admin {
+        tracing::warn!("admin changed; it takes effect on restart");
+    }
+    if old.tracing != new.tracing {
+        tracing::warn!("tracing changed; it takes effect on restart");
+    }
+    if old.metrics != new.metrics {
+        tracing::warn!("metrics changed; buckets and labels take effect on restart");
     }
     let (a, b) = (&old.runtime, &new.runtime);
     if a.kv != b.kv {

@@ -69,6 +69,7 @@ pub async fn serve<A: Acceptor>(
             (s.max_connections, s.max_connections_per_ip, s.header_timeout, s.idle_timeout)
         };
         let Some(slot) = limits.admit(peer.ip(), max, max_per_ip) else {
+            crate::telemetry::metrics().connections_refused.inc();
             if let Verdict::Write { suppressed } = throttle.check("shed") {
                 tracing::warn!(
                     %peer,
@@ -176,6 +177,8 @@ pub struct Running {
     pub gateway: Shared,
     /// Applies config changes to this gateway.
     pub reloader: Arc<crate::Reloader>,
+    /// The admin listener, if `[admin]` is configured.
+    pub admin: Option<crate::admin::AdminHandle>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -185,15 +188,22 @@ impl Running {
         addr: SocketAddr,
         gateway: Shared,
         reloader: Arc<crate::Reloader>,
+        admin: Option<crate::admin::AdminHandle>,
         stop: tokio::sync::oneshot::Sender<()>,
         task: tokio::task::JoinHandle<()>,
     ) -> Self {
-        Self { addr, gateway, reloader, stop, task }
+        Self { addr, gateway, reloader, admin, stop, task }
     }
 
-    /// Stops accepting and waits for in-flight requests to finish.
+    /// Stops accepting and waits for in-flight requests to finish. Meanwhile the admin
+    /// listener answers `/ready` with 503; it stops last.
     pub async fn shutdown(self) {
+        if let Some(admin) = &self.admin {
+            admin.state.drain();
+        }
         let _ = self.stop.send(());
         let _ = self.task.await;
+        crate::telemetry::otel::flush(std::time::Duration::from_secs(5)).await;
+        drop(self.admin);
     }
 }

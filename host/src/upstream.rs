@@ -270,6 +270,10 @@ impl Upstream {
 
     fn log_breaker(&self, i: usize, from: breaker::State, to: breaker::State) {
         let endpoint = &self.endpoints[i].address;
+        crate::telemetry::metrics()
+            .breaker_transitions
+            .with_label_values(&[&*self.name, endpoint.as_str(), to.label()])
+            .inc();
         match to {
             breaker::State::Open => tracing::warn!(
                 upstream = %self.name, %endpoint, "circuit breaker {from:?} -> Open"
@@ -317,7 +321,17 @@ impl Upstream {
                 passive.consecutive_failures
             );
             endpoint.recovered_at.store(endpoint.passive.returns_at(), Ordering::Relaxed);
+            crate::telemetry::metrics()
+                .ejections
+                .with_label_values(&[&*self.name, endpoint.address.as_str()])
+                .inc();
         }
+    }
+
+    /// Whether endpoint `i` may be picked now: up, healthy, not ejected (the breaker is
+    /// reported on its own).
+    pub fn usable_now(&self, i: usize) -> bool {
+        self.usable(i, self.nanos(Instant::now()))
     }
 }
 

@@ -530,6 +530,8 @@ fn build_request(case: &Case, id: &str, max_body_bytes: u64) -> anyhow::Result<R
         route: Arc::from("test"),
         params: Vec::new(),
         max_body_bytes,
+        trace_id: 0,
+        calls: None,
     };
     let body = Body::Full(Bytes::from(case.body.clone()));
     Ok(RequestMsg { parts, body, meta: Arc::new(meta), context: Context::default() })

@@ -65,6 +65,19 @@ pub enum Op {
     Delete,
 }
 
+impl Op {
+    /// The operation's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set { .. } => "set",
+            Op::Incr { .. } => "incr",
+            Op::Cas { .. } => "compare_and_swap",
+            Op::Delete => "delete",
+        }
+    }
+}
+
 /// What an [`Op`] returned.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -95,17 +108,26 @@ impl Store {
         if key.len() > MAX_KEY_BYTES {
             return Ok(Err(KvError::TooLarge));
         }
+        let m = crate::telemetry::metrics();
+        let name = op.label();
         let Some(remote) = &self.remote else {
+            m.kv_operations.with_label_values(&["local", name]).inc();
             return Ok(self.local.run(namespace, key, op));
         };
         // The local fallback needs the op again: the remote call consumes it.
         let fallback = (self.on_unavailable == OnUnavailable::FallbackLocal).then(|| op.clone());
+        m.kv_operations.with_label_values(&["redis", name]).inc();
         match remote.run(namespace, key, op).await {
-            Err(KvError::Unavailable(why)) => match (self.on_unavailable, fallback) {
-                (OnUnavailable::FallbackLocal, Some(op)) => Ok(self.local.run(namespace, key, op)),
-                (OnUnavailable::FailClosed, _) => Err(StoreClosed(why)),
-                _ => Ok(Err(KvError::Unavailable(why))),
-            },
+            Err(KvError::Unavailable(why)) => {
+                m.kv_errors.with_label_values(&["redis", name]).inc();
+                match (self.on_unavailable, fallback) {
+                    (OnUnavailable::FallbackLocal, Some(op)) => {
+                        Ok(self.local.run(namespace, key, op))
+                    }
+                    (OnUnavailable::FailClosed, _) => Err(StoreClosed(why)),
+                    _ => Ok(Err(KvError::Unavailable(why))),
+                }
+            }
             other => Ok(other),
         }
     }

@@ -12,16 +12,20 @@ pub struct LogView<'a> {
     plugin: &'a str,
     route: &'a str,
     request_id: &'a str,
+    trace_id: u128,
 }
 
 impl<'a> LogView<'a> {
     /// `call` is the hook call in progress, if any (none during `init`).
     pub fn new(plugin: &'a str, call: Option<&'a Call>) -> Self {
-        let (route, request_id) = match call {
-            Some(call) => (&*call.request.meta.route, call.request.meta.id()),
-            None => ("", ""),
+        let (route, request_id, trace_id) = match call {
+            Some(call) => {
+                let meta = &call.request.meta;
+                (&*meta.route, meta.id(), meta.trace_id)
+            }
+            None => ("", "", 0),
         };
-        Self { plugin, route, request_id }
+        Self { plugin, route, request_id, trace_id }
     }
 }
 
@@ -47,7 +51,7 @@ impl log::Host for LogView<'_> {
             log::Level::Warn => tracing::Level::WARN,
             log::Level::Error => tracing::Level::ERROR,
         };
-        plugin_log(level, self.plugin, self.route, self.request_id, &message);
+        plugin_log(level, self.plugin, self.route, self.request_id, self.trace_id, &message);
         Ok(())
     }
 
@@ -63,12 +67,13 @@ impl log::Host for LogView<'_> {
 }
 
 /// A plugin's log line, as every plugin kind emits it: target `plugin`, with the plugin,
-/// route and request id, at most 4 KiB.
+/// route, request id and W3C trace id (0: none), at most 4 KiB.
 pub fn plugin_log(
     level: tracing::Level,
     plugin: &str,
     route: &str,
     request_id: &str,
+    trace_id: u128,
     message: &str,
 ) {
     let mut cut = message.len().min(4096);
@@ -89,7 +94,15 @@ pub fn plugin_log(
     }
     macro_rules! emit {
         ($level:expr) => {
-            tracing::event!(target: "plugin", $level, plugin, route, request_id, "{message}{note}")
+            match trace_id {
+                0 => tracing::event!(
+                    target: "plugin", $level, plugin, route, request_id, "{message}{note}"
+                ),
+                id => tracing::event!(
+                    target: "plugin", $level, plugin, route, request_id,
+                    trace_id = %format_args!("{id:032x}"), "{message}{note}"
+                ),
+            }
         };
     }
     match level {

@@ -18,6 +18,10 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     pub plugins: BTreeMap<String, Plugin>,
     pub routes: Vec<Route>,
+    pub admin: Option<Admin>,
+    pub metrics: MetricsSettings,
+    pub access_log: Option<AccessLogSettings>,
+    pub tracing: Option<TracingSettings>,
     /// Problems that do not stop the config from loading (ambiguous routes).
     pub warnings: Vec<ConfigError>,
 }
@@ -350,4 +354,114 @@ pub struct Rewrite {
     pub prefix: String,
     /// `""` strips it; `/v2` replaces it.
     pub replacement: String,
+}
+
+/// `[admin]`: the operator's listener (metrics, health, and later the admin API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// `[metrics]`: histogram buckets and which optional label sets are on. Read at start: a
+/// metric's buckets and labels cannot change while Prometheus scrapes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// Request and upstream durations, in seconds.
+    pub duration_buckets: Vec<f64>,
+    /// Plugin call durations, in seconds.
+    pub plugin_buckets: Vec<f64>,
+    /// Body sizes, in bytes.
+    pub size_buckets: Vec<f64>,
+    /// The request method on the request series.
+    pub method_label: bool,
+    /// The status code on the request series.
+    pub status_label: bool,
+    /// The endpoint on the upstream series.
+    pub endpoint_label: bool,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            // OpenTelemetry's advice for `http.server.request.duration`.
+            duration_buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ],
+            plugin_buckets: vec![
+                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ],
+            size_buckets: vec![
+                0.0,
+                100.0,
+                1_000.0,
+                10_000.0,
+                100_000.0,
+                1_000_000.0,
+                10_000_000.0,
+                100_000_000.0,
+            ],
+            method_label: true,
+            status_label: true,
+            endpoint_label: true,
+        }
+    }
+}
+
+/// `[access_log]`: one line per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    pub format: AccessLogFormat,
+    pub sink: LogSink,
+    /// The share of requests logged, 0 to 1 (after the status filter).
+    pub sample: f64,
+    /// Only these statuses are logged (inclusive ranges); all when empty.
+    pub statuses: Vec<(u16, u16)>,
+    /// Lines waiting for the writer; beyond this they are dropped and counted.
+    pub buffer_lines: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    /// NCSA common log format.
+    Common,
+    /// Common, plus referer and user agent.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogSink {
+    Stdout,
+    File {
+        path: PathBuf,
+        /// Rotate when the file reaches this size.
+        max_bytes: Option<u64>,
+        /// Rotate when the hour or the day changes (UTC).
+        every: Option<RotateEvery>,
+        /// Rotated files kept beside the current one.
+        keep: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateEvery {
+    Hour,
+    Day,
+}
+
+/// `[tracing]`: OpenTelemetry spans exported over OTLP/HTTP (protobuf). Read at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's traces URL (`http://host:4318/v1/traces`).
+    pub endpoint: http::Uri,
+    /// The share of new traces recorded, 0 to 1.
+    pub sample_ratio: f64,
+    /// Follow the sampled flag of a client's `traceparent` instead of the ratio.
+    pub parent_based: bool,
+    pub service_name: String,
+    /// Spans waiting for export; beyond this they are dropped and counted.
+    pub max_queue_spans: usize,
+    /// One export's time limit.
+    pub timeout: Duration,
 }

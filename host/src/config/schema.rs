@@ -19,6 +19,50 @@ pub struct File {
     pub plugins: BTreeMap<String, Plugin>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub metrics: Metrics,
+    pub access_log: Option<AccessLog>,
+    pub tracing: Option<Tracing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    pub endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub parent_based: Option<bool>,
+    pub service_name: Option<String>,
+    pub max_queue_spans: Option<u32>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub duration_buckets: Option<Vec<f64>>,
+    pub plugin_buckets: Option<Vec<f64>>,
+    pub size_buckets: Option<Vec<f64>>,
+    pub labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    pub format: Option<String>,
+    pub path: Option<String>,
+    pub max_size_kib: Option<u64>,
+    pub rotate: Option<String>,
+    pub keep: Option<u32>,
+    pub sample: Option<f64>,
+    pub statuses: Option<Vec<String>>,
+    pub buffer_lines: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 //! asks the watch before blaming an upstream for a failed attempt.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -19,6 +19,8 @@ use super::BoxError;
 pub struct BodyWatch {
     state: AtomicU8,
     failure: OnceLock<ClientBodyError>,
+    /// Body bytes read from the client so far.
+    bytes: AtomicU64,
 }
 
 const STREAMING: u8 = 0;
@@ -53,6 +55,11 @@ impl BodyWatch {
             FAILED => self.failure.get(),
             _ => None,
         }
+    }
+
+    /// Body bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Whether the client sent its whole body.
@@ -111,6 +118,8 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.waiting = false;
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                this.watch.bytes.fetch_add(n, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -72,6 +72,13 @@ impl Single {
         }
     }
 
+    pub fn busy_instances(&self) -> usize {
+        match self {
+            Single::Component(c) => c.busy_instances(),
+            Single::Extism(e) => e.busy_instances(),
+        }
+    }
+
     pub async fn call(
         &self,
         phase: Phase,
@@ -132,6 +139,14 @@ impl Backend {
         match self {
             Backend::Single(s) => s.idle_instances(),
             Backend::Rollout(r) => r.stable.idle_instances(),
+        }
+    }
+
+    /// Instances of every version running a call right now.
+    pub fn busy_instances(&self) -> usize {
+        match self {
+            Backend::Single(s) => s.busy_instances(),
+            Backend::Rollout(r) => r.stable.busy_instances() + r.candidate.busy_instances(),
         }
     }
 }

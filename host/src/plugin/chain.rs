@@ -22,6 +22,8 @@ pub trait Link: Send + Sync {
     fn name(&self) -> &Arc<str>;
     fn on_error(&self) -> FailPolicy;
     fn has_hook(&self, phase: Phase) -> bool;
+    /// A failed call in `phase` was skipped under `on_error = "continue"` (for metrics).
+    fn failed_open(&self, _phase: Phase) {}
     /// Runs `phase` on `call`, which is handed back whatever happens.
     fn run(
         &self,
@@ -44,6 +46,10 @@ impl Link for NamedPlugin {
             Phase::Request => self.has_request_hook(),
             Phase::Response => self.has_response_hook(),
         }
+    }
+
+    fn failed_open(&self, phase: Phase) {
+        NamedPlugin::failed_open(self, phase);
     }
 
     fn run(
@@ -149,6 +155,7 @@ fn fail_or_skip(plugin: &impl Link, e: PluginError, req: &RequestMsg) -> Result<
         _ if matches!(e.kind, FailureKind::StoreClosed(_)) => Err(e),
         FailPolicy::Fail => Err(e),
         FailPolicy::Continue => {
+            plugin.failed_open(e.phase);
             tracing::warn!(
                 route = %req.meta.route,
                 request_id = %req.meta.id(),

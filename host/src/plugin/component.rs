@@ -69,6 +69,10 @@ impl ComponentBackend {
         self.pool.idle()
     }
 
+    pub fn busy_instances(&self) -> usize {
+        self.pool.busy()
+    }
+
     pub async fn call(
         &self,
         phase: Phase,

@@ -13,6 +13,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase's name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        }
+    }
+
     /// The hook flag a plugin exports this phase as.
     pub fn hook(self) -> Hooks {
         match self {

@@ -64,6 +64,10 @@ impl ExtismBackend {
         self.pool.idle()
     }
 
+    pub fn busy_instances(&self) -> usize {
+        self.pool.busy()
+    }
+
     /// An Extism call: the instance is made, if the pool has none to reuse, on the
     /// blocking thread that runs the call.
     pub async fn call(
@@ -145,6 +149,7 @@ impl Compiled {
 struct CallTags {
     route: Arc<str>,
     request_id: String,
+    trace_id: u128,
 }
 
 /// Extism's `log_*` host functions, replaced so that a plugin's log lines look like any
@@ -174,9 +179,12 @@ fn log_functions(plugin: Arc<str>) -> Vec<extism::Function> {
                 let plugin = plugin.get()?;
                 let plugin = plugin.lock().unwrap_or_else(|p| p.into_inner());
                 match cp.host_context::<CallTags>() {
-                    Ok(tags) => plugin_log(level, &plugin, &tags.route, &tags.request_id, &message),
+                    Ok(tags) => {
+                        let (route, id) = (&tags.route, &tags.request_id);
+                        plugin_log(level, &plugin, route, id, tags.trace_id, &message)
+                    }
                     // Outside a hook call (during start-up): no request to tag.
-                    Err(_) => plugin_log(level, &plugin, "", "", &message),
+                    Err(_) => plugin_log(level, &plugin, "", "", 0, &message),
                 }
                 Ok(())
             })
@@ -217,7 +225,11 @@ async fn run(
         Phase::Response => "on_response",
     };
     let meta = &call.request.meta;
-    let tags = CallTags { route: meta.route.clone(), request_id: meta.id().to_owned() };
+    let tags = CallTags {
+        route: meta.route.clone(),
+        request_id: meta.id().to_owned(),
+        trace_id: meta.trace_id,
+    };
     let compiled = compiled.clone();
     let ran = tokio::task::spawn_blocking(move || {
         let mut plugin = match instance {

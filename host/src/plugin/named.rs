@@ -12,14 +12,16 @@ use super::hook::Decision;
 use super::module::Module;
 use super::rollout::Rollout;
 use super::runtime::Runtime;
+use super::series::PluginSeries;
 use crate::config;
-use crate::message::{Call, RequestMsg};
+use crate::message::{Call, CallRecord, RequestMsg};
 
 pub struct NamedPlugin {
     pub spec: config::Plugin,
     pub module: Arc<Module>,
     backend: Backend,
     hooks: Hooks,
+    series: PluginSeries,
 }
 
 impl NamedPlugin {
@@ -43,7 +45,8 @@ impl NamedPlugin {
             _ => Backend::Single(stable),
         };
         let hooks = backend.hooks();
-        Ok(Self { spec, module, backend, hooks })
+        let series = PluginSeries::new(spec.name.clone(), hooks);
+        Ok(Self { spec, module, backend, hooks, series })
     }
 
     pub fn has_request_hook(&self) -> bool {
@@ -77,7 +80,17 @@ impl NamedPlugin {
         phase: Phase,
         call: Box<Call>,
     ) -> (Box<Call>, Result<Decision, PluginError>) {
+        let started = std::time::Instant::now();
         let (call, result) = self.backend.call(&self.spec.name, phase, call).await;
+        let took = started.elapsed();
+        self.series.call(phase, &result, took);
+        if let Some(calls) = &call.request.meta.calls {
+            let (outcome, status) = super::series::outcome(&result);
+            let plugin = self.spec.name.clone();
+            let record =
+                CallRecord { plugin, phase: phase.label(), outcome, status, started, took };
+            calls.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        }
         let fail = |kind| PluginError { plugin: self.spec.name.clone(), phase, kind };
         (call, result.map_err(fail))
     }
@@ -85,5 +98,15 @@ impl NamedPlugin {
     /// Idle instances right now (for tests and metrics).
     pub fn idle_instances(&self) -> usize {
         self.backend.idle_instances()
+    }
+
+    /// Instances running a call right now (for metrics).
+    pub fn busy_instances(&self) -> usize {
+        self.backend.busy_instances()
+    }
+
+    /// A failed call was skipped (`on_error = "continue"`).
+    pub fn failed_open(&self, phase: Phase) {
+        self.series.fail_open(phase);
     }
 }

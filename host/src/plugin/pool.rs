@@ -7,10 +7,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::FailureKind;
 use crate::config::{self, InstanceModel};
+use crate::telemetry::metrics;
 
 /// Idle instances kept per plugin; more than this are dropped when returned.
 const MAX_IDLE: usize = 64;
@@ -25,6 +27,10 @@ pub(super) struct Pool<T> {
     idle_timeout: Duration,
     /// How long a call waits for a free instance before the request fails with 503.
     queue_timeout: Duration,
+    max: usize,
+    /// Calls that found every instance busy, and calls that found none idle to reuse.
+    waits: IntCounter,
+    fresh: IntCounter,
 }
 
 /// The right to use one instance, held for the length of a call.
@@ -39,12 +45,16 @@ impl<T> Pool<T> {
             true => VecDeque::from([(first, Instant::now())]),
             false => VecDeque::new(),
         };
+        let m = metrics();
         Self {
             idle: Mutex::new(idle),
             permits: Arc::new(Semaphore::new(spec.max_instances as usize)),
             reuse,
             idle_timeout: spec.idle_timeout,
             queue_timeout,
+            max: spec.max_instances as usize,
+            waits: m.plugin_waits.with_label_values(&[&spec.name]),
+            fresh: m.plugin_instantiations.with_label_values(&[&spec.name]),
         }
     }
 
@@ -55,6 +65,7 @@ impl<T> Pool<T> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
+                self.waits.inc();
                 tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
                     .await
                     .map_err(|_| FailureKind::Overloaded(self.queue_timeout))?
@@ -65,6 +76,9 @@ impl<T> Pool<T> {
             true => self.lock().pop_back().map(|(instance, _)| instance),
             false => None,
         };
+        if idle.is_none() {
+            self.fresh.inc();
+        }
         Ok((idle, permit))
     }
 
@@ -97,6 +111,11 @@ impl<T> Pool<T> {
 
     pub fn idle(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Calls running now (each holds a permit).
+    pub fn busy(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(T, Instant)>> {

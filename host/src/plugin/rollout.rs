@@ -171,6 +171,8 @@ impl<B> Rollout<B> {
             Verdict::Undecided => {}
             Verdict::RollBack(why) => {
                 self.state.store(State::RolledBack as u8, Ordering::Release);
+                let verdicts = &crate::telemetry::metrics().rollout_verdicts;
+                verdicts.with_label_values(&[plugin, "rolled_back"]).inc();
                 tracing::error!(
                     "rollout of plugin {plugin:?} rolled back: the new version (sha256 {}) {why}; \
                      the old version serves all traffic",
@@ -179,6 +181,8 @@ impl<B> Rollout<B> {
             }
             Verdict::Promote => {
                 self.state.store(State::Promoted as u8, Ordering::Release);
+                let verdicts = &crate::telemetry::metrics().rollout_verdicts;
+                verdicts.with_label_values(&[plugin, "promoted"]).inc();
                 tracing::info!(
                     "rollout of plugin {plugin:?} promoted after {} calls within limits: the new \
                      version (sha256 {}) serves all traffic; set plugins.{plugin}.module to {} \

@@ -14,11 +14,12 @@ use wasmtime::{
 };
 
 use super::memory::{Limits, MemoryBudget};
-use super::module::{Module, ModuleError};
+use super::module::{CodeSource, Module, ModuleError};
 use super::state::{self, PluginState, monotonic_nanos};
 use super::ticker::{Ticker, Ticking};
 use crate::capability;
 use crate::config::{self, PluginKind};
+use crate::telemetry::metrics;
 
 /// Core instances one component may create (a Rust plugin uses 2-4, a Go one ~6).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
@@ -166,6 +167,7 @@ impl Runtime {
             .map_err(|source| ModuleError::Read { path: path.to_owned(), source })?;
         let key = (super::module::content_hash(&bytes), kind);
         if let Some(module) = self.memoized(&key) {
+            metrics().module_loads.with_label_values(&["memory"]).inc();
             return Ok(module);
         }
         let this = self.clone();
@@ -188,6 +190,12 @@ impl Runtime {
         heartbeat.abort();
         let module =
             built.map_err(|e| ModuleError::Compile(format!("compile task failed: {e}")))??;
+        let source = match module.source {
+            CodeSource::Compiled => "compiled",
+            CodeSource::DiskCache => "cache",
+        };
+        metrics().module_loads.with_label_values(&[source]).inc();
+        metrics().module_load_seconds.observe(module.load_time.as_secs_f64());
         let module = Arc::new(module);
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules.retain(|_, m| m.strong_count() > 0);

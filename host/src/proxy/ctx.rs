@@ -1,5 +1,6 @@
 //! What the gateway knows about one request as it passes through the stages: written by
-//! each stage, read in [`super::finish`], where metrics and the access log are recorded.
+//! each stage, finished in [`super::finish`], and recorded (metrics, the access log) when
+//! it is dropped: after the response body's last byte, or when the client went away first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,10 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::error::Origin;
-use crate::message::ConnInfo;
-use crate::message::RequestMeta;
+use crate::message::{BodyWatch, ConnInfo, RequestMeta};
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics;
+use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::Trace;
 
 pub struct RequestCtx {
@@ -29,8 +32,37 @@ pub struct RequestCtx {
     pub timings: Timings,
     /// The plugin that answered locally, if one did.
     pub answered_by: Option<Arc<str>>,
-    /// Set by [`super::finish`].
+    /// Set by [`super::finish`]; `None` if the client went away before the response.
     pub outcome: Option<Outcome>,
+    /// The path the client asked for (normalised once it is), without the query.
+    pub path: Option<http::uri::PathAndQuery>,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+    /// The client's body while it streams, with the bytes read so far.
+    pub body_in: Option<Arc<BodyWatch>>,
+    /// The W3C trace this request belongs to, and the gateway's span in it.
+    pub trace: TraceContext,
+    /// Whether this request's spans are recorded (`[tracing]` on, and sampled).
+    pub traced: bool,
+    /// The wall-clock time of arrival (for logs and spans; durations use `timings`).
+    pub arrived_at: std::time::SystemTime,
+    /// Where this request's line goes, if the access log is on.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// Response body bytes sent, and how the body ended.
+    pub bytes_out: u64,
+    pub body_end: BodyEnd,
+}
+
+/// How the response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Not yet, or the response was never sent (the client left first).
+    Pending,
+    Complete,
+    /// The body failed part way (the upstream broke it).
+    Failed,
+    /// The client stopped reading before the end.
+    Abandoned,
 }
 
 /// When the request arrived, and how long each stage it reached took. The upstream's
@@ -56,7 +88,29 @@ pub struct Outcome {
 
 impl RequestCtx {
     pub fn new(conn: Arc<ConnInfo>, id: HeaderValue, parts: &http::request::Parts) -> Self {
+        metrics().active_requests.inc();
+        let header = |name| parts.headers.get(name).cloned();
+        let mut trace = TraceContext::from_headers(&parts.headers);
+        let traced = match crate::telemetry::otel::tracer() {
+            Some(t) => {
+                let parent_sampled = trace.parent_id.map(|_| trace.sampled());
+                let sampled = t.sample(trace.trace_id, parent_sampled);
+                trace.set_sampled(sampled);
+                sampled
+            }
+            None => false,
+        };
         Self {
+            traced,
+            arrived_at: std::time::SystemTime::now(),
+            path: parts.uri.path_and_query().cloned(),
+            user_agent: header(http::header::USER_AGENT),
+            referer: header(http::header::REFERER),
+            body_in: None,
+            trace,
+            access_log: None,
+            bytes_out: 0,
+            body_end: BodyEnd::Pending,
             scheme: conn.scheme(),
             conn,
             id,
@@ -83,5 +137,12 @@ impl RequestCtx {
     /// The id as text (always visible ASCII).
     pub fn id(&self) -> &str {
         self.id.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        metrics().active_requests.dec();
+        super::record::request(self);
     }
 }

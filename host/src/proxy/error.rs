@@ -20,6 +20,18 @@ pub enum Origin {
     Internal,
 }
 
+impl Origin {
+    /// The origin's name in metrics and the access log.
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Downstream => "downstream",
+            Origin::Upstream => "upstream",
+            Origin::Plugin => "plugin",
+            Origin::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("refused: {0}")]

@@ -30,7 +30,8 @@ pub async fn upstream(
             e => ClientBodyError::Broken(e.to_string()),
         })));
     }
-    let outgoing = Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch };
+    let trace = ctx.traced.then_some(ctx.trace);
+    let outgoing = Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch, trace };
     let (scheme, id) = (&ctx.scheme, &meta.id_header);
     let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {
         prepare(req, endpoint, scheme, id);

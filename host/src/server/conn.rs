@@ -47,6 +47,7 @@ impl Limits {
             return None;
         }
         *n += 1;
+        crate::telemetry::metrics().active_connections.inc();
         Some(Slot { counts: self.inner.clone(), ip })
     }
 
@@ -59,6 +60,7 @@ impl Limits {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        crate::telemetry::metrics().active_connections.dec();
         let mut by_ip = self.counts.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = by_ip.get_mut(&self.ip) {
             *n -= 1;

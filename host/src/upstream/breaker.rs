@@ -20,6 +20,19 @@ pub enum State {
     HalfOpen,
 }
 
+impl State {
+    pub const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+    /// The state's name in metrics and the admin API.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// How a request was let through, to report its outcome against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {

@@ -21,6 +21,7 @@ use super::error::{SendError, UpstreamError};
 use super::{InFlight, Outcome, Unavailable, Upstream, retry};
 use crate::config::{KeySource, Strategy};
 use crate::message::{Body, BodyWatch, BoxBody, BoxError, ClientBodyError, Replay, request_key};
+use crate::telemetry::trace_context::{TRACEPARENT, TraceContext};
 
 /// A route's upstreams: one, or several sharing its traffic by weight.
 pub struct Targets {
@@ -89,6 +90,9 @@ pub struct Outgoing<'a> {
     pub body: Body,
     pub client_ip: IpAddr,
     pub watch: Option<&'a BodyWatch>,
+    /// Set when the request is traced: each attempt is a span of its own, named as the
+    /// upstream's parent in its `traceparent`.
+    pub trace: Option<TraceContext>,
 }
 
 /// What came back: the response, and the in-flight guard that must live as long as its
@@ -109,6 +113,10 @@ pub struct Trace {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub endpoint: Authority,
+    /// When it was sent.
+    pub started: Instant,
+    /// Its span's id, when the request is traced.
+    pub span_id: Option<u64>,
     /// How the attempt went; `None` when it was abandoned because of the client.
     pub outcome: Option<Outcome>,
     /// From sending to the response head (or the failure).
@@ -144,7 +152,7 @@ impl Upstream {
         key: Option<u64>,
         prepare: impl Fn(&mut Request<BoxBody>, &Authority),
     ) -> Result<Sent<T::Body>, SendError> {
-        let Outgoing { parts, body, watch, .. } = request;
+        let Outgoing { parts, body, watch, trace: traced, .. } = request;
         let policy = &self.config.retry;
         trace.upstream = Some(self.name.clone());
         let idempotent = matches!(
@@ -178,6 +186,11 @@ impl Upstream {
             };
             let mut req = Request::from_parts(parts.clone(), attempt_body);
             prepare(&mut req, &endpoint);
+            let span_id = traced.map(|t| {
+                let span = TraceContext::new_span_id();
+                req.headers_mut().insert(TRACEPARENT.clone(), t.with_span(span).traceparent());
+                span
+            });
             let started = Instant::now();
             let timeout = match deadline {
                 Some(d) => self.config.timeout.min(d.saturating_duration_since(started)),
@@ -192,7 +205,8 @@ impl Upstream {
             let (outcome, settled) =
                 settle(transport, attempt, sent, timeout, watch, hold_load, retry_status);
             let took = started.elapsed();
-            trace.attempts.push(AttemptRecord { endpoint, outcome, took });
+            record_attempt(&self.name, &endpoint, outcome, took, attempt_no);
+            trace.attempts.push(AttemptRecord { endpoint, started, span_id, outcome, took });
             let error = match settled {
                 Settled::Answered(sent) => return Ok(sent),
                 Settled::ClientFault(fault) => return Err(fault.into()),
@@ -219,10 +233,17 @@ impl Upstream {
     /// budget has a retry.
     fn may_retry(&self, attempt_no: u32, body: &Replay, deadline: Option<Instant>) -> bool {
         let policy = &self.config.retry;
-        attempt_no < policy.attempts
+        let allowed = attempt_no < policy.attempts
             && body.replayable()
-            && deadline.is_none_or(|d| d > Instant::now() + policy.backoff)
-            && self.budget.try_withdraw(Instant::now())
+            && deadline.is_none_or(|d| d > Instant::now() + policy.backoff);
+        if !allowed {
+            return false;
+        }
+        let granted = self.budget.try_withdraw(Instant::now());
+        if !granted {
+            crate::telemetry::metrics().budget_exhausted.with_label_values(&[&*self.name]).inc();
+        }
+        granted
     }
 
     fn unavailable(&self, u: Unavailable) -> UpstreamError {
@@ -315,6 +336,44 @@ fn client_fault(
         return Some(e.clone());
     }
     (timed_out && !watch.ended()).then_some(ClientBodyError::TimedOut(timeout))
+}
+
+/// One upstream attempt: its outcome (`None`: abandoned because of the client) and time.
+fn record_attempt(
+    upstream: &str,
+    endpoint: &Authority,
+    outcome: Option<Outcome>,
+    took: Duration,
+    attempt_no: u32,
+) {
+    let m = crate::telemetry::metrics();
+    let outcome = match outcome {
+        Some(Outcome::Status(s)) => match s.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        },
+        Some(Outcome::ConnectFailed) => "connect_failed",
+        Some(Outcome::TimedOut) => "timeout",
+        Some(Outcome::Failed) => "failed",
+        None => "client_fault",
+    };
+    let ep = endpoint.as_str();
+    match m.settings.endpoint_label {
+        true => {
+            m.attempts.with_label_values(&[upstream, ep, outcome]).inc();
+            m.attempt_duration.with_label_values(&[upstream, ep]).observe(took.as_secs_f64());
+        }
+        false => {
+            m.attempts.with_label_values(&[upstream, outcome]).inc();
+            m.attempt_duration.with_label_values(&[upstream]).observe(took.as_secs_f64());
+        }
+    }
+    if attempt_no > 1 {
+        m.retries.with_label_values(&[upstream]).inc();
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ async fn send(
         body: Body::empty(),
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         watch: None,
+        trace: None,
     };
     let prepare = |req: &mut Request<BoxBody>, endpoint: &Authority| {
         *req.uri_mut() = format!("http://{endpoint}/x").parse().unwrap();

@@ -1,0 +1,207 @@
+//! The admin listener (`[admin] listen`, loopback only): what an operator and their
+//! orchestrator ask the gateway, apart from its traffic.
+//!
+//! - `GET /metrics`: Prometheus text format (docs/observability.md lists every series);
+//! - `GET /live`: 200 while the process serves its admin listener;
+//! - `GET /ready`: 200 once a config is loaded and serving, 503 before (plugins still
+//!   compiling) and while draining on shutdown.
+//!
+//! It is a listener of its own: a flood of traffic, or a traffic listener's connection
+//! cap, never keeps an operator from it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::gateway::Gateway;
+use crate::plugin::{RolloutState, Runtime};
+use crate::server::Shared;
+use crate::telemetry::metrics;
+use crate::upstream::breaker;
+
+/// What the admin listener reads: set as the gateway comes up and goes down.
+#[derive(Default)]
+pub struct AdminState {
+    gateway: OnceLock<(Shared, Arc<Runtime>)>,
+    draining: AtomicBool,
+}
+
+impl AdminState {
+    /// The gateway is serving: `/ready` says so from now on.
+    pub fn serving(&self, gateway: Shared, runtime: Arc<Runtime>) {
+        let _ = self.gateway.set((gateway, runtime));
+    }
+
+    /// Shutdown began: `/ready` answers 503 so load balancers stop sending traffic.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.gateway.get().is_some() && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The running admin listener; dropping it stops it.
+pub struct AdminHandle {
+    pub addr: SocketAddr,
+    pub state: Arc<AdminState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminHandle {
+    /// Binds `addr` and serves there from now on: `/live` at once, `/ready` once
+    /// [`AdminState::serving`] is called.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(AdminState::default());
+        let task = tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        tracing::info!("admin listener on http://{addr} (/metrics, /live, /ready)");
+        Ok(Self { addr, state, task })
+    }
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            // A scraper keeps its connection; one that goes quiet is closed.
+            let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
+        });
+    }
+}
+
+fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/live" | "/ready") {
+        return text(StatusCode::NOT_FOUND, "not found: try /metrics, /live or /ready\n");
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        resp.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match path {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => match (state.ready(), state.draining.load(Ordering::Acquire)) {
+            (true, _) => text(StatusCode::OK, "ready\n"),
+            (false, true) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            (false, false) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting: no config loaded yet\n")
+            }
+        },
+        _ => {
+            let body = match state.gateway.get() {
+                Some((gateway, runtime)) => scrape(Some((&gateway.load(), runtime))),
+                None => scrape(None),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Every series, in Prometheus text format: the gauges describing the running gateway are
+/// set from it first, so an endpoint or plugin that is gone leaves no series behind.
+pub fn scrape(serving: Option<(&Gateway, &Runtime)>) -> String {
+    // Concurrent scrapes must not interleave resetting and setting the gauges.
+    static SCRAPING: Mutex<()> = Mutex::new(());
+    let _one = SCRAPING.lock().unwrap_or_else(|p| p.into_inner());
+    let m = metrics();
+    for g in [
+        &m.endpoint_healthy,
+        &m.endpoint_in_flight,
+        &m.breaker_state,
+        &m.plugin_instances_idle,
+        &m.plugin_instances_busy,
+    ] {
+        g.reset();
+    }
+    m.rollout_share.reset();
+    let mut families = Vec::new();
+    if let Some((gw, runtime)) = serving {
+        for (name, u) in gw.upstreams() {
+            for (i, e) in u.endpoints().iter().enumerate() {
+                let labels = [name.as_str(), e.address.as_str()];
+                m.endpoint_healthy.with_label_values(&labels).set(u.usable_now(i) as i64);
+                m.endpoint_in_flight.with_label_values(&labels).set(i64::from(e.in_flight()));
+                if let Some(b) = &e.breaker {
+                    let now = b.state();
+                    for s in breaker::State::ALL {
+                        m.breaker_state
+                            .with_label_values(&[name.as_str(), e.address.as_str(), s.label()])
+                            .set((s == now) as i64);
+                    }
+                }
+            }
+        }
+        for (name, p) in gw.plugins() {
+            m.plugin_instances_idle.with_label_values(&[name]).set(p.idle_instances() as i64);
+            m.plugin_instances_busy.with_label_values(&[name]).set(p.busy_instances() as i64);
+            if let Some(r) = p.rollout() {
+                let (share, state) = match r.state() {
+                    RolloutState::Active => (r.spec.percent / 100.0, "active"),
+                    RolloutState::Promoted => (1.0, "promoted"),
+                    RolloutState::RolledBack => (0.0, "rolled_back"),
+                };
+                m.rollout_share.with_label_values(&[name, state]).set(share);
+            }
+        }
+        families.extend(runtime.capabilities.metrics.registry.gather());
+    }
+    families.extend(m.registry.gather());
+    prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+}
