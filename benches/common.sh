@@ -5,6 +5,8 @@
 #   free_port                              prints an unused loopback port
 #   CHAIN_PLUGINS, CHAIN_ROUTE             the 4-plugin chain: [plugins.*] tables, route list
 #   TOKEN, ORIGIN                          what every request carries for that chain
+#   OBSERVE_OFF, access_log NAME, TRACE1   config tables: metrics off; a JSON access log
+#                                          to $work/NAME.log; 1% of requests traced
 
 need_tools() {
     local packages=$1 tool
@@ -57,3 +59,17 @@ CHAIN_ROUTE='"jwt", "limit", "cors", "shape"'
 # sub "ada", exp 2100-01-01, HS256 with the secret above.
 TOKEN=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZGEiLCJleHAiOjQxMDI0NDQ4MDB9.dVQ2bwQWYtL_mtTRnwqaZ9yzRefPigE8YP99zP0w7Jw
 ORIGIN=https://app.example.com
+
+# The cost of observing a request (the observability issue's targets).
+OBSERVE_OFF='[metrics]
+enabled = false
+'
+access_log() {
+    printf '[access_log]\nformat = "json"\npath = "%s"\n' "$work/$1.log"
+}
+# Exported to a port where nothing listens: the batch exporter's failures are counted,
+# never waited for by a request.
+TRACE1="[tracing]
+endpoint = \"http://127.0.0.1:$(free_port)/v1/traces\"
+sample_ratio = 0.01
+"

@@ -9,6 +9,9 @@
 #   PROXIES="sluice sluice+chain1 sluice+chain2 sluice+chain3 sluice+chain4" \
 #       benches/instructions.sh          # the chain's plugins one by one (chainK: the first K)
 #   KEEP=/tmp/cg benches/instructions.sh # keep the callgrind files for callgrind_annotate
+#   PROXIES="sluice sluice-metrics sluice+log sluice+log+trace1" benches/instructions.sh
+#                                        # the cost of observing: metrics off; a JSON
+#                                        # access log to a file; the log and 1% tracing
 #
 # Each proxy runs under `valgrind --tool=callgrind` twice, serving N and then 2N keep-alive
 # requests (one connection, sequential) from the same nginx backend as benches/load.sh;
@@ -35,9 +38,10 @@ CACHE=${CACHE:-$HOME/.cache/sluice-bench/valgrind-cache}
 KEEP=${KEEP:-}
 for name in $PROXIES; do
     case $name in
-    sluice | sluice+transform | sluice+chain[1-4]) ;;
+    sluice | sluice+transform | sluice+chain[1-4] | sluice-metrics | sluice+log | sluice+log+trace1) ;;
     *)
-        echo "PROXIES: unknown proxy $name (sluice, sluice+transform, sluice+chain1..4)" >&2
+        echo "PROXIES: unknown proxy $name (sluice, sluice+transform, sluice+chain1..4," \
+            "sluice-metrics, sluice+log, sluice+log+trace1)" >&2
         exit 1
         ;;
     esac
@@ -107,6 +111,10 @@ config = { request = { set = { "x-env" = "bench" } } }'
             plugins=$CHAIN_PLUGINS
             route=$(tr ',' '\n' <<<"$CHAIN_ROUTE" | head -"$k" | paste -sd,)
             ;;
+        sluice-metrics) plugins=$OBSERVE_OFF ;;
+        sluice+log) plugins=$(access_log "$name-$port") ;;
+        sluice+log+trace1) plugins="$(access_log "$name-$port")
+$TRACE1" ;;
         esac
         cat >"$work/sluice-$port.toml" <<CONF
 [server]
@@ -117,6 +125,9 @@ workers = 1
 [runtime]
 max_instances = 4
 cache_dir = "$CACHE"
+
+[admin]
+listen = "127.0.0.1:0"
 
 [upstreams.backend]
 endpoints = ["127.0.0.1:$BACKEND"]

@@ -7,6 +7,8 @@
 #   benches/load.sh                      # 3 rounds x c50,c200 x 10 s per target
 #   ROUNDS=1 DURATION=5s benches/load.sh # quicker
 #   COMPARE=/tmp/sluice-before benches/load.sh   # A/B: adds "compare" (plain, that binary)
+#   OBSERVE=1 benches/load.sh            # adds plain proxying with metrics off, with an
+#                                        # access log, and with the log and 1% tracing
 #
 # Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
 # sluice + the chain jwt -> rate-limit (limit never reached) -> cors -> transform. Every
@@ -75,6 +77,9 @@ sluice_config() {
 listen = "127.0.0.1:$port"
 workers = 1
 
+[admin]
+listen = "127.0.0.1:0"
+
 [upstreams.backend]
 endpoints = ["127.0.0.1:$BACKEND"]
 $2
@@ -99,6 +104,19 @@ PID[nginx]=$(sleep 0.5; cat "$work/proxy.pid")
 declare -A FILE=([sluice]=plain [sluice+transform]=transform [sluice+chain4]=chain [compare]=compare)
 declare -A BIN=([sluice]=$SLUICE [sluice+transform]=$SLUICE [sluice+chain4]=$SLUICE)
 TARGETS=(nginx sluice sluice+transform sluice+chain4)
+if [ -n "${OBSERVE:-}" ]; then
+    # The cost of observing: metrics off; metrics and a JSON access log to a file; and
+    # those with 1% of requests traced, exported to an OTLP port nobody listens on.
+    PORT[nometrics]=$(sluice_config nometrics "$OBSERVE_OFF" "")
+    PORT[log]=$(sluice_config log "$(access_log log)" "")
+    PORT[log+trace1]=$(sluice_config log+trace1 "$(access_log log+trace1)
+$TRACE1" "")
+    for name in nometrics log log+trace1; do
+        FILE[$name]=$name
+        BIN[$name]=$SLUICE
+        TARGETS+=("$name")
+    done
+fi
 if [ -n "${COMPARE:-}" ]; then
     PORT[compare]=$(sluice_config compare "" "")
     BIN[compare]=$COMPARE
@@ -170,7 +188,7 @@ for rnd, c, name, rss, out in rows:
     errors = sum(int(n) for l in lines if "Non-2xx" in l or "Socket errors" in l for n in re.findall(r"\d+", l.split(":")[1]))
     data[(rnd, c, name)] = (rps, lat["50%"], lat["99%"], int(rss), errors)
 names = ["nginx", "sluice", "sluice+transform", "sluice+chain4"]
-names += ["compare"] if any(k[2] == "compare" for k in data) else []
+names += [n for n in ["nometrics", "log", "log+trace1", "compare"] if any(k[2] == n for k in data)]
 print("| conns | proxy | req/s (median of rounds) | vs nginx, same round (median) | p50 ms | p99 ms | p99 vs nginx | peak RSS MB | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in sorted({k[1] for k in data}, key=int):

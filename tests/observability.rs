@@ -691,3 +691,27 @@ upstream = "echo"
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_switched_off_record_nothing_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo().await;
+    let admin_port = free_port();
+    let config = write_config(
+        &dir,
+        upstream,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[metrics]\nenabled = false\n\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n"
+        ),
+    );
+    let mut p = Proc::start(&config);
+    p.wait_for("admin listener on http://");
+    assert_eq!(get(p.addr, "/api/x", &[]).await.status, 200);
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    assert_eq!(
+        admin(admin_addr, "/metrics").await,
+        (404, "metrics are off: [metrics] enabled = false\n".into())
+    );
+    assert_eq!(admin(admin_addr, "/ready").await.0, 200, "health answers with metrics off");
+}

@@ -131,6 +131,9 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting: no config loaded yet\n")
             }
         },
+        _ if !metrics().settings.enabled => {
+            text(StatusCode::NOT_FOUND, "metrics are off: [metrics] enabled = false\n")
+        }
         _ => {
             let body = match state.gateway.get() {
                 Some((gateway, runtime)) => scrape(Some((&gateway.load(), runtime))),

@@ -66,6 +66,8 @@ pub struct Endpoint {
     /// When the endpoint last came back (nanoseconds since the upstream's epoch; 0: never),
     /// for slow start.
     recovered_at: AtomicU64,
+    /// Its attempt series, resolved on first use.
+    series: send::AttemptSeries,
 }
 
 impl Endpoint {
@@ -139,6 +141,7 @@ impl Upstream {
                 passive: Passive::default(),
                 breaker: config.circuit_breaker.clone().map(Breaker::new),
                 recovered_at: AtomicU64::new(0),
+                series: send::AttemptSeries::new(name, &e.address),
             })
             .collect();
         Upstream {

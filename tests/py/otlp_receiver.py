@@ -1,6 +1,7 @@
 """A real OTLP/HTTP trace receiver for the tests: decodes each export with the official
 protobuf definitions (PyPI opentelemetry-proto) and writes every span as one JSON line to
-stdout. Prints `listening PORT` first. Usage: otlp_receiver.py [--status CODE]."""
+stdout. Prints `listening PORT` first. Usage: otlp_receiver.py [--status CODE] [--port PORT]
+(default: a free port)."""
 
 import json
 import sys
@@ -12,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 STATUS = int(sys.argv[sys.argv.index("--status") + 1]) if "--status" in sys.argv else 200
+PORT = int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv else 0
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
@@ -60,6 +62,6 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
 print(f"listening {server.server_address[1]}", flush=True)
 server.serve_forever()

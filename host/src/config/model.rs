@@ -366,6 +366,9 @@ pub struct Admin {
 /// metric's buckets and labels cannot change while Prometheus scrapes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsSettings {
+    /// Off: requests, upstream attempts and plugin calls are not recorded, and `/metrics`
+    /// answers 404.
+    pub enabled: bool,
     /// Request and upstream durations, in seconds.
     pub duration_buckets: Vec<f64>,
     /// Plugin call durations, in seconds.
@@ -383,6 +386,7 @@ pub struct MetricsSettings {
 impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             // OpenTelemetry's advice for `http.server.request.duration`.
             duration_buckets: vec![
                 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,

@@ -29,7 +29,7 @@ pub(super) fn validate_admin(a: &schema::Admin, errors: &mut Errors) -> Option<A
 }
 
 pub(super) fn validate_metrics(m: &schema::Metrics, errors: &mut Errors) -> MetricsSettings {
-    let mut settings = MetricsSettings::default();
+    let mut settings = MetricsSettings { enabled: m.enabled.unwrap_or(true), ..Default::default() };
     let lists = [
         ("metrics.duration_buckets", &m.duration_buckets, &mut settings.duration_buckets),
         ("metrics.plugin_buckets", &m.plugin_buckets, &mut settings.plugin_buckets),

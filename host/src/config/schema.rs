@@ -46,6 +46,7 @@ pub struct Admin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
+    pub enabled: Option<bool>,
     pub duration_buckets: Option<Vec<f64>>,
     pub plugin_buckets: Option<Vec<f64>>,
     pub size_buckets: Option<Vec<f64>>,

@@ -25,7 +25,7 @@ impl PluginSeries {
         let m = metrics();
         let phase = |p: Phase| {
             let name = p.label();
-            hooks.contains(p.hook()).then(|| {
+            (m.settings.enabled && hooks.contains(p.hook())).then(|| {
                 (
                     m.plugin_calls.with_label_values(&[&plugin, name, "continue", ""]),
                     m.plugin_duration.with_label_values(&[&plugin, name]),
@@ -39,7 +39,7 @@ impl PluginSeries {
     /// plugin's `on_error = "continue"` let the request go on.
     pub fn call(&self, phase: Phase, result: &Result<Decision, FailureKind>, took: Duration) {
         let Some((continued, duration)) = &self.phases[phase as usize] else {
-            return; // Never called: the plugin has no hook for this phase.
+            return; // Never called (no hook for this phase), or metrics are off.
         };
         duration.observe(took.as_secs_f64());
         let (outcome, status) = match outcome(result) {
@@ -54,6 +54,9 @@ impl PluginSeries {
     }
 
     pub fn fail_open(&self, phase: Phase) {
+        if self.phases[phase as usize].is_none() {
+            return;
+        }
         metrics().plugin_fail_open.with_label_values(&[&*self.plugin, phase.label()]).inc();
     }
 }

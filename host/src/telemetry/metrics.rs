@@ -144,7 +144,7 @@ impl Metrics {
                 sluice_bindings::WORLD_VERSION,
             ])
             .set(1);
-        Self {
+        let metrics = Self {
             requests: counter(
                 &r,
                 "http_server_requests_total",
@@ -359,7 +359,18 @@ impl Metrics {
             ),
             registry: r,
             settings,
+        };
+        // Series an alert watches start at 0, rather than appearing with their first event.
+        for reason in ["full", "error"] {
+            metrics.access_log_dropped.with_label_values(&[reason]);
         }
+        for result in ["exported", "failed", "dropped"] {
+            metrics.trace_spans.with_label_values(&[result]);
+        }
+        for result in ["applied", "refused"] {
+            metrics.reloads.with_label_values(&[result]);
+        }
+        metrics
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -205,7 +205,8 @@ impl Upstream {
             let (outcome, settled) =
                 settle(transport, attempt, sent, timeout, watch, hold_load, retry_status);
             let took = started.elapsed();
-            record_attempt(&self.name, &endpoint, outcome, took, attempt_no);
+            let series = &self.endpoints()[index].series;
+            record_attempt(&self.name, series, outcome, took, attempt_no);
             trace.attempts.push(AttemptRecord { endpoint, started, span_id, outcome, took });
             let error = match settled {
                 Settled::Answered(sent) => return Ok(sent),
@@ -338,39 +339,77 @@ fn client_fault(
     (timed_out && !watch.ended()).then_some(ClientBodyError::TimedOut(timeout))
 }
 
+/// One endpoint's attempt series, by outcome, each resolved the first time it is needed
+/// and kept (resolving a series hashes its label values and takes the registry's lock).
+pub(super) struct AttemptSeries {
+    upstream: Arc<str>,
+    endpoint: Authority,
+    attempts: [OnceLock<prometheus::IntCounter>; OUTCOMES.len()],
+    duration: OnceLock<prometheus::Histogram>,
+}
+
+/// The `outcome` label values of `sluice_upstream_attempts_total`.
+const OUTCOMES: [&str; 9] =
+    ["1xx", "2xx", "3xx", "4xx", "5xx", "connect_failed", "timeout", "failed", "client_fault"];
+
+impl AttemptSeries {
+    pub(super) fn new(upstream: &str, endpoint: &Authority) -> Self {
+        Self {
+            upstream: upstream.into(),
+            endpoint: endpoint.clone(),
+            attempts: Default::default(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    /// The label values: the upstream, its endpoint unless `[metrics] labels` leaves it out.
+    fn labels(&self, with_endpoint: bool) -> SmallVec<[&str; 3]> {
+        let mut labels = SmallVec::new();
+        labels.push(&*self.upstream);
+        if with_endpoint {
+            labels.push(self.endpoint.as_str());
+        }
+        labels
+    }
+}
+
 /// One upstream attempt: its outcome (`None`: abandoned because of the client) and time.
 fn record_attempt(
     upstream: &str,
-    endpoint: &Authority,
+    series: &AttemptSeries,
     outcome: Option<Outcome>,
     took: Duration,
     attempt_no: u32,
 ) {
     let m = crate::telemetry::metrics();
+    if !m.settings.enabled {
+        return;
+    }
     let outcome = match outcome {
         Some(Outcome::Status(s)) => match s.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         },
-        Some(Outcome::ConnectFailed) => "connect_failed",
-        Some(Outcome::TimedOut) => "timeout",
-        Some(Outcome::Failed) => "failed",
-        None => "client_fault",
+        Some(Outcome::ConnectFailed) => 5,
+        Some(Outcome::TimedOut) => 6,
+        Some(Outcome::Failed) => 7,
+        None => 8,
     };
-    let ep = endpoint.as_str();
-    match m.settings.endpoint_label {
-        true => {
-            m.attempts.with_label_values(&[upstream, ep, outcome]).inc();
-            m.attempt_duration.with_label_values(&[upstream, ep]).observe(took.as_secs_f64());
-        }
-        false => {
-            m.attempts.with_label_values(&[upstream, outcome]).inc();
-            m.attempt_duration.with_label_values(&[upstream]).observe(took.as_secs_f64());
-        }
-    }
+    let with_endpoint = m.settings.endpoint_label;
+    series.attempts[outcome]
+        .get_or_init(|| {
+            let mut labels = series.labels(with_endpoint);
+            labels.push(OUTCOMES[outcome]);
+            m.attempts.with_label_values(&labels)
+        })
+        .inc();
+    series
+        .duration
+        .get_or_init(|| m.attempt_duration.with_label_values(&series.labels(with_endpoint)))
+        .observe(took.as_secs_f64());
     if attempt_no > 1 {
         m.retries.with_label_values(&[upstream]).inc();
     }
