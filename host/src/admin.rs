@@ -1,10 +1,11 @@
-//! The admin listener (`[admin] listen`, loopback only): what an operator and their
-//! orchestrator ask the gateway, apart from its traffic.
+//! The admin listener (`[admin] listen`): what an operator and their orchestrator ask the
+//! gateway, apart from its traffic.
 //!
 //! - `GET /metrics`: Prometheus text format (docs/observability.md lists every series);
 //! - `GET /live`: 200 while the process serves its admin listener;
 //! - `GET /ready`: 200 once a config is loaded and serving, 503 before (plugins still
-//!   compiling) and while draining on shutdown.
+//!   compiling) and while draining on shutdown;
+//! - `/api/v1/...`: the admin API ([`api`], docs/admin.md), behind the tokens of [`auth`].
 //!
 //! It is a listener of its own: a flood of traffic, or a traffic listener's connection
 //! cap, never keeps an operator from it.
@@ -23,23 +24,47 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+mod api;
+pub mod auth;
+mod redact;
+mod stats;
+
 use crate::gateway::Gateway;
 use crate::plugin::{RolloutState, Runtime};
+use crate::reload::Reloader;
 use crate::server::Shared;
 use crate::telemetry::metrics;
 use crate::upstream::breaker;
 
 /// What the admin listener reads: set as the gateway comes up and goes down.
-#[derive(Default)]
 pub struct AdminState {
-    gateway: OnceLock<(Shared, Arc<Runtime>)>,
+    gateway: OnceLock<(Shared, Arc<Runtime>, Arc<Reloader>)>,
     draining: AtomicBool,
+    auth: auth::Auth,
+    started: std::time::Instant,
 }
 
 impl AdminState {
+    fn new(auth: auth::Auth) -> Self {
+        Self {
+            gateway: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            auth,
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// The gateway is serving: `/ready` says so from now on.
-    pub fn serving(&self, gateway: Shared, runtime: Arc<Runtime>) {
-        let _ = self.gateway.set((gateway, runtime));
+    pub fn serving(&self, gateway: Shared, runtime: Arc<Runtime>, reloader: Arc<Reloader>) {
+        let _ = self.gateway.set((gateway, runtime, reloader));
+    }
+
+    fn serving_gateway(&self) -> Option<(&Shared, &Arc<Reloader>)> {
+        self.gateway.get().map(|(g, _, r)| (g, r))
+    }
+
+    fn auth(&self) -> &auth::Auth {
+        &self.auth
     }
 
     /// Shutdown began: `/ready` answers 503 so load balancers stop sending traffic.
@@ -60,16 +85,30 @@ pub struct AdminHandle {
 }
 
 impl AdminHandle {
-    /// Binds `addr` and serves there from now on: `/live` at once, `/ready` once
-    /// [`AdminState::serving`] is called.
-    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(AdminState::default());
+    /// Reads (or generates) the tokens, binds `[admin] listen` and serves there from now
+    /// on: `/live` at once, `/ready` and the API once [`AdminState::serving`] is called.
+    pub async fn start(config: &crate::config::Admin) -> Result<Self, StartFailure> {
+        let auth = auth::Auth::load(config).map_err(StartFailure::Token)?;
+        let listener = TcpListener::bind(config.listen).await.map_err(StartFailure::Listen)?;
+        let addr = listener.local_addr().map_err(StartFailure::Listen)?;
+        let protected = match auth.required() {
+            true => "tokens required",
+            false => "no tokens: loopback only",
+        };
+        let state = Arc::new(AdminState::new(auth));
         let task = tokio::spawn(serve(listener, state.clone(), std::future::pending()));
-        tracing::info!("admin listener on http://{addr} (/metrics, /live, /ready)");
+        tracing::info!(
+            "admin listener on http://{addr} (/metrics, /live, /ready, /api/v1: {protected})"
+        );
         Ok(Self { addr, state, task })
     }
+}
+
+/// Why the admin listener could not start.
+#[derive(Debug)]
+pub enum StartFailure {
+    Token(std::io::Error),
+    Listen(std::io::Error),
 }
 
 impl Drop for AdminHandle {
@@ -86,7 +125,7 @@ pub async fn serve(
 ) {
     tokio::pin!(stop);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(_) => {
@@ -98,9 +137,14 @@ pub async fn serve(
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path().starts_with("/api/") {
+                        true => api::answer(&state, peer, req).await,
+                        false => answer(&state, &req),
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -115,7 +159,7 @@ pub async fn serve(
 fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/live" | "/ready") {
-        return text(StatusCode::NOT_FOUND, "not found: try /metrics, /live or /ready\n");
+        return text(StatusCode::NOT_FOUND, "not found: try /metrics, /live, /ready or /api/v1\n");
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -136,7 +180,7 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         }
         _ => {
             let body = match state.gateway.get() {
-                Some((gateway, runtime)) => scrape(Some((&gateway.load(), runtime))),
+                Some((gateway, runtime, _)) => scrape(Some((&gateway.load(), runtime))),
                 None => scrape(None),
             };
             let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -191,7 +191,7 @@ fn validate(
     unused(&file, &mut warnings);
     // An absent section is off; a present one that fails its checks fails the config.
     let admin = match &file.admin {
-        Some(a) => Some(observe::validate_admin(a, errors)?),
+        Some(a) => Some(observe::validate_admin(a, base, errors)?),
         None => None,
     };
     let metrics = observe::validate_metrics(&file.metrics, errors);

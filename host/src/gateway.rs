@@ -161,7 +161,13 @@ impl Gateway {
                     .filter(|before| before.config() == u);
                 let upstream = match kept {
                     Some(before) => before.clone(),
-                    None => Arc::new(Upstream::new(name, u.clone())),
+                    None => {
+                        let new = Upstream::new(name, u.clone());
+                        if let Some(before) = previous.and_then(|g| g.upstreams.get(name)) {
+                            new.inherit_overrides(before);
+                        }
+                        Arc::new(new)
+                    }
                 };
                 (name.clone(), upstream)
             })

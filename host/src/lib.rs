@@ -61,6 +61,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin.token: {0}")]
+    AdminToken(std::io::Error),
 }
 
 /// Builds the gateway for `config`, reporting every problem, without serving anything.
@@ -83,11 +85,12 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     // The admin listener comes up first: `/live` answers, and `/ready` says 503, while the
     // plugins compile.
     let admin = match &config.admin {
-        Some(a) => Some(
-            admin::AdminHandle::start(a.listen)
-                .await
-                .map_err(|source| StartError::AdminListen { addr: a.listen, source })?,
-        ),
+        Some(a) => Some(admin::AdminHandle::start(a).await.map_err(|e| match e {
+            admin::StartFailure::Token(e) => StartError::AdminToken(e),
+            admin::StartFailure::Listen(source) => {
+                StartError::AdminListen { addr: a.listen, source }
+            }
+        })?),
         None => None,
     };
     let addr = config.server.listen;
@@ -109,10 +112,10 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
     gateway.activate();
     let shared: server::Shared = Arc::new(ArcSwap::from_pointee(gateway));
+    let reloader = Arc::new(Reloader::new(source, &text, runtime.clone(), shared.clone()));
     if let Some(admin) = &admin {
-        admin.state.serving(shared.clone(), runtime.clone());
+        admin.state.serving(shared.clone(), runtime, reloader.clone());
     }
-    let reloader = Arc::new(Reloader::new(source, &text, runtime, shared.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(
         listener,

@@ -1,8 +1,10 @@
-//! The `sluice` command: `run`, `check`, `demo`, `echo`, and `plugin new|build|test`.
+//! The `sluice` command: `run`, `check`, `demo`, `echo`, `ctl`, and `plugin new|build|test`.
 
 // The plugin author's loop (`sluice plugin new/build/test`) lives in the binary, not in the
 // gateway library, which holds only what serves requests (no wit-component, no WASI adapter).
 mod author;
+// `sluice ctl`: a client of the admin API, as any other would be.
+mod ctl;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +72,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
     },
+    /// Talk to a running gateway's admin API: status, routes, upstreams, plugins, drain,
+    /// breakers, reload, rollback (docs/admin.md).
+    Ctl(ctl::Ctl),
     /// Write, build and test plugins: `new`, `build`, `test`.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -135,6 +140,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ctl(ctl) => ctl.run(),
         Command::Check { config } => {
             let config = match sluice::config::load(&config) {
                 Ok(c) => c,

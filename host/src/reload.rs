@@ -78,6 +78,13 @@ pub struct Applied {
     text: Arc<str>,
 }
 
+impl Applied {
+    /// The config text as applied (secrets included: redact before showing it).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
 /// What a reload did.
 #[derive(Debug)]
 pub enum Outcome {
@@ -93,6 +100,8 @@ pub enum ReloadError {
     Invalid(#[from] ConfigErrors),
     #[error("no earlier config to roll back to")]
     NothingToRollBack,
+    #[error("version {0} is not in the config history (the last 16 are kept)")]
+    NoSuchVersion(u64),
 }
 
 /// Applies new configs to a running gateway. Reloads are serialized: one at a time.
@@ -195,6 +204,16 @@ impl Reloader {
             let previous = history.iter().rev().nth(1).ok_or(ReloadError::NothingToRollBack)?;
             (previous.version, previous.text.clone())
         };
+        self.apply(&text, &format!("rollback to version {version}")).await
+    }
+
+    /// Re-applies the config of `version`, as a new version.
+    pub async fn rollback_to(&self, version: u64) -> Result<Outcome, ReloadError> {
+        let text = lock(&self.history)
+            .iter()
+            .find(|a| a.version == version)
+            .map(|a| a.text.clone())
+            .ok_or(ReloadError::NoSuchVersion(version))?;
         self.apply(&text, &format!("rollback to version {version}")).await
     }
 

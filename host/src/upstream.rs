@@ -15,7 +15,7 @@ mod health;
 pub mod retry;
 mod send;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -68,9 +68,37 @@ pub struct Endpoint {
     recovered_at: AtomicU64,
     /// Its attempt series, resolved on first use.
     series: send::AttemptSeries,
+    /// An operator's override of `state` (the admin API): 0 none, else a state + 1.
+    admin_state: AtomicU8,
 }
 
 impl Endpoint {
+    /// The state the balancer goes by: an operator's override, else the config's.
+    pub fn effective_state(&self) -> EndpointState {
+        self.admin_override().unwrap_or(self.state)
+    }
+
+    /// An operator's override of the config's state, if any.
+    pub fn admin_override(&self) -> Option<EndpointState> {
+        match self.admin_state.load(Ordering::Relaxed) {
+            1 => Some(EndpointState::Up),
+            2 => Some(EndpointState::Drain),
+            3 => Some(EndpointState::Down),
+            _ => None,
+        }
+    }
+
+    /// Overrides the config's state (`None`: back to the config's).
+    pub fn set_override(&self, state: Option<EndpointState>) {
+        let n = match state {
+            None => 0,
+            Some(EndpointState::Up) => 1,
+            Some(EndpointState::Drain) => 2,
+            Some(EndpointState::Down) => 3,
+        };
+        self.admin_state.store(n, Ordering::Relaxed);
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -142,6 +170,7 @@ impl Upstream {
                 breaker: config.circuit_breaker.clone().map(Breaker::new),
                 recovered_at: AtomicU64::new(0),
                 series: send::AttemptSeries::new(name, &e.address),
+                admin_state: AtomicU8::new(0),
             })
             .collect();
         Upstream {
@@ -165,6 +194,24 @@ impl Upstream {
 
     pub fn config(&self) -> &config::Upstream {
         &self.config
+    }
+
+    /// Carries operators' overrides (endpoint states, forced breakers) over from the
+    /// upstream this one replaces, for every endpoint both have: a reload does not undo a
+    /// drain.
+    pub fn inherit_overrides(&self, before: &Upstream) {
+        let now = Instant::now();
+        for e in &self.endpoints {
+            let Some(old) = before.endpoints.iter().find(|o| o.address == e.address) else {
+                continue;
+            };
+            e.set_override(old.admin_override());
+            if let (Some(b), Some(old_b)) = (&e.breaker, &old.breaker)
+                && old_b.mode() != breaker::Mode::Auto
+            {
+                b.set_mode(old_b.mode(), now);
+            }
+        }
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
@@ -192,7 +239,7 @@ impl Upstream {
 
     fn usable(&self, i: usize, now_nanos: u64) -> bool {
         let e = &self.endpoints[i];
-        e.state == EndpointState::Up && e.healthy() && !e.passive.ejected(now_nanos)
+        e.effective_state() == EndpointState::Up && e.healthy() && !e.passive.ejected(now_nanos)
     }
 
     /// Share of its weight a recovering endpoint gets now (slow start), if below 1.

@@ -68,6 +68,14 @@ impl Proc {
         panic!("no log line with {needle:?}; saw:\n{}", self.seen.join("\n"));
     }
 
+    /// Every log line so far (waiting `settle` for more to arrive).
+    pub fn log(&mut self, settle: Duration) -> String {
+        while let Ok(line) = self.lines.recv_timeout(settle) {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
     pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) only sends a signal to our own child process.

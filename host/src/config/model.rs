@@ -356,10 +356,31 @@ pub struct Rewrite {
     pub replacement: String,
 }
 
-/// `[admin]`: the operator's listener (metrics, health, and later the admin API).
+/// `[admin]`: the operator's listener (metrics, health, the admin API).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// Lets a caller read and act (`Authorization: Bearer ...`).
+    pub token: Option<TokenSource>,
+    /// Lets a caller read only.
+    pub read_token: Option<TokenSource>,
+}
+
+/// Where an admin token comes from. Never printed: `Debug` says only where it is.
+#[derive(Clone, PartialEq)]
+pub enum TokenSource {
+    Inline(String),
+    /// Read at start; a missing file is created with a generated token (mode 0600).
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            TokenSource::File(p) => write!(f, "File({p:?})"),
+        }
+    }
 }
 
 /// `[metrics]`: histogram buckets and which optional label sets are on. Read at start: a

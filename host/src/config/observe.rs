@@ -9,23 +9,60 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const MAX_BUCKETS: usize = 64;
 const DEFAULT_BUFFER_LINES: u32 = 4096;
 
-pub(super) fn validate_admin(a: &schema::Admin, errors: &mut Errors) -> Option<Admin> {
+pub(super) fn validate_admin(
+    a: &schema::Admin,
+    base: &std::path::Path,
+    errors: &mut Errors,
+) -> Option<Admin> {
     let text = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-    let listen: std::net::SocketAddr = errors.check(
-        "admin.listen",
-        text.parse().map_err(|_| format!("not an address:port: {text:?}")),
-    )?;
-    if !listen.ip().is_loopback() {
-        // Until the admin API has its tokens, the admin listener stays on this machine.
+    let listen: Option<std::net::SocketAddr> = errors
+        .check("admin.listen", text.parse().map_err(|_| format!("not an address:port: {text:?}")));
+    let token = token_source(errors, base, "admin.token", &a.token, &a.token_file);
+    let read_token =
+        token_source(errors, base, "admin.read_token", &a.read_token, &a.read_token_file);
+    let listen = listen?;
+    if !listen.ip().is_loopback() && matches!(token, Some(None)) {
+        // APISIX's fixed default key was scanned for across the internet: off this
+        // machine, the admin API takes a token the operator chose, or one generated here.
         let msg = format!(
-            "must be a loopback address (127.0.0.1 or [::1]), got {text:?}: the admin \
-             listener has no authentication; put a proxy with authentication in front of it \
-             to reach it from elsewhere"
+            "{text:?} is not a loopback address: set admin.token, or admin.token_file (a \
+             missing file gets a generated token), so the admin API is not open to the network"
         );
         errors.push("admin.listen", msg);
         return None;
     }
-    Some(Admin { listen })
+    Some(Admin { listen, token: token?, read_token: read_token? })
+}
+
+/// The shortest inline token accepted: guessing one must not be practical.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// A token from `inline` or `file` (not both). `Some(None)`: neither set.
+fn token_source(
+    errors: &mut Errors,
+    base: &std::path::Path,
+    path: &str,
+    inline: &Option<String>,
+    file: &Option<String>,
+) -> Option<Option<TokenSource>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            errors.push(path, format!("set {path} or {path}_file, not both"));
+            None
+        }
+        (Some(t), None) if t.trim().len() < MIN_TOKEN_LEN || t.chars().any(char::is_whitespace) => {
+            let msg = format!("must be at least {MIN_TOKEN_LEN} characters, without spaces");
+            errors.push(path, msg);
+            None
+        }
+        (Some(t), None) => Some(Some(TokenSource::Inline(t.clone()))),
+        (None, Some(f)) if f.is_empty() => {
+            errors.push(format!("{path}_file"), "must not be empty");
+            None
+        }
+        (None, Some(f)) => Some(Some(TokenSource::File(base.join(f)))),
+        (None, None) => Some(None),
+    }
 }
 
 pub(super) fn validate_metrics(m: &schema::Metrics, errors: &mut Errors) -> MetricsSettings {

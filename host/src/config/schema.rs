@@ -41,6 +41,10 @@ pub struct Tracing {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub read_token: Option<String>,
+    pub read_token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,9 +4,12 @@
 //! endpoint takes no requests for `open_timeout`. Then it half-opens: up to
 //! `half_open_requests` trial requests at a time; `success_threshold` successes close it,
 //! any failure opens it again.
+//!
+//! An operator can force it (the admin API): `open` refuses every request until set back
+//! to `auto`; `closed` lets every request through and counts nothing.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -55,19 +58,73 @@ pub struct Stats {
     pub closed: AtomicU64,
 }
 
+/// Who decides the breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    ForcedOpen,
+    ForcedClosed,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::ForcedOpen => "forced_open",
+            Mode::ForcedClosed => "forced_closed",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Breaker {
     config: Config,
     inner: Mutex<Inner>,
+    /// A [`Mode`] as a number: 0 auto, 1 forced open, 2 forced closed.
+    mode: AtomicU8,
     pub stats: Stats,
 }
+
+/// How long "forced open" keeps the circuit open: until an operator says otherwise.
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A state change, for the caller to log.
 pub type Transition = (State, State);
 
 impl Breaker {
     pub fn new(config: Config) -> Self {
-        Self { config, inner: Mutex::new(Inner::Closed { failures: 0 }), stats: Stats::default() }
+        Self {
+            config,
+            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            mode: AtomicU8::new(0),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => Mode::ForcedOpen,
+            2 => Mode::ForcedClosed,
+            _ => Mode::Auto,
+        }
+    }
+
+    /// Forces the circuit open or closed, or hands it back to its failure counts (closed,
+    /// counting from zero).
+    pub fn set_mode(&self, mode: Mode, now: Instant) {
+        let mut inner = self.lock();
+        self.mode.store(
+            match mode {
+                Mode::Auto => 0,
+                Mode::ForcedOpen => 1,
+                Mode::ForcedClosed => 2,
+            },
+            Ordering::Relaxed,
+        );
+        *inner = match mode {
+            Mode::ForcedOpen => Inner::Open { until: now + FOREVER },
+            Mode::Auto | Mode::ForcedClosed => Inner::Closed { failures: 0 },
+        };
     }
 
     pub fn config(&self) -> &Config {
@@ -128,6 +185,9 @@ impl Breaker {
     /// Reports how a request let through by `admit` went.
     pub fn record(&self, admit: Admit, failed: bool, now: Instant) -> Option<Transition> {
         let mut inner = self.lock();
+        if self.mode() == Mode::ForcedClosed {
+            return None;
+        }
         match (&mut *inner, admit) {
             (Inner::Closed { failures }, Admit::Closed) => {
                 if !failed {
@@ -171,6 +231,34 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod forced {
+    use super::*;
+    use crate::config::FailureKinds;
+
+    #[test]
+    fn forced_states_hold_until_auto() {
+        let b = Breaker::new(Config {
+            failure_threshold: 1,
+            success_threshold: 1,
+            open_timeout: Duration::from_millis(10),
+            half_open_requests: 1,
+            failures: FailureKinds::default(),
+        });
+        let now = Instant::now();
+        b.set_mode(Mode::ForcedOpen, now);
+        assert_eq!(b.state(), State::Open);
+        assert!(b.try_acquire(now + Duration::from_secs(3600)).is_err(), "no half-open trial");
+        b.set_mode(Mode::ForcedClosed, now);
+        let (admit, _) = b.try_acquire(now).unwrap();
+        assert_eq!(b.record(admit, true, now), None, "failures do not open a forced-closed one");
+        assert_eq!(b.state(), State::Closed);
+        b.set_mode(Mode::Auto, now);
+        let (admit, _) = b.try_acquire(now).unwrap();
+        assert_eq!(b.record(admit, true, now), Some((State::Closed, State::Open)));
     }
 }
 

@@ -1,0 +1,541 @@
+//! The admin API and `sluice ctl`, from the outside: the real binary, real upstreams, real
+//! plugins; responses validated against docs/admin-openapi.json by Python's jsonschema.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use crate::common::backend::Backend;
+use crate::common::proc::Proc;
+use crate::common::services::{free_port, python};
+use crate::common::*;
+
+const ADMIN_TOKEN: &str = "admin-token-for-the-tests-0123";
+const READ_TOKEN: &str = "read-token-for-the-tests-4567";
+const JWT_SECRET: &str = "jwt-secret-that-must-never-show-0123456789";
+
+/// One admin API call: status, `WWW-Authenticate`, and the JSON body.
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+async fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut req = http::Request::builder().method(method).uri(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let bytes = body.map_or(Bytes::new(), |b| Bytes::from(serde_json::to_vec(&b).unwrap()));
+    let r = send(&client(), req.body(Full::new(bytes)).unwrap()).await;
+    let body = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.text()));
+    Answer { status: r.status.as_u16(), headers: r.headers, body }
+}
+
+fn config(
+    dir: &tempfile::TempDir,
+    backends: &[&Backend],
+    admin_port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let endpoints: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+request_timeout = "5s"
+shutdown_timeout = "5s"
+
+[runtime]
+plugin_dir = "{plugins}"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "{ADMIN_TOKEN}"
+read_token = "{READ_TOKEN}"
+
+[upstreams.pool]
+endpoints = [{endpoints}]
+circuit_breaker = {{ failure_threshold = 5 }}
+
+[plugins.auth]
+module = "jwt"
+config = {{ keys = [{{ alg = "HS256", secret = "{JWT_SECRET}" }}], forward_claims = {{ sub = "x-user" }} }}
+
+[plugins.tag]
+module = "header-transform"
+config = {{ request = {{ set = {{ "authorization" = "Bearer upstream-secret-token", "x-env" = "test" }} }} }}
+{extra}
+[[routes]]
+name = "secure"
+prefix = "/secure"
+upstream = "pool"
+plugins = ["auth"]
+
+[[routes]]
+name = "open"
+prefix = "/"
+upstream = "pool"
+plugins = ["tag"]
+"#,
+        plugins = plugin_dir().display(),
+        endpoints = endpoints.join(", "),
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Validates `(path template, method, status, body)` against the OpenAPI document.
+fn validate(cases: &[(&str, &str, u16, &Value)]) {
+    let script = workspace().join("tests/py/openapi_check.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .arg(workspace().join("docs/admin-openapi.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python with jsonschema (./dev test installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    for (path, method, status, body) in cases {
+        let line = json!({ "path": path, "method": method, "status": status, "body": body });
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "responses differ from the OpenAPI document:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_read_endpoint_answers_as_documented_with_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let admin_port = free_port();
+    let mut p = Proc::start(&config(&dir, &[&a, &b], admin_port, ""));
+    p.wait_for("admin listener on http://");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    assert_eq!(get(p.addr, "/x", &[]).await.status, 200);
+    assert_eq!(get(p.addr, "/secure/x", &[]).await.status, 401);
+
+    let mut answers = Vec::new();
+    for path in [
+        "/api/v1/server",
+        "/api/v1/routes",
+        "/api/v1/upstreams",
+        "/api/v1/plugins",
+        "/api/v1/config",
+        "/api/v1/config/history",
+    ] {
+        let r = call(admin, "GET", path, Some(READ_TOKEN), None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.headers["content-type"], "application/json");
+        answers.push((path, r.body));
+    }
+    let cases: Vec<_> = answers.iter().map(|(p, b)| (*p, "get", 200, b)).collect();
+    validate(&cases);
+
+    let by = |p: &str| &answers.iter().find(|(path, _)| *path == p).unwrap().1;
+    assert_eq!(by("/api/v1/server")["config_version"], 1);
+    assert_eq!(by("/api/v1/routes")[0]["plugins"], json!(["auth"]));
+    let eps = &by("/api/v1/upstreams")[0]["endpoints"];
+    assert_eq!(eps.as_array().unwrap().len(), 2);
+    assert_eq!(eps[0]["breaker"]["state"], "closed");
+    let plugins = by("/api/v1/plugins").as_array().unwrap();
+    let auth = plugins.iter().find(|p| p["name"] == "auth").unwrap();
+    assert_eq!(auth["calls"]["request"]["calls"]["local_reply_401"], 1, "{auth}");
+    let tag = plugins.iter().find(|p| p["name"] == "tag").unwrap();
+    assert_eq!(tag["calls"]["request"]["calls"]["continue"], 1, "{tag}");
+
+    // The config, with every secret redacted: the tokens, the JWT secret, a header value
+    // that carries a credential.
+    let config = by("/api/v1/config");
+    let text = config.to_string();
+    for secret in [ADMIN_TOKEN, READ_TOKEN, JWT_SECRET, "upstream-secret-token"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert_eq!(config["config"]["admin"]["token"], "<redacted>");
+    assert_eq!(config["config"]["plugins"]["tag"]["config"]["request"]["set"]["x-env"], "test");
+    // And none anywhere else either: the API's answers, the metrics, the log.
+    let all = answers.iter().map(|(_, b)| b.to_string()).collect::<String>();
+    let metrics = get(admin, "/metrics", &[]).await.text();
+    let log = p.log(Duration::from_millis(200));
+    for secret in [ADMIN_TOKEN, READ_TOKEN, JWT_SECRET] {
+        assert!(!all.contains(secret), "{secret} in the API's answers");
+        assert!(!metrics.contains(secret), "{secret} in /metrics");
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+
+    // The document itself is served, without a token.
+    let doc = call(admin, "GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.body["openapi"], "3.0.3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_required_checked_by_role_and_wrong_ones_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Backend::start("a").await;
+    let admin_port = free_port();
+    let mut p = Proc::start(&config(&dir, &[&a], admin_port, ""));
+    p.wait_for("admin listener on http://");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let endpoint = format!("/api/v1/upstreams/pool/endpoints/{}/state", a.addr);
+
+    let none = call(admin, "GET", "/api/v1/server", None, None).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let read_acts =
+        call(admin, "POST", &endpoint, Some(READ_TOKEN), Some(json!({"state": "drain"}))).await;
+    assert_eq!(read_acts.status, 403, "{}", read_acts.body);
+    // A change is never made by a GET.
+    let get_acts = call(admin, "GET", &endpoint, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(
+        (get_acts.status, &get_acts.headers["allow"]),
+        (405, &"POST".parse::<http::HeaderValue>().unwrap())
+    );
+    let bad_body =
+        call(admin, "POST", &endpoint, Some(ADMIN_TOKEN), Some(json!({"state": "sideways"}))).await;
+    assert_eq!(bad_body.status, 400);
+    let unknown = call(
+        admin,
+        "POST",
+        "/api/v1/upstreams/pool/endpoints/10.9.9.9:1/state",
+        Some(ADMIN_TOKEN),
+        Some(json!({"state": "down"})),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let no_breaker = call(admin, "GET", "/api/v1/nope", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(no_breaker.status, 404);
+    validate(&[
+        ("/api/v1/server", "get", 401, &none.body),
+        ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", "post", 403, &read_acts.body),
+        ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", "post", 400, &bad_body.body),
+        ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", "post", 404, &unknown.body),
+    ]);
+
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(get(admin, "/ready", &[]).await.status, 200);
+    assert_eq!(get(admin, "/metrics", &[]).await.status, 200);
+
+    // Wrong tokens, again and again: the address is throttled, even with the right one.
+    // (The call without a token above was the first failure.)
+    for _ in 0..4 {
+        assert_eq!(
+            call(admin, "GET", "/api/v1/server", Some("wrong-token-wrong-token"), None)
+                .await
+                .status,
+            401
+        );
+    }
+    let throttled = call(admin, "GET", "/api/v1/server", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(throttled.status, 429);
+    assert!(throttled.headers.contains_key("retry-after"));
+    assert!(!p.log(Duration::from_millis(100)).contains("wrong-token"), "tokens are never logged");
+}
+
+#[test]
+fn a_non_loopback_admin_listener_without_a_token_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open-admin.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"0.0.0.0:9901\"\n\
+         [upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    let out = Command::new(sluice_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("admin.listen: \"0.0.0.0:9901\" is not a loopback address: set admin.token"),
+        "{text}"
+    );
+
+    // With a token file that does not exist yet, the gateway generates one, private.
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"0.0.0.0:0\"\ntoken_file = \"admin.token\"\n\
+         [upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    let mut p = Proc::start(&path);
+    let line = p.wait_for("admin: generated a token into");
+    assert!(line.contains("admin.token"), "{line}");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir.path().join("admin.token")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    assert!(
+        !p.log(Duration::from_millis(100)).contains(token.trim()),
+        "the token itself is never logged"
+    );
+}
+
+/// Sends requests with `workers` concurrent clients until `stop`; counts failures.
+fn load(
+    addr: SocketAddr,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|_| {
+            let (stop, failed, sent) = (stop.clone(), failed.clone(), sent.clone());
+            tokio::spawn(async move {
+                let c = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let req = http::Request::get(format!("http://{addr}/load"))
+                        .body(Full::default())
+                        .unwrap();
+                    match c.request(req).await {
+                        Ok(r) if r.status() == 200 => {}
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) =
+        (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
+    let admin_port = free_port();
+    let path = config(&dir, &[&a, &b, &c], admin_port, "");
+    let mut p = Proc::start_with(&path, &["--no-watch"]);
+    p.wait_for("admin listener on http://");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (stop, failed, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let tasks = load(p.addr, 4, stop.clone(), failed.clone(), sent.clone());
+    let until = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            let target = sent.load(Ordering::Relaxed) + n;
+            while sent.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    until(200).await;
+
+    // Drain a: once the call has answered, no new request reaches it.
+    let drained = call(
+        admin,
+        "POST",
+        &format!("/api/v1/upstreams/pool/endpoints/{}/state", a.addr),
+        Some(ADMIN_TOKEN),
+        Some(json!({"state": "drain"})),
+    )
+    .await;
+    assert_eq!(
+        (drained.status, &drained.body["state"], &drained.body["override"]),
+        (200, &json!("drain"), &json!("drain"))
+    );
+    until(50).await; // requests already on their way to a finish
+    let a_hits = a.hits();
+    until(300).await;
+    assert_eq!(a.hits(), a_hits, "a drained endpoint takes no new requests");
+
+    // A reload that rebuilds the upstream (b's weight changes) keeps the drain.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("\"{}\"", b.addr),
+        &format!("{{ address = \"{}\", weight = 2 }}", b.addr),
+    );
+    std::fs::write(&path, text).unwrap();
+    let reloaded = call(admin, "POST", "/api/v1/reload", Some(ADMIN_TOKEN), Some(json!({}))).await;
+    assert_eq!(
+        (reloaded.status, &reloaded.body["result"], &reloaded.body["version"]),
+        (200, &json!("applied"), &json!(2)),
+        "{}",
+        reloaded.body
+    );
+    until(300).await;
+    assert_eq!(a.hits(), a_hits, "the drain outlived the reload");
+    let ups = call(admin, "GET", "/api/v1/upstreams", Some(READ_TOKEN), None).await;
+    assert_eq!(ups.body[0]["endpoints"][0]["override"], "drain");
+
+    // A broken config is refused with its TOML path; version 2 keeps serving.
+    std::fs::write(&path, "[server]\nlisten = \"nowhere\"\n").unwrap();
+    let refused = call(admin, "POST", "/api/v1/reload", Some(ADMIN_TOKEN), Some(json!({}))).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.body["errors"][0]["path"], "server.listen");
+
+    // Roll back to version 1, then undo the drain.
+    let rolled = call(
+        admin,
+        "POST",
+        "/api/v1/config/rollback",
+        Some(ADMIN_TOKEN),
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!((rolled.status, &rolled.body["version"]), (200, &json!(3)), "{}", rolled.body);
+    assert_eq!(rolled.body["cause"], "rollback to version 1");
+    let missing = call(
+        admin,
+        "POST",
+        "/api/v1/config/rollback",
+        Some(ADMIN_TOKEN),
+        Some(json!({"version": 99})),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let undone = call(
+        admin,
+        "POST",
+        &format!("/api/v1/upstreams/pool/endpoints/{}/state", a.addr),
+        Some(ADMIN_TOKEN),
+        Some(json!({"state": "config"})),
+    )
+    .await;
+    assert_eq!(undone.body["override"], Value::Null);
+    until(300).await;
+    assert!(a.hits() > a_hits, "back in rotation");
+
+    // Forcing a's breaker open takes it out too; auto puts it back.
+    let forced = call(
+        admin,
+        "POST",
+        &format!("/api/v1/upstreams/pool/endpoints/{}/breaker", a.addr),
+        Some(ADMIN_TOKEN),
+        Some(json!({"mode": "open"})),
+    )
+    .await;
+    assert_eq!(
+        (forced.status, &forced.body["breaker"]),
+        (200, &json!({"state": "open", "mode": "forced_open"}))
+    );
+    until(50).await;
+    let a_hits = a.hits();
+    until(300).await;
+    assert_eq!(a.hits(), a_hits, "a forced-open breaker lets nothing through");
+    call(
+        admin,
+        "POST",
+        &format!("/api/v1/upstreams/pool/endpoints/{}/breaker", a.addr),
+        Some(ADMIN_TOKEN),
+        Some(json!({"mode": "auto"})),
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    let history = call(admin, "GET", "/api/v1/config/history", Some(READ_TOKEN), None).await;
+    validate(&[
+        ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", "post", 200, &drained.body),
+        ("/api/v1/reload", "post", 200, &reloaded.body),
+        ("/api/v1/reload", "post", 422, &refused.body),
+        ("/api/v1/config/rollback", "post", 200, &rolled.body),
+        ("/api/v1/config/rollback", "post", 404, &missing.body),
+        ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/breaker", "post", 200, &forced.body),
+        ("/api/v1/config/history", "get", 200, &history.body),
+    ]);
+    let log = p.log(Duration::from_millis(100));
+    assert!(
+        log.contains(&format!(
+            "admin API: admin token from 127.0.0.1: endpoint pool/{}: drain",
+            a.addr
+        )),
+        "an audit line names who and what:\n{log}"
+    );
+}
+
+/// Runs `sluice ctl ARGS` against `admin`: exit success, stdout, stderr.
+fn ctl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(sluice_bin());
+    cmd.arg("ctl")
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .args(args)
+        .env_remove("SLUICE_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SLUICE_ADMIN_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_ctl_shows_tables_and_json_drains_and_says_what_went_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let admin_port = free_port();
+    let mut p = Proc::start_with(&config(&dir, &[&a, &b], admin_port, ""), &["--no-watch"]);
+    p.wait_for("admin listener on http://");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+
+    let (ok, out, _) = ctl(admin, Some(READ_TOKEN), &["status"]);
+    assert!(ok && out.contains("config        version 1"), "{out}");
+    let (ok, out, _) = ctl(admin, Some(READ_TOKEN), &["routes"]);
+    assert!(
+        ok && out.starts_with("ROUTE") && out.contains("secure") && out.contains("auth"),
+        "{out}"
+    );
+    let (ok, out, _) = ctl(admin, Some(READ_TOKEN), &["upstreams"]);
+    assert!(ok && out.contains(&a.addr.to_string()) && out.contains("closed"), "{out}");
+    let (ok, out, _) = ctl(admin, Some(READ_TOKEN), &["plugins", "--json"]);
+    assert!(ok, "{out}");
+    let plugins: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plugins.as_array().unwrap().len(), 2);
+
+    let (ok, _, err) = ctl(admin, Some(READ_TOKEN), &["drain", "pool", &a.addr.to_string()]);
+    assert!(!ok && err.contains("403 Forbidden: this token may read, not act"), "{err}");
+    let (ok, out, err) = ctl(admin, Some(ADMIN_TOKEN), &["drain", "pool", &a.addr.to_string()]);
+    assert!(ok && out.contains("drain (override)"), "{out}{err}");
+    let hits = a.hits();
+    for _ in 0..20 {
+        assert_eq!(get(p.addr, "/x", &[]).await.status, 200);
+    }
+    assert_eq!(a.hits(), hits, "drained through ctl");
+    let (ok, out, _) = ctl(admin, Some(ADMIN_TOKEN), &["reload"]);
+    assert!(ok && out.contains("unchanged"), "{out}");
+    let (ok, out, _) = ctl(admin, Some(ADMIN_TOKEN), &["history"]);
+    assert!(ok && out.contains("start"), "{out}");
+
+    let (ok, _, err) = ctl(admin, None, &["status"]);
+    assert!(!ok && err.contains("401") && err.contains("SLUICE_ADMIN_TOKEN"), "{err}");
+    let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (ok, _, err) = ctl(nobody, None, &["status"]);
+    assert!(
+        !ok && err.contains("admin API not reachable at")
+            && err.contains("is `[admin]` configured"),
+        "{err}"
+    );
+}
