@@ -10,6 +10,7 @@ mod cli;
 mod config_fuzz;
 mod config_ui;
 mod cors;
+mod dashboard;
 mod extism;
 mod host_state;
 mod observability;

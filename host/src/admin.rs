@@ -5,7 +5,8 @@
 //! - `GET /live`: 200 while the process serves its admin listener;
 //! - `GET /ready`: 200 once a config is loaded and serving, 503 before (plugins still
 //!   compiling) and while draining on shutdown;
-//! - `/api/v1/...`: the admin API ([`api`], docs/admin.md), behind the tokens of [`auth`].
+//! - `/api/v1/...`: the admin API ([`api`], docs/admin.md), behind the tokens of [`auth`];
+//! - `GET /`: the dashboard, a page (and its script and style) that polls the API.
 //!
 //! It is a listener of its own: a flood of traffic, or a traffic listener's connection
 //! cap, never keeps an operator from it.
@@ -156,8 +157,32 @@ pub async fn serve(
     }
 }
 
+/// The dashboard's files, built into the binary: no build step, no network.
+const DASHBOARD: [(&str, &str, &str); 3] = [
+    ("/", "text/html; charset=utf-8", include_str!("admin/dashboard/index.html")),
+    (
+        "/dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("admin/dashboard/dashboard.js"),
+    ),
+    ("/dashboard.css", "text/css; charset=utf-8", include_str!("admin/dashboard/dashboard.css")),
+];
+
 fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if let Some((_, kind, body)) = DASHBOARD.iter().find(|(p, ..)| *p == path)
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+    {
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(kind));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+        );
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
+        return resp;
+    }
     if !matches!(path, "/metrics" | "/live" | "/ready") {
         return text(StatusCode::NOT_FOUND, "not found: try /metrics, /live, /ready or /api/v1\n");
     }

@@ -91,7 +91,12 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
         return error(StatusCode::NOT_FOUND, "no such API path: see /api/v1/openapi.json");
     };
     let op = *found.value;
-    let params: Vec<String> = found.params.iter().map(|(_, v)| v.to_owned()).collect();
+    // Segments arrive percent-encoded as clients encode them (a browser's `:` as `%3A`).
+    let params: Vec<String> = found
+        .params
+        .iter()
+        .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+        .collect();
     if *req.method() != op.method() && !(op.method() == Method::GET && req.method() == Method::HEAD)
     {
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {}", op.method()));
