@@ -529,6 +529,16 @@ async fn sluice_ctl_shows_tables_and_json_drains_and_says_what_went_wrong() {
     let (ok, out, _) = ctl(admin, Some(ADMIN_TOKEN), &["history"]);
     assert!(ok && out.contains("start"), "{out}");
 
+    // The log filter, at run time: a debug line shows up once asked for.
+    let (ok, out, _) = ctl(admin, Some(READ_TOKEN), &["log-level"]);
+    assert!(ok && out == "log filter: info\n", "{out}");
+    let (ok, _, err) = ctl(admin, Some(ADMIN_TOKEN), &["log-level", "info,sluice[[["]);
+    assert!(!ok && err.contains("400 Bad Request: invalid filter"), "{err}");
+    let (ok, out, _) = ctl(admin, Some(ADMIN_TOKEN), &["log-level", "info,sluice::reload=debug"]);
+    assert!(ok && out == "log filter: info,sluice::reload=debug\n", "{out}");
+    ctl(admin, Some(ADMIN_TOKEN), &["reload"]);
+    p.wait_for("DEBUG sluice::reload");
+
     let (ok, _, err) = ctl(admin, None, &["status"]);
     assert!(!ok && err.contains("401") && err.contains("SLUICE_ADMIN_TOKEN"), "{err}");
     let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -537,5 +547,102 @@ async fn sluice_ctl_shows_tables_and_json_drains_and_says_what_went_wrong() {
         !ok && err.contains("admin API not reachable at")
             && err.contains("is `[admin]` configured"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_is_shared_promoted_and_aborted_through_the_api_under_load() {
+    use crate::reload::stamp_module;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let admin_port = free_port();
+    let extra = format!(
+        "[plugins.stamp]\nmodule = \"{}\"\n[plugins.stamp.rollout]\nmodule = \"{}\"\npercent = 10\n\
+         min_requests = 1000000\npromote_after = 1000000\n",
+        stamp_module("v1").display(),
+        stamp_module("v2").display()
+    );
+    let path = config(&dir, &[&a, &b], admin_port, &extra);
+    // Route the load through the stamp plugin.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("plugins = [\"tag\"]", "plugins = [\"stamp\"]");
+    std::fs::write(&path, text).unwrap();
+    let mut p = Proc::start_with(&path, &["--no-watch"]);
+    p.wait_for("admin listener on http://");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (stop, failed, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let tasks = load(p.addr, 4, stop.clone(), failed.clone(), sent.clone());
+    let rollout = "/api/v1/plugins/stamp/rollout";
+
+    let shared = call(
+        admin,
+        "POST",
+        rollout,
+        Some(ADMIN_TOKEN),
+        Some(json!({"action": "share", "percent": 100})),
+    )
+    .await;
+    assert_eq!(
+        (shared.status, &shared.body["rollout"]["percent"]),
+        (200, &json!(100.0)),
+        "{}",
+        shared.body
+    );
+    for _ in 0..20 {
+        let r = get(p.addr, "/", &[]).await;
+        assert_eq!(r.header("x-stamp"), Some("v2"), "all traffic on the new version at 100%");
+    }
+    let promoted =
+        call(admin, "POST", rollout, Some(ADMIN_TOKEN), Some(json!({"action": "promote"}))).await;
+    assert_eq!(promoted.body["rollout"]["state"], "promoted");
+    let late = call(
+        admin,
+        "POST",
+        rollout,
+        Some(ADMIN_TOKEN),
+        Some(json!({"action": "share", "percent": 5})),
+    )
+    .await;
+    assert_eq!(late.status, 409);
+    let aborted =
+        call(admin, "POST", rollout, Some(ADMIN_TOKEN), Some(json!({"action": "abort"}))).await;
+    assert_eq!(aborted.body["rollout"]["state"], "rolled_back");
+    for _ in 0..20 {
+        let r = get(p.addr, "/", &[]).await;
+        assert_eq!(r.header("x-stamp"), Some("v1"), "all traffic back on the old version");
+    }
+    let no_rollout = call(
+        admin,
+        "POST",
+        "/api/v1/plugins/tag/rollout",
+        Some(ADMIN_TOKEN),
+        Some(json!({"action": "promote"})),
+    )
+    .await;
+    assert_eq!(no_rollout.status, 409);
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    let metrics = get(admin, "/metrics", &[]).await.text();
+    assert!(
+        metrics.contains(r#"sluice_rollout_verdicts_total{plugin="stamp",verdict="promoted"} 1"#),
+        "{metrics}"
+    );
+    validate(&[
+        ("/api/v1/plugins/{plugin}/rollout", "post", 200, &shared.body),
+        ("/api/v1/plugins/{plugin}/rollout", "post", 409, &late.body),
+        ("/api/v1/plugins/{plugin}/rollout", "post", 200, &aborted.body),
+    ]);
+    assert!(
+        p.log(Duration::from_millis(100))
+            .contains("admin API: admin token from 127.0.0.1: rollout of stamp: promote")
     );
 }

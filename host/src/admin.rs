@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 
 mod api;
 pub mod auth;
+pub mod log_level;
 mod redact;
 mod stats;
 

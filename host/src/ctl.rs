@@ -45,6 +45,16 @@ enum CtlCommand {
     Endpoint { upstream: String, endpoint: String, state: EndpointArg },
     /// Force an endpoint's circuit breaker open or closed, or back to automatic.
     Breaker { upstream: String, endpoint: String, mode: BreakerArg },
+    /// Promote or abort a plugin's rollout now, or set the new version's share.
+    Rollout {
+        action: RolloutArg,
+        plugin: String,
+        /// The new version's share, 0 to 100 (with `share`).
+        percent: Option<f64>,
+    },
+    /// Show the log filter, or set it (tracing's EnvFilter syntax, e.g. `info,sluice::proxy=debug`)
+    /// until the next restart.
+    LogLevel { filter: Option<String> },
     /// Re-read the config file and apply it.
     Reload,
     /// Apply an earlier config version again.
@@ -57,6 +67,13 @@ enum EndpointArg {
     Drain,
     Down,
     Config,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RolloutArg {
+    Promote,
+    Abort,
+    Share,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,6 +132,26 @@ impl Ctl {
                 };
                 let path = endpoint_path(upstream, endpoint, "breaker");
                 (client.post(&path, json!({ "mode": mode })).await?, show_endpoint)
+            }
+            CtlCommand::Rollout { action, plugin, percent } => {
+                let body = match (action, percent) {
+                    (RolloutArg::Promote, _) => json!({ "action": "promote" }),
+                    (RolloutArg::Abort, _) => json!({ "action": "abort" }),
+                    (RolloutArg::Share, Some(p)) => json!({ "action": "share", "percent": p }),
+                    (RolloutArg::Share, None) => {
+                        return Err(anyhow!(
+                            "rollout share PLUGIN PERCENT: give the share, 0 to 100"
+                        ));
+                    }
+                };
+                let path = format!("/api/v1/plugins/{}/rollout", encode(plugin));
+                (client.post(&path, body).await?, show_plugin)
+            }
+            CtlCommand::LogLevel { filter: None } => {
+                (client.get("/api/v1/log-level").await?, show_filter)
+            }
+            CtlCommand::LogLevel { filter: Some(f) } => {
+                (client.post("/api/v1/log-level", json!({ "filter": f })).await?, show_filter)
             }
             CtlCommand::Reload => (client.post("/api/v1/reload", json!({})).await?, show_applied),
             CtlCommand::Rollback { version } => {
@@ -356,6 +393,10 @@ fn show_endpoint(v: &Value) -> String {
     table(&ENDPOINT_HEADER[1..], vec![endpoint_row("", v)[1..].to_vec()])
 }
 
+fn show_plugin(v: &Value) -> String {
+    show_plugins(&Value::Array(vec![v.clone()]))
+}
+
 fn show_plugins(v: &Value) -> String {
     let rows = v
         .as_array()
@@ -409,6 +450,10 @@ fn show_history(v: &Value) -> String {
         })
         .collect();
     table(&["VERSION", "APPLIED", "SHA256", "CAUSE"], rows)
+}
+
+fn show_filter(v: &Value) -> String {
+    format!("log filter: {}\n", text(&v["filter"]))
 }
 
 fn show_applied(v: &Value) -> String {

@@ -359,14 +359,29 @@ fn colour() -> bool {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour());
+    use tracing_subscriber::EnvFilter;
+    let text = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
+    // The admin API changes the filter at run time through this switch.
+    macro_rules! init_with_switch {
+        ($builder:expr) => {{
+            let builder = $builder
+                .with_env_filter(EnvFilter::new(&text))
+                .with_writer(std::io::stderr)
+                .with_ansi(colour())
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            sluice::admin::log_level::install(&text, move |f| {
+                let filter = EnvFilter::try_new(f).map_err(|e| format!("invalid filter: {e}"))?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            });
+        }};
+    }
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => init_with_switch!(tracing_subscriber::fmt()),
+        LogFormat::Json => init_with_switch!(tracing_subscriber::fmt().json().flatten_event(true)),
     }
 }

@@ -41,12 +41,20 @@ enum Op {
     Rollback,
     EndpointState,
     Breaker,
+    Rollout,
+    LogLevel,
+    SetLogLevel,
 }
 
 impl Op {
     fn method(self) -> Method {
         match self {
-            Op::Reload | Op::Rollback | Op::EndpointState | Op::Breaker => Method::POST,
+            Op::Reload
+            | Op::Rollback
+            | Op::EndpointState
+            | Op::Breaker
+            | Op::Rollout
+            | Op::SetLogLevel => Method::POST,
             _ => Method::GET,
         }
     }
@@ -75,6 +83,8 @@ fn router() -> &'static matchit::Router<Op> {
             ("/api/v1/config/rollback", Op::Rollback),
             ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", Op::EndpointState),
             ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/breaker", Op::Breaker),
+            ("/api/v1/plugins/{plugin}/rollout", Op::Rollout),
+            ("/api/v1/log-level", Op::LogLevel),
         ] {
             r.insert(path, op).expect("distinct routes");
         }
@@ -90,7 +100,10 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
     let Ok(found) = router().at(&path) else {
         return error(StatusCode::NOT_FOUND, "no such API path: see /api/v1/openapi.json");
     };
-    let op = *found.value;
+    let mut op = *found.value;
+    if matches!(op, Op::LogLevel) && req.method() == Method::POST {
+        op = Op::SetLogLevel; // the one path with a GET and a POST
+    }
     // Segments arrive percent-encoded as clients encode them (a browser's `:` as `%3A`).
     let params: Vec<String> = found
         .params
@@ -215,6 +228,60 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
             audit(&who, &format!("breaker of {}/{}: {}", params[0], params[1], mode.label()));
             b.set_mode(mode, tokio::time::Instant::now());
             ok(endpoint_view(upstream, i))
+        }
+        Op::LogLevel => match super::log_level::current() {
+            Some(filter) => ok(json!({ "filter": filter })),
+            None => error(StatusCode::NOT_IMPLEMENTED, "this process cannot change its log filter"),
+        },
+        Op::SetLogLevel => {
+            let Some(filter) = body.get("filter").and_then(Value::as_str) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected {\"filter\": \"info,sluice::proxy=debug\"}",
+                );
+            };
+            match super::log_level::set(filter) {
+                Ok(()) => {
+                    audit(&who, &format!("log filter set to {filter:?}"));
+                    ok(json!({ "filter": filter }))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        Op::Rollout => {
+            let Some(plugin) = gw.plugin(&params[0]) else {
+                return error(StatusCode::NOT_FOUND, "no such plugin");
+            };
+            let Some(rollout) = plugin.rollout() else {
+                return error(StatusCode::CONFLICT, "this plugin has no rollout configured");
+            };
+            let name = &params[0];
+            match (body.get("action").and_then(Value::as_str), body.get("percent")) {
+                (Some("promote"), _) => {
+                    audit(&who, &format!("rollout of {name}: promote"));
+                    rollout.decide(name, true);
+                }
+                (Some("abort"), _) => {
+                    audit(&who, &format!("rollout of {name}: abort"));
+                    rollout.decide(name, false);
+                }
+                (Some("share"), Some(p))
+                    if p.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)) =>
+                {
+                    if rollout.state() != crate::plugin::RolloutState::Active {
+                        return error(StatusCode::CONFLICT, "the rollout is already decided");
+                    }
+                    let percent = p.as_f64().unwrap_or_default();
+                    audit(&who, &format!("rollout of {name}: share {percent}%"));
+                    rollout.set_percent(percent);
+                }
+                _ => {
+                    let msg = "expected {\"action\": \"promote\" | \"abort\"} or \
+                               {\"action\": \"share\", \"percent\": 0..100}";
+                    return error(StatusCode::BAD_REQUEST, msg);
+                }
+            }
+            ok(plugin_view(name, plugin, &super::stats::plugin_calls()))
         }
     }
 }
@@ -388,36 +455,39 @@ fn plugins(gw: &Gateway) -> Value {
     let calls = super::stats::plugin_calls();
     let mut named: Vec<_> = gw.plugins().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
-    Value::Array(
-        named
-            .into_iter()
-            .map(|(name, p)| {
-                let m = &p.module;
-                json!({
-                    "name": name,
-                    "module": m.path.display().to_string(),
-                    "sha256": m.hash,
-                    "kind": format!("{:?}", m.kind()).to_lowercase(),
-                    "source": match m.source {
-                        crate::plugin::CodeSource::Compiled => "compiled",
-                        crate::plugin::CodeSource::DiskCache => "cache",
-                    },
-                    "load_ms": m.load_time.as_secs_f64() * 1e3,
-                    "instances": { "idle": p.idle_instances(), "busy": p.busy_instances(), "max": p.spec.max_instances },
-                    "on_error": format!("{:?}", p.spec.on_error).to_lowercase(),
-                    "calls": calls.get(name.as_str()).cloned().unwrap_or_else(|| json!({})),
-                    "rollout": p.rollout().map(|r| json!({
-                        "state": match r.state() {
-                            crate::plugin::RolloutState::Active => "active",
-                            crate::plugin::RolloutState::Promoted => "promoted",
-                            crate::plugin::RolloutState::RolledBack => "rolled_back",
-                        },
-                        "percent": r.spec.percent,
-                    })),
-                })
-            })
-            .collect(),
-    )
+    Value::Array(named.into_iter().map(|(name, p)| plugin_view(name, p, &calls)).collect())
+}
+
+fn plugin_view(
+    name: &str,
+    p: &crate::plugin::NamedPlugin,
+    calls: &std::collections::HashMap<String, Value>,
+) -> Value {
+    let m = &p.module;
+    json!({
+        "name": name,
+        "module": m.path.display().to_string(),
+        "sha256": m.hash,
+        "kind": format!("{:?}", m.kind()).to_lowercase(),
+        "source": match m.source {
+            crate::plugin::CodeSource::Compiled => "compiled",
+            crate::plugin::CodeSource::DiskCache => "cache",
+        },
+        "load_ms": m.load_time.as_secs_f64() * 1e3,
+        "instances": { "idle": p.idle_instances(), "busy": p.busy_instances(), "max": p.spec.max_instances },
+        "on_error": format!("{:?}", p.spec.on_error).to_lowercase(),
+        "calls": calls.get(name).cloned().unwrap_or_else(|| json!({})),
+        "rollout": p.rollout().map(|r| json!({
+            "state": match r.state() {
+                crate::plugin::RolloutState::Active => "active",
+                crate::plugin::RolloutState::Promoted => "promoted",
+                crate::plugin::RolloutState::RolledBack => "rolled_back",
+            },
+            "percent": r.percent(),
+            "module": r.candidate_module.path.display().to_string(),
+            "sha256": r.candidate_module.hash,
+        })),
+    })
 }
 
 fn ok(v: Value) -> Reply {
@@ -454,12 +524,17 @@ mod tests {
             let found =
                 router().at(path).unwrap_or_else(|_| panic!("{path} is documented, not served"));
             let op = *found.value;
-            let methods: Vec<&String> = ops.as_object().unwrap().keys().collect();
-            assert_eq!(methods, [&op.method().as_str().to_lowercase()], "{path}");
+            let methods: Vec<&str> = ops.as_object().unwrap().keys().map(String::as_str).collect();
+            let expected: &[&str] = match op {
+                Op::LogLevel => &["get", "post"],
+                op if op.method() == Method::POST => &["post"],
+                _ => &["get"],
+            };
+            assert_eq!(methods, expected, "{path}");
             served += 1;
         }
         // Templated paths match themselves in matchit (`{upstream}` as a literal value),
         // so the count check covers the other direction.
-        assert_eq!(served, 11, "routes served and documented");
+        assert_eq!(served, 13, "routes served and documented");
     }
 }

@@ -8,7 +8,7 @@
 //! promoted rollout stays so until the plugin's config changes.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,19 +111,47 @@ pub struct Rollout<B> {
     /// The new version's module.
     pub candidate_module: Arc<Module>,
     state: AtomicU8,
+    /// The new version's share of requests, in hundredths of a percent: `spec.percent`
+    /// until an operator sets another (the admin API).
+    share: AtomicU32,
     stats: Mutex<(Series, Series)>,
 }
 
 impl<B> Rollout<B> {
     pub fn new(spec: config::Rollout, stable: B, candidate: B, module: Arc<Module>) -> Self {
         Self {
-            spec,
             stable,
             candidate,
             candidate_module: module,
             state: AtomicU8::new(State::Active as u8),
+            share: AtomicU32::new((spec.percent * 100.0).round() as u32),
+            spec,
             stats: Mutex::default(),
         }
+    }
+
+    /// The share of requests the new version gets while the rollout is active, percent.
+    pub fn percent(&self) -> f64 {
+        f64::from(self.share.load(Ordering::Relaxed)) / 100.0
+    }
+
+    /// Sets the new version's share (0 to 100) while the rollout is active.
+    pub fn set_percent(&self, percent: f64) {
+        self.share.store((percent.clamp(0.0, 100.0) * 100.0).round() as u32, Ordering::Relaxed);
+    }
+
+    /// An operator's verdict: promote the new version, or roll it back, now.
+    pub fn decide(&self, plugin: &str, promote: bool) {
+        let (state, verdict) = match promote {
+            true => (State::Promoted, "promoted"),
+            false => (State::RolledBack, "rolled_back"),
+        };
+        self.state.store(state as u8, Ordering::Release);
+        crate::telemetry::metrics().rollout_verdicts.with_label_values(&[plugin, verdict]).inc();
+        let serving = if promote { "the new version" } else { "the old version" };
+        tracing::info!(
+            "rollout of plugin {plugin:?} {verdict} by an operator: {serving} serves all traffic"
+        );
     }
 
     pub fn state(&self) -> State {
@@ -148,7 +176,7 @@ impl<B> Rollout<B> {
             Some(source) => request_key(source, &req.parts, req.meta.client_ip)
                 .unwrap_or_else(|| stable_hash(b"")),
         };
-        match ((key % 10_000) as f64) < self.spec.percent * 100.0 {
+        match (key % 10_000) < u64::from(self.share.load(Ordering::Relaxed)) {
             true => Which::Candidate,
             false => Which::Stable,
         }

@@ -166,7 +166,14 @@ function renderPlugins(plugins) {
       seconds += phase.seconds_sum || 0;
       count += phase.count || 0;
     }
-    const rollout = p.rollout ? `${p.rollout.state} ${p.rollout.percent}%` : "–";
+    const rollout = p.rollout ? `${p.rollout.state.replace("_", " ")} · ${p.rollout.percent}%` : "–";
+    const base = `/api/v1/plugins/${encodeURIComponent(p.name)}/rollout`;
+    const actions = el("td", {});
+    if (p.rollout?.state === "active") {
+      actions.append(
+        el("button", { class: "promote", onclick: () => act(base, { action: "promote" }, `Promote the new version of ${p.name} to all traffic?`) }, "Promote"),
+        el("button", { class: "abort", onclick: () => act(base, { action: "abort" }, `Abort the rollout of ${p.name}? The old version takes all traffic.`) }, "Abort"));
+    }
     body.append(el("tr", { "data-plugin": p.name },
       el("td", {}, p.name),
       el("td", { class: "muted", title: p.module }, p.sha256.slice(0, 12)),
@@ -175,7 +182,8 @@ function renderPlugins(plugins) {
       el("td", { class: "num " + (timeouts ? "warn" : "") }, timeouts),
       el("td", { class: "num" }, ms(count ? seconds / count : null)),
       el("td", {}, `${p.instances.busy} busy / ${p.instances.idle} idle`),
-      el("td", {}, rollout)));
+      el("td", {}, rollout),
+      actions));
   }
 }
 
