@@ -384,6 +384,17 @@ async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
     let ups = call(admin, "GET", "/api/v1/upstreams", Some(READ_TOKEN), None).await;
     assert_eq!(ups.body[0]["endpoints"][0]["override"], "drain");
 
+    // What changed, redacted: b's weight, and no token.
+    let diff = call(admin, "GET", "/api/v1/config/diff", Some(READ_TOKEN), None).await;
+    let text = diff.body["diff"].as_str().unwrap();
+    assert!(text.starts_with("--- version 1\n+++ version 2\n"), "{text}");
+    assert!(text.contains("weight = 2"), "{text}");
+    assert!(!text.contains(ADMIN_TOKEN) && !text.contains(JWT_SECRET), "{text}");
+    assert_eq!(
+        call(admin, "GET", "/api/v1/config/diff?from=9", Some(READ_TOKEN), None).await.status,
+        404
+    );
+
     // A broken config is refused with its TOML path; version 2 keeps serving.
     std::fs::write(&path, "[server]\nlisten = \"nowhere\"\n").unwrap();
     let refused = call(admin, "POST", "/api/v1/reload", Some(ADMIN_TOKEN), Some(json!({}))).await;
@@ -462,6 +473,7 @@ async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
         ("/api/v1/config/rollback", "post", 404, &missing.body),
         ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/breaker", "post", 200, &forced.body),
         ("/api/v1/config/history", "get", 200, &history.body),
+        ("/api/v1/config/diff", "get", 200, &diff.body),
     ]);
     let log = p.log(Duration::from_millis(100));
     assert!(

@@ -258,6 +258,22 @@ upstream = "pool"
         )),
         "{log}"
     );
+    // A reload shows up with its diff.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("\"{}\"", b.addr),
+        &format!("{{ address = \"{}\", weight = 2 }}", b.addr),
+    );
+    std::fs::write(&path, text).unwrap();
+    let auth = format!("Bearer {TOKEN}");
+    let req = http::Request::post(format!("http://{admin}/api/v1/reload"))
+        .header("authorization", &auth)
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, 200);
+    browser.wait_for("#diff:not([hidden])").await;
+    let diff = browser.text("#diff").await;
+    assert!(diff.contains("+address = ") || diff.contains("weight = 2"), "{diff}");
+    assert!(!diff.contains(TOKEN), "{diff}");
     let second = browser.screenshot("dashboard-drained.png").await;
     // Readable in dark mode too: the page follows prefers-color-scheme.
     let dark = json!({ "cmd": "Emulation.setEmulatedMedia", "params": {

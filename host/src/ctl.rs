@@ -39,6 +39,13 @@ enum CtlCommand {
     Plugins,
     /// Applied config versions.
     History,
+    /// What changed between two config versions (default: the last change), redacted.
+    Diff {
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Stop sending new requests to an endpoint (in-flight ones finish).
     Drain { upstream: String, endpoint: String },
     /// Set an endpoint's state: up, drain, down, or config (drop the override).
@@ -110,6 +117,13 @@ impl Ctl {
             CtlCommand::Upstreams => (client.get("/api/v1/upstreams").await?, show_upstreams),
             CtlCommand::Plugins => (client.get("/api/v1/plugins").await?, show_plugins),
             CtlCommand::History => (client.get("/api/v1/config/history").await?, show_history),
+            CtlCommand::Diff { from, to } => {
+                let mut query = Vec::new();
+                query.extend(from.map(|f| format!("from={f}")));
+                query.extend(to.map(|t| format!("to={t}")));
+                let path = format!("/api/v1/config/diff?{}", query.join("&"));
+                (client.get(&path).await?, show_diff)
+            }
             CtlCommand::Drain { upstream, endpoint } => {
                 let path = endpoint_path(upstream, endpoint, "state");
                 (client.post(&path, json!({ "state": "drain" })).await?, show_endpoint)
@@ -450,6 +464,15 @@ fn show_history(v: &Value) -> String {
         })
         .collect();
     table(&["VERSION", "APPLIED", "SHA256", "CAUSE"], rows)
+}
+
+fn show_diff(v: &Value) -> String {
+    match v["diff"].as_str() {
+        Some("") | None => {
+            format!("versions {} and {} are the same\n", text(&v["from"]), text(&v["to"]))
+        }
+        Some(d) => d.to_owned(),
+    }
 }
 
 fn show_filter(v: &Value) -> String {

@@ -36,6 +36,7 @@ enum Op {
     Plugins,
     Config,
     History,
+    Diff,
     OpenApi,
     Reload,
     Rollback,
@@ -78,6 +79,7 @@ fn router() -> &'static matchit::Router<Op> {
             ("/api/v1/plugins", Op::Plugins),
             ("/api/v1/config", Op::Config),
             ("/api/v1/config/history", Op::History),
+            ("/api/v1/config/diff", Op::Diff),
             ("/api/v1/openapi.json", Op::OpenApi),
             ("/api/v1/reload", Op::Reload),
             ("/api/v1/config/rollback", Op::Rollback),
@@ -97,6 +99,7 @@ type Reply = Response<Full<Bytes>>;
 /// Answers one `/api/...` request.
 pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let Ok(found) = router().at(&path) else {
         return error(StatusCode::NOT_FOUND, "no such API path: see /api/v1/openapi.json");
     };
@@ -172,6 +175,38 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
             ok(v)
         }
         Op::History => ok(Value::Array(reloader.history().iter().map(applied).collect())),
+        Op::Diff => {
+            let history = reloader.history();
+            let number = |key: &str| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.parse::<u64>().map_err(|_| ()))
+            };
+            let current = history.last().map_or(1, |a| a.version);
+            let (to, from) = match (number("to"), number("from")) {
+                (Some(Err(())), _) | (_, Some(Err(()))) => {
+                    return error(StatusCode::BAD_REQUEST, "from and to are version numbers");
+                }
+                (to, from) => {
+                    let to = to.map_or(current, |t| t.unwrap_or(current));
+                    (to, from.map_or(to.saturating_sub(1).max(1), |f| f.unwrap_or(1)))
+                }
+            };
+            let find = |v: u64| history.iter().find(|a| a.version == v);
+            let (Some(a), Some(b)) = (find(from), find(to)) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no such version in the history (the last 16 are kept)",
+                );
+            };
+            let text = super::redact::diff(
+                a.text(),
+                b.text(),
+                &format!("version {from}"),
+                &format!("version {to}"),
+            );
+            ok(json!({ "from": from, "to": to, "diff": text }))
+        }
         Op::OpenApi => {
             let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             r.headers_mut()
@@ -535,6 +570,6 @@ mod tests {
         }
         // Templated paths match themselves in matchit (`{upstream}` as a literal value),
         // so the count check covers the other direction.
-        assert_eq!(served, 13, "routes served and documented");
+        assert_eq!(served, 14, "routes served and documented");
     }
 }

@@ -30,6 +30,26 @@ pub fn redact_config(text: &str) -> Value {
     }
 }
 
+/// The config `text` as TOML again, redacted (for diffs an operator reads).
+pub fn redacted_toml(text: &str) -> String {
+    let json = redact_config(text);
+    match toml::Value::try_from(&json) {
+        Ok(toml::Value::Table(t)) => toml::to_string_pretty(&t).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// A unified diff between two configs, both redacted: a changed secret shows as unchanged
+/// `<redacted>` lines, never as its value.
+pub fn diff(from: &str, to: &str, from_name: &str, to_name: &str) -> String {
+    let (a, b) = (redacted_toml(from), redacted_toml(to));
+    similar::TextDiff::from_lines(&a, &b)
+        .unified_diff()
+        .context_radius(3)
+        .header(from_name, to_name)
+        .to_string()
+}
+
 fn to_json(v: toml::Value) -> Value {
     match v {
         toml::Value::String(s) => json!(s),
@@ -106,5 +126,14 @@ config = { request = { set = { Authorization = "Bearer abc", "x-env" = "prod" } 
         assert_eq!(v["plugins"]["tag"]["config"]["request"]["set"]["x-env"], "prod");
         assert_eq!(v["plugins"]["basic"]["config"]["realm"], "api");
         assert_eq!(v["admin"]["listen"], "127.0.0.1:9901");
+
+        let changed = text.replace("s3cret", "other-secret").replace("\"prod\"", "\"staging\"");
+        let d = diff(text, &changed, "version 1", "version 2");
+        assert!(d.contains("--- version 1\n+++ version 2"), "{d}");
+        assert!(d.contains("prod") && d.contains("staging"), "{d}");
+        assert!(
+            !d.contains("s3cret") && !d.contains("other-secret") && !d.contains("hunter2"),
+            "{d}"
+        );
     }
 }

@@ -187,6 +187,22 @@ function renderPlugins(plugins) {
   }
 }
 
+let diffShown = null; // the version whose diff is on the page
+
+async function renderDiff(history) {
+  const last = history[history.length - 1];
+  if (history.length < 2 || diffShown === last.version) return;
+  const d = await call("/api/v1/config/diff");
+  const pre = $("#diff");
+  pre.replaceChildren(...d.diff.replace(/\n$/, "").split("\n").map((line) => {
+    const kind = line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "";
+    return el("span", { class: kind }, line + "\n");
+  }));
+  $("#diff-title").textContent = `The last change: version ${d.from} → ${d.to} (${last.cause})`;
+  pre.hidden = $("#diff-title").hidden = false;
+  diffShown = last.version;
+}
+
 function renderHistory(history) {
   const body = $("#history tbody");
   body.replaceChildren();
@@ -214,6 +230,7 @@ async function refresh() {
     renderUpstreams(upstreams);
     renderPlugins(plugins);
     renderHistory(history);
+    await renderDiff(history);
     $("#status").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = "yes";
   } catch (e) {
