@@ -291,34 +291,57 @@ fn a_non_loopback_admin_listener_without_a_token_is_refused_with_its_path() {
     );
 }
 
-/// Sends requests with `workers` concurrent clients until `stop`; counts failures.
-fn load(
-    addr: SocketAddr,
-    workers: usize,
+/// Concurrent clients sending requests until [`Load::finish`], counting failures.
+struct Load {
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicUsize>,
     sent: Arc<AtomicUsize>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..workers)
-        .map(|_| {
-            let (stop, failed, sent) = (stop.clone(), failed.clone(), sent.clone());
-            tokio::spawn(async move {
-                let c = client();
-                while !stop.load(Ordering::Relaxed) {
-                    let req = http::Request::get(format!("http://{addr}/load"))
-                        .body(Full::default())
-                        .unwrap();
-                    match c.request(req).await {
-                        Ok(r) if r.status() == 200 => {}
-                        _ => {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, workers: usize) -> Load {
+        let (stop, failed, sent) =
+            (Arc::default(), Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, failed, sent): (Arc<AtomicBool>, _, _) =
+                    (Arc::clone(&stop), failed.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let req = http::Request::get(format!("http://{addr}/load"))
+                            .body(Full::default())
+                            .unwrap();
+                        if !matches!(c.request(req).await, Ok(r) if r.status() == 200) {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
+                        sent.fetch_add(1, Ordering::Relaxed);
                     }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
+                })
             })
-        })
-        .collect()
+            .collect();
+        Load { stop, failed, sent, tasks }
+    }
+
+    /// Waits until `n` more requests were sent.
+    async fn until(&self, n: usize) {
+        let target = self.sent.load(Ordering::Relaxed) + n;
+        while self.sent.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the clients and asserts that no request failed.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let (failed, sent) =
+            (self.failed.load(Ordering::Relaxed), self.sent.load(Ordering::Relaxed));
+        assert_eq!(failed, 0, "of {sent} requests");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -331,21 +354,8 @@ async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
     let mut p = Proc::start_with(&path, &["--no-watch"]);
     p.wait_for("admin listener on http://");
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let (stop, failed, sent) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let tasks = load(p.addr, 4, stop.clone(), failed.clone(), sent.clone());
-    let until = |n: usize| {
-        let sent = sent.clone();
-        async move {
-            let target = sent.load(Ordering::Relaxed) + n;
-            while sent.load(Ordering::Relaxed) < target {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
+    let load = Load::start(p.addr, 4);
+    let until = |n| load.until(n);
     until(200).await;
 
     // Drain a: once the call has answered, no new request reaches it.
@@ -459,11 +469,7 @@ async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
     )
     .await;
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    load.finish().await;
     let history = call(admin, "GET", "/api/v1/config/history", Some(READ_TOKEN), None).await;
     validate(&[
         ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", "post", 200, &drained.body),
@@ -583,12 +589,7 @@ async fn a_rollout_is_shared_promoted_and_aborted_through_the_api_under_load() {
     let mut p = Proc::start_with(&path, &["--no-watch"]);
     p.wait_for("admin listener on http://");
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let (stop, failed, sent) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let tasks = load(p.addr, 4, stop.clone(), failed.clone(), sent.clone());
+    let load = Load::start(p.addr, 4);
     let rollout = "/api/v1/plugins/stamp/rollout";
 
     let shared = call(
@@ -638,11 +639,7 @@ async fn a_rollout_is_shared_promoted_and_aborted_through_the_api_under_load() {
     .await;
     assert_eq!(no_rollout.status, 409);
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    load.finish().await;
     let metrics = get(admin, "/metrics", &[]).await.text();
     assert!(
         metrics.contains(r#"sluice_rollout_verdicts_total{plugin="stamp",verdict="promoted"} 1"#),

@@ -4,9 +4,10 @@
 //! Lines are appended to a shared buffer (an uncontended lock and a copy: no allocation,
 //! no wake-up per line); the writer thread swaps it for an empty one every
 //! [`FLUSH_EVERY`], or sooner once [`WAKE_AT`] bytes wait, and writes the block. When
-//! `buffer_lines` lines already wait (the writer fell behind), a line is dropped and
-//! counted in `sluice_access_log_dropped_total{reason="full"}`; a line the sink refuses (a
-//! full disk) counts in `{reason="error"}`. Requests never wait for the log.
+//! `buffer_lines` lines (or [`MAX_PENDING_BYTES`]) already wait (the writer fell behind), a
+//! line is dropped and counted in `sluice_access_log_dropped_total{reason="full"}`; a line
+//! the sink refuses (a full disk) counts in `{reason="error"}`. Requests never wait for the
+//! log.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -21,6 +22,9 @@ use crate::throttle::{Throttle, Verdict, suppressed_note};
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Waiting bytes that wake the writer before [`FLUSH_EVERY`].
 const WAKE_AT: usize = 64 * 1024;
+/// The most bytes that wait for the writer, whatever `buffer_lines` says: clients choose
+/// how long their paths and user agents are, so lines are counted in bytes too.
+const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 /// The largest block written at once (smaller with a small `max_size_kib`, so a file
 /// rotates close to its limit: the rotation is checked before each write).
 const MAX_CHUNK: usize = 16 * 1024;
@@ -101,7 +105,9 @@ impl AccessLog {
             format(line);
             line.push('\n');
             let mut pending = self.shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.lines >= self.settings.buffer_lines {
+            if pending.lines >= self.settings.buffer_lines
+                || pending.text.len() + line.len() > MAX_PENDING_BYTES
+            {
                 drop(pending);
                 return dropped("full");
             }
