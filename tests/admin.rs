@@ -100,6 +100,23 @@ plugins = ["tag"]
     path
 }
 
+/// The gateway on `path`, started with `flags`, once its admin listener is up; and that
+/// listener's address.
+fn start(path: &std::path::Path, flags: &[&str]) -> (Proc, SocketAddr) {
+    let port = admin_port_of(path);
+    let mut p = Proc::start_with(path, flags);
+    p.wait_for("admin listener on http://");
+    (p, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The admin port a `config` file listens on.
+fn admin_port_of(path: &std::path::Path) -> u16 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let table: toml::Table = text.parse().unwrap();
+    let listen: SocketAddr = table["admin"]["listen"].as_str().unwrap().parse().unwrap();
+    listen.port()
+}
+
 /// Validates `(path template, method, status, body)` against the OpenAPI document.
 fn validate(cases: &[(&str, &str, u16, &Value)]) {
     let script = workspace().join("tests/py/openapi_check.py");
@@ -128,10 +145,7 @@ fn validate(cases: &[(&str, &str, u16, &Value)]) {
 async fn every_read_endpoint_answers_as_documented_with_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let admin_port = free_port();
-    let mut p = Proc::start(&config(&dir, &[&a, &b], admin_port, ""));
-    p.wait_for("admin listener on http://");
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (mut p, admin) = start(&config(&dir, &[&a, &b], free_port(), ""), &[]);
     assert_eq!(get(p.addr, "/x", &[]).await.status, 200);
     assert_eq!(get(p.addr, "/secure/x", &[]).await.status, 401);
 
@@ -193,10 +207,7 @@ async fn every_read_endpoint_answers_as_documented_with_no_secret() {
 async fn tokens_are_required_checked_by_role_and_wrong_ones_throttled() {
     let dir = tempfile::tempdir().unwrap();
     let a = Backend::start("a").await;
-    let admin_port = free_port();
-    let mut p = Proc::start(&config(&dir, &[&a], admin_port, ""));
-    p.wait_for("admin listener on http://");
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (mut p, admin) = start(&config(&dir, &[&a], free_port(), ""), &[]);
     let endpoint = format!("/api/v1/upstreams/pool/endpoints/{}/state", a.addr);
 
     let none = call(admin, "GET", "/api/v1/server", None, None).await;
@@ -349,11 +360,8 @@ async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) =
         (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
-    let admin_port = free_port();
-    let path = config(&dir, &[&a, &b, &c], admin_port, "");
-    let mut p = Proc::start_with(&path, &["--no-watch"]);
-    p.wait_for("admin listener on http://");
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let path = config(&dir, &[&a, &b, &c], free_port(), "");
+    let (mut p, admin) = start(&path, &["--no-watch"]);
     let load = Load::start(p.addr, 4);
     let until = |n| load.until(n);
     until(200).await;
@@ -484,7 +492,7 @@ async fn draining_reloading_and_rolling_back_under_load_fail_no_request() {
     let log = p.log(Duration::from_millis(100));
     assert!(
         log.contains(&format!(
-            "admin API: admin token from 127.0.0.1: endpoint pool/{}: drain",
+            "admin API: token \"admin\" (admin role) from 127.0.0.1: endpoint pool/{}: drain",
             a.addr
         )),
         "an audit line names who and what:\n{log}"
@@ -514,10 +522,7 @@ fn ctl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, 
 async fn sluice_ctl_shows_tables_and_json_drains_and_says_what_went_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let admin_port = free_port();
-    let mut p = Proc::start_with(&config(&dir, &[&a, &b], admin_port, ""), &["--no-watch"]);
-    p.wait_for("admin listener on http://");
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (mut p, admin) = start(&config(&dir, &[&a, &b], free_port(), ""), &["--no-watch"]);
 
     let (ok, out, _) = ctl(admin, Some(READ_TOKEN), &["status"]);
     assert!(ok && out.contains("config        version 1"), "{out}");
@@ -586,9 +591,7 @@ async fn a_rollout_is_shared_promoted_and_aborted_through_the_api_under_load() {
         .unwrap()
         .replace("plugins = [\"tag\"]", "plugins = [\"stamp\"]");
     std::fs::write(&path, text).unwrap();
-    let mut p = Proc::start_with(&path, &["--no-watch"]);
-    p.wait_for("admin listener on http://");
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (mut p, admin) = start(&path, &["--no-watch"]);
     let load = Load::start(p.addr, 4);
     let rollout = "/api/v1/plugins/stamp/rollout";
 
@@ -650,8 +653,213 @@ async fn a_rollout_is_shared_promoted_and_aborted_through_the_api_under_load() {
         ("/api/v1/plugins/{plugin}/rollout", "post", 409, &late.body),
         ("/api/v1/plugins/{plugin}/rollout", "post", 200, &aborted.body),
     ]);
-    assert!(
-        p.log(Duration::from_millis(100))
-            .contains("admin API: admin token from 127.0.0.1: rollout of stamp: promote")
+    assert!(p.log(Duration::from_millis(100)).contains(
+        "admin API: token \"admin\" (admin role) from 127.0.0.1: rollout of stamp: promote"
+    ));
+}
+
+/// Share of `n` requests each of `backends` served.
+async fn shares(gw: SocketAddr, n: usize, backends: &[&Backend]) -> Vec<usize> {
+    let before: Vec<usize> = backends.iter().map(|b| b.hits()).collect();
+    for _ in 0..n {
+        assert_eq!(get(gw, "/x", &[]).await.status, 200);
+    }
+    backends.iter().zip(before).map(|(b, was)| b.hits() - was).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weight_and_health_overrides_steer_traffic_survive_a_reload_and_name_their_author() {
+    const ALICE: &str = "alice-token-for-the-tests-89ab";
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let extra = format!("[admin.tokens.alice]\nrole = \"admin\"\ntoken = \"{ALICE}\"\n");
+    let path = config(&dir, &[&a, &b], free_port(), &extra);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text =
+        text.replace("circuit_breaker =", "strategy = \"weighted_round_robin\"\ncircuit_breaker =");
+    std::fs::write(&path, text).unwrap();
+    let (mut p, admin) = start(&path, &["--no-watch"]);
+    let at =
+        |e: &Backend, what: &str| format!("/api/v1/upstreams/pool/endpoints/{}/{what}", e.addr);
+
+    assert_eq!(shares(p.addr, 40, &[&a, &b]).await, [20, 20], "equal weights");
+    // b weighs 3 to a's 1: weighted round robin follows the operator's weights.
+    let heavy =
+        call(admin, "POST", &at(&b, "weight"), Some(ALICE), Some(json!({"weight": 3}))).await;
+    assert_eq!(heavy.status, 200, "{}", heavy.body);
+    assert_eq!((&heavy.body["weight"], &heavy.body["config_weight"]), (&json!(3), &json!(1)));
+    assert_eq!(shares(p.addr, 40, &[&a, &b]).await, [10, 30]);
+    let too_heavy =
+        call(admin, "POST", &at(&b, "weight"), Some(ALICE), Some(json!({"weight": 1001}))).await;
+    assert_eq!(too_heavy.status, 400);
+
+    // a forced unhealthy takes nothing, whatever its checks say; back on auto it serves.
+    let sick =
+        call(admin, "POST", &at(&a, "health"), Some(ALICE), Some(json!({"health": "unhealthy"})))
+            .await;
+    assert_eq!(
+        (&sick.body["health_override"], &sick.body["usable"]),
+        (&json!("unhealthy"), &json!(false))
     );
+    assert_eq!(shares(p.addr, 20, &[&a, &b]).await, [0, 20]);
+
+    // Both overrides outlive a reload that rebuilds the upstream.
+    let text = std::fs::read_to_string(&path).unwrap() + "\n# touched\n";
+    std::fs::write(&path, text).unwrap();
+    let reloaded = call(admin, "POST", "/api/v1/reload", Some(ALICE), Some(json!({}))).await;
+    assert_eq!(reloaded.body["result"], "applied", "{}", reloaded.body);
+    assert_eq!(shares(p.addr, 20, &[&a, &b]).await, [0, 20], "the health override survived");
+    let auto =
+        call(admin, "POST", &at(&a, "health"), Some(ALICE), Some(json!({"health": "auto"}))).await;
+    assert_eq!(auto.body["health_override"], Value::Null);
+    assert_eq!(shares(p.addr, 40, &[&a, &b]).await, [10, 30], "the weight survived");
+    let back =
+        call(admin, "POST", &at(&b, "weight"), Some(ALICE), Some(json!({"weight": null}))).await;
+    assert_eq!((&back.body["weight"], &back.body["weight_override"]), (&json!(1), &Value::Null));
+
+    // Each endpoint's last minute: attempts, error rate, latency.
+    let ups = call(admin, "GET", "/api/v1/upstreams", Some(READ_TOKEN), None).await;
+    let recent = &ups.body[0]["endpoints"][1]["recent"];
+    assert_eq!(recent["attempts"], 20 + 30 + 20 + 20 + 30, "b's attempts: {recent}");
+    assert_eq!(recent["error_rate"], 0.0);
+    assert!(recent["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{recent}");
+
+    // The events: the reload and every action, by the token's name.
+    let events = call(admin, "GET", "/api/v1/events", Some(READ_TOKEN), None).await;
+    let messages: Vec<&str> =
+        events.body.as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(messages[0].contains("token \"alice\" (admin role)"), "newest first: {messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("config version 2 applied (admin API)")));
+    assert!(messages.iter().any(|m| m.contains(&format!("endpoint pool/{}: weight 3", b.addr))));
+    let log = p.log(Duration::from_millis(100));
+    assert!(
+        log.contains(&format!(
+            "admin API: token \"alice\" (admin role) from 127.0.0.1: endpoint pool/{}: health forced unhealthy",
+            a.addr
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(ALICE), "tokens are never logged");
+    let weight = "/api/v1/upstreams/{upstream}/endpoints/{endpoint}/weight";
+    let health = "/api/v1/upstreams/{upstream}/endpoints/{endpoint}/health";
+    validate(&[
+        (weight, "post", 200, &heavy.body),
+        (weight, "post", 400, &too_heavy.body),
+        (weight, "post", 200, &back.body),
+        (health, "post", 200, &sick.body),
+        (health, "post", 200, &auto.body),
+        ("/api/v1/upstreams", "get", 200, &ups.body),
+        ("/api/v1/events", "get", 200, &events.body),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_kv_prefix_is_purged_locally_and_in_redis() {
+    let redis = crate::common::services::Redis::start();
+    for backend in ["local", "redis"] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Backend::start("a").await;
+        let admin_port = free_port();
+        let kv = match backend {
+            "redis" => format!("[kv]\nbackend = \"redis\"\nurl = \"{}\"\n", redis.url()),
+            _ => String::new(),
+        };
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\nplugin_dir = \"{}\"\n{kv}\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [upstreams.pool]\nendpoints = [\"{}\"]\n\
+             [plugins.limit]\nmodule = \"rate-limit\"\n\
+             config = {{ limit = 2, window = \"1h\", key = \"header:x-user\" }}\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"pool\"\nplugins = [\"limit\"]\n",
+            plugin_dir().display(),
+            a.addr
+        );
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, text).unwrap();
+        let (p, admin) = start(&path, &[]);
+        let statuses = async |user: &'static str| {
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                out.push(get(p.addr, "/", &[("x-user", user)]).await.status);
+            }
+            out
+        };
+        assert_eq!(statuses("ada").await, [200, 200, 429], "{backend}");
+        assert_eq!(statuses("bob").await, [200, 200, 429], "{backend}");
+
+        let state = call(admin, "GET", "/api/v1/kv", None, None).await;
+        assert_eq!(state.body["backend"], backend, "{}", state.body);
+        if backend == "redis" {
+            assert_eq!(state.body["redis"]["reachable"], true, "{}", state.body);
+        } else {
+            assert!(state.body["local_keys"].as_u64().unwrap() >= 2, "{}", state.body);
+        }
+        let purge = |prefix: &str| {
+            call(
+                admin,
+                "POST",
+                "/api/v1/plugins/limit/kv/purge",
+                None,
+                Some(json!({"prefix": prefix})),
+            )
+        };
+        let none = purge("no-such-prefix").await;
+        assert_eq!((none.status, &none.body["purged"]), (200, &json!(0)), "{backend}");
+        assert_eq!(statuses("ada").await, [429, 429, 429], "{backend}: nothing purged yet");
+        let all = purge("").await;
+        assert!(all.body["purged"].as_u64().unwrap() >= 2, "{backend}: {}", all.body);
+        assert_eq!(statuses("ada").await, [200, 200, 429], "{backend}: a fresh allowance");
+        let unknown =
+            call(admin, "POST", "/api/v1/plugins/nope/kv/purge", None, Some(json!({"prefix": ""})))
+                .await;
+        assert_eq!(unknown.status, 404);
+        let purge_path = "/api/v1/plugins/{plugin}/kv/purge";
+        validate(&[
+            ("/api/v1/kv", "get", 200, &state.body),
+            (purge_path, "post", 200, &all.body),
+            (purge_path, "post", 404, &unknown.body),
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_hold_every_admin_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Backend::start("a").await;
+    let (mut p, admin) = start(&config(&dir, &[&a], free_port(), ""), &[]);
+    // Silent connections from 127.0.0.1, far past its share.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let mut closed = 0;
+    for conn in &mut held {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(300), async {
+            use tokio::io::AsyncReadExt;
+            conn.read(&mut byte).await
+        });
+        if let Ok(Ok(0) | Err(_)) = read.await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 40 - 16, "all but 16 closed at once");
+    // An operator on another address is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(admin).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/api/v1/server")
+        .header("authorization", format!("Bearer {READ_TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    drop(held);
+    // Once they are gone, 127.0.0.1 is served again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = call(admin, "GET", "/api/v1/server", Some(READ_TOKEN), None).await;
+    assert_eq!(r.status, 200);
+    assert!(p.log(Duration::from_millis(100)).contains("admin connection refused"));
 }

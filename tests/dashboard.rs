@@ -253,7 +253,7 @@ upstream = "pool"
     let log = p.log(Duration::from_millis(100));
     assert!(
         log.contains(&format!(
-            "admin API: admin token from 127.0.0.1: endpoint pool/{}: drain",
+            "admin API: token \"admin\" (admin role) from 127.0.0.1: endpoint pool/{}: drain",
             a.addr
         )),
         "{log}"
@@ -274,6 +274,11 @@ upstream = "pool"
     let diff = browser.text("#diff").await;
     assert!(diff.contains("+address = ") || diff.contains("weight = 2"), "{diff}");
     assert!(!diff.contains(TOKEN), "{diff}");
+    // The events list the reload and the drain, newest first.
+    browser.wait_for("#events tr[data-event]").await;
+    let events = browser.text("#events tbody").await;
+    let (reload, drain) = (events.find("config version 2 applied"), events.find(": drain"));
+    assert!(matches!((reload, drain), (Some(r), Some(d)) if r < d), "{events}");
     let second = browser.screenshot("dashboard-drained.png").await;
     // Readable in dark mode too: the page follows prefers-color-scheme.
     let dark = json!({ "cmd": "Emulation.setEmulatedMedia", "params": {
@@ -287,4 +292,73 @@ upstream = "pool"
 async fn get_json(admin: SocketAddr, path: &str) -> Value {
     let r = get(admin, path, &[("authorization", &format!("Bearer {TOKEN}"))]).await;
     serde_json::from_slice(&r.body).unwrap()
+}
+
+/// The same page in headless Firefox (Debian's firefox-esr), driven over WebDriver BiDi by
+/// tests/py/firefox_dashboard.py: it renders the numbers /metrics has, and its Drain
+/// button drains.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_works_in_firefox_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let admin_port = free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\nplugin_dir = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [upstreams.pool]\nendpoints = [\"{}\", \"{}\"]\n\
+         [[routes]]\nname = \"api\"\nprefix = \"/\"\nupstream = \"pool\"\n",
+        plugin_dir().display(),
+        a.addr,
+        b.addr
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut p = Proc::start_with(&path, &["--no-watch"]);
+    p.wait_for("admin listener on http://");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    for i in 0..20 {
+        assert_eq!(get(p.addr, &format!("/{i}"), &[]).await.status, 200);
+    }
+    let shot = target_dir().join("test-output").join("dashboard-firefox.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let firefox = ["firefox-esr", "firefox"]
+        .into_iter()
+        .find(|f| Command::new(f).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("firefox (Debian package firefox-esr; ./dev test installs it)");
+    let script = workspace().join("tests/py/firefox_dashboard.py");
+    let args: Vec<String> = vec![
+        firefox.to_owned(),
+        free_port().to_string(),
+        format!("http://{admin}/"),
+        a.addr.to_string(),
+        shot.display().to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(crate::common::services::python())
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let metrics = get(admin, "/metrics", &[]).await.text();
+    let scraped = metric_sum(&metrics, "http_server_requests_total{", "http_route=\"api\"");
+    assert_eq!(scraped, 20.0);
+    assert_eq!(seen["routes"], json!([["api", "20"]]), "{seen}");
+    assert_eq!(seen["endpoints"], 2, "{seen}");
+    assert!(seen["events"].as_u64().unwrap() >= 1, "{seen}");
+    assert_eq!(seen["state"], "drain (override)", "{seen}");
+    let ups = get(admin, "/api/v1/upstreams", &[]).await;
+    let ups: Value = serde_json::from_slice(&ups.body).unwrap();
+    assert_eq!(ups[0]["endpoints"][0]["override"], "drain", "drained from Firefox");
+    let hits = a.hits();
+    for i in 0..10 {
+        assert_eq!(get(p.addr, &format!("/{i}"), &[]).await.status, 200);
+    }
+    assert_eq!(a.hits(), hits);
+    eprintln!("screenshot: {}", shot.display());
 }

@@ -36,6 +36,7 @@ use crate::plugin::{RolloutState, Runtime};
 use crate::reload::Reloader;
 use crate::server::Shared;
 use crate::telemetry::metrics;
+use crate::throttle::{Throttle, Verdict, suppressed_note};
 use crate::upstream::breaker;
 
 /// What the admin listener reads: set as the gateway comes up and goes down.
@@ -44,6 +45,8 @@ pub struct AdminState {
     draining: AtomicBool,
     auth: auth::Auth,
     started: std::time::Instant,
+    /// Each endpoint's recent attempts, sampled every few seconds.
+    recent: stats::Recent,
 }
 
 impl AdminState {
@@ -53,6 +56,7 @@ impl AdminState {
             draining: AtomicBool::new(false),
             auth,
             started: std::time::Instant::now(),
+            recent: stats::Recent::new(),
         }
     }
 
@@ -61,8 +65,8 @@ impl AdminState {
         let _ = self.gateway.set((gateway, runtime, reloader));
     }
 
-    fn serving_gateway(&self) -> Option<(&Shared, &Arc<Reloader>)> {
-        self.gateway.get().map(|(g, _, r)| (g, r))
+    fn serving_gateway(&self) -> Option<(&Shared, &Arc<Runtime>, &Arc<Reloader>)> {
+        self.gateway.get().map(|(g, rt, r)| (g, rt, r))
     }
 
     fn auth(&self) -> &auth::Auth {
@@ -84,6 +88,7 @@ pub struct AdminHandle {
     pub addr: SocketAddr,
     pub state: Arc<AdminState>,
     task: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl AdminHandle {
@@ -99,10 +104,21 @@ impl AdminHandle {
         };
         let state = Arc::new(AdminState::new(auth));
         let task = tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        let sampler = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut every = tokio::time::interval(stats::SAMPLE_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    state.recent.sample();
+                }
+            }
+        });
         tracing::info!(
             "admin listener on http://{addr} (/metrics, /live, /ready, /api/v1: {protected})"
         );
-        Ok(Self { addr, state, task })
+        Ok(Self { addr, state, task, sampler })
     }
 }
 
@@ -116,8 +132,15 @@ pub enum StartFailure {
 impl Drop for AdminHandle {
     fn drop(&mut self) {
         self.task.abort();
+        self.sampler.abort();
     }
 }
+
+/// Connections the admin listener holds open at once, in all and from one address. A
+/// dashboard takes about six; a client past either cap is closed at once, so no one
+/// address (nor a flood of unauthenticated ones) can crowd out the operator.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS_PER_IP: usize = 16;
 
 /// Serves the admin endpoints on `listener` until `stop` resolves.
 pub async fn serve(
@@ -126,6 +149,8 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let limits = crate::server::Limits::default();
+    let throttle = Throttle::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -137,8 +162,21 @@ pub async fn serve(
             },
             () = &mut stop => return,
         };
+        let Some(slot) = limits.admit(peer.ip(), MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP) else {
+            if let Verdict::Write { suppressed } = throttle.check("admin-shed") {
+                tracing::warn!(
+                    %peer,
+                    "admin connection refused: {MAX_CONNECTIONS} open in all or \
+                     {MAX_CONNECTIONS_PER_IP} from one address{}",
+                    suppressed_note(suppressed)
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move {

@@ -9,6 +9,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
+mod show;
+use show::*;
+
 #[derive(Args)]
 pub struct Ctl {
     /// The admin listener's URL.
@@ -50,6 +53,10 @@ enum CtlCommand {
     Drain { upstream: String, endpoint: String },
     /// Set an endpoint's state: up, drain, down, or config (drop the override).
     Endpoint { upstream: String, endpoint: String, state: EndpointArg },
+    /// Override an endpoint's weight (1 to 1000), or `config` to drop the override.
+    Weight { upstream: String, endpoint: String, weight: String },
+    /// Override an endpoint's health (healthy, unhealthy) or go back to its checks (auto).
+    Health { upstream: String, endpoint: String, health: HealthArg },
     /// Force an endpoint's circuit breaker open or closed, or back to automatic.
     Breaker { upstream: String, endpoint: String, mode: BreakerArg },
     /// Promote or abort a plugin's rollout now, or set the new version's share.
@@ -62,6 +69,12 @@ enum CtlCommand {
     /// Show the log filter, or set it (tracing's EnvFilter syntax, e.g. `info,sluice::proxy=debug`)
     /// until the next restart.
     LogLevel { filter: Option<String> },
+    /// The plugins' key-value store: backend, reachability, keys held here.
+    Kv,
+    /// Delete a plugin's key-value keys that start with PREFIX ("" for all of them).
+    KvPurge { plugin: String, prefix: String },
+    /// Recent reloads, swaps, rollout verdicts and operators' actions, newest first.
+    Events,
     /// Re-read the config file and apply it.
     Reload,
     /// Apply an earlier config version again.
@@ -74,6 +87,13 @@ enum EndpointArg {
     Drain,
     Down,
     Config,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HealthArg {
+    Healthy,
+    Unhealthy,
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +158,31 @@ impl Ctl {
                 let path = endpoint_path(upstream, endpoint, "state");
                 (client.post(&path, json!({ "state": state })).await?, show_endpoint)
             }
+            CtlCommand::Weight { upstream, endpoint, weight } => {
+                let weight = match weight.as_str() {
+                    "config" => Value::Null,
+                    w => json!(w.parse::<u32>().map_err(|_| {
+                        anyhow!("weight UPSTREAM ENDPOINT WEIGHT: a number 1-1000, or `config`")
+                    })?),
+                };
+                let path = endpoint_path(upstream, endpoint, "weight");
+                (client.post(&path, json!({ "weight": weight })).await?, show_endpoint)
+            }
+            CtlCommand::Health { upstream, endpoint, health } => {
+                let health = match health {
+                    HealthArg::Healthy => "healthy",
+                    HealthArg::Unhealthy => "unhealthy",
+                    HealthArg::Auto => "auto",
+                };
+                let path = endpoint_path(upstream, endpoint, "health");
+                (client.post(&path, json!({ "health": health })).await?, show_endpoint)
+            }
+            CtlCommand::Kv => (client.get("/api/v1/kv").await?, show_kv),
+            CtlCommand::KvPurge { plugin, prefix } => {
+                let path = format!("/api/v1/plugins/{}/kv/purge", encode(plugin));
+                (client.post(&path, json!({ "prefix": prefix })).await?, show_purged)
+            }
+            CtlCommand::Events => (client.get("/api/v1/events").await?, show_events),
             CtlCommand::Breaker { upstream, endpoint, mode } => {
                 let mode = match mode {
                     BreakerArg::Open => "open",
@@ -284,222 +329,11 @@ impl Client {
     }
 }
 
-/// A table: a header row and rows, columns padded to their widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<String>, out: &mut String| {
-        let last = cells.len().saturating_sub(1);
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            match i == last {
-                true => out.push_str(cell),
-                false => out.push_str(&format!("{cell:<w$}  ")),
-            }
-        }
-        out.push('\n');
-    };
-    line(header.iter().map(|h| h.to_string()).collect(), &mut out);
-    for row in rows {
-        line(row, &mut out);
-    }
-    out
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn show_status(v: &Value) -> String {
-    format!(
-        "sluice {} (commit {}, {})\nuptime        {:.0}s\nlisten        {}\nworkers       {}\n\
-         connections   {}\nin flight     {}\nconfig        version {}\nkv            {}\n",
-        text(&v["version"]),
-        text(&v["commit"]),
-        text(&v["plugin_world"]),
-        v["uptime_seconds"].as_f64().unwrap_or(0.0),
-        text(&v["listen"]),
-        text(&v["workers"]),
-        text(&v["connections"]),
-        text(&v["active_requests"]),
-        text(&v["config_version"]),
-        text(&v["kv_backend"]),
-    )
-}
-
-fn list(v: &Value, key: &str) -> String {
-    v[key].as_array().map_or(String::new(), |a| a.iter().map(text).collect::<Vec<_>>().join(", "))
-}
-
-fn show_routes(v: &Value) -> String {
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            let upstreams = r["upstreams"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|u| text(&u["upstream"]))
-                .collect::<Vec<_>>()
-                .join(", ");
-            vec![
-                text(&r["name"]),
-                text(&r["path"]),
-                list(r, "hosts"),
-                list(r, "methods"),
-                upstreams,
-                r["plugins"]
-                    .as_array()
-                    .map_or(String::new(), |p| p.iter().map(text).collect::<Vec<_>>().join(" -> ")),
-            ]
-        })
-        .collect();
-    table(&["ROUTE", "PATH", "HOSTS", "METHODS", "UPSTREAM", "PLUGINS"], rows)
-}
-
-fn endpoint_row(upstream: &str, e: &Value) -> Vec<String> {
-    let state = match e["override"].as_str() {
-        Some(o) => format!("{o} (override)"),
-        None => text(&e["state"]),
-    };
-    let breaker = match &e["breaker"] {
-        Value::Null => "-".into(),
-        b => match b["mode"].as_str() {
-            Some("auto") | None => text(&b["state"]),
-            Some(mode) => format!("{} ({mode})", text(&b["state"])),
-        },
-    };
-    vec![
-        upstream.to_owned(),
-        text(&e["address"]),
-        state,
-        if e["healthy"].as_bool() == Some(true) { "yes" } else { "no" }.into(),
-        breaker,
-        text(&e["in_flight"]),
-        text(&e["weight"]),
-    ]
-}
-
-const ENDPOINT_HEADER: [&str; 7] =
-    ["UPSTREAM", "ENDPOINT", "STATE", "HEALTHY", "BREAKER", "IN FLIGHT", "WEIGHT"];
-
-fn show_upstreams(v: &Value) -> String {
-    let mut rows = Vec::new();
-    for u in v.as_array().into_iter().flatten() {
-        for e in u["endpoints"].as_array().into_iter().flatten() {
-            rows.push(endpoint_row(&text(&u["name"]), e));
-        }
-    }
-    table(&ENDPOINT_HEADER, rows)
-}
-
-fn show_endpoint(v: &Value) -> String {
-    table(&ENDPOINT_HEADER[1..], vec![endpoint_row("", v)[1..].to_vec()])
-}
-
-fn show_plugin(v: &Value) -> String {
-    show_plugins(&Value::Array(vec![v.clone()]))
-}
-
-fn show_plugins(v: &Value) -> String {
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let mut calls = 0u64;
-            let mut failed = 0u64;
-            let mut seconds = 0.0;
-            let mut count = 0u64;
-            for phase in p["calls"].as_object().into_iter().flat_map(|o| o.values()) {
-                for (outcome, n) in phase["calls"].as_object().into_iter().flatten() {
-                    let n = n.as_u64().unwrap_or(0);
-                    calls += n;
-                    if matches!(outcome.as_str(), "trap" | "timeout" | "error" | "overloaded") {
-                        failed += n;
-                    }
-                }
-                seconds += phase["seconds_sum"].as_f64().unwrap_or(0.0);
-                count += phase["count"].as_u64().unwrap_or(0);
-            }
-            let mean = match count {
-                0 => "-".into(),
-                n => format!("{:.1}us", seconds / n as f64 * 1e6),
-            };
-            let rollout = match &p["rollout"] {
-                Value::Null => "-".into(),
-                r => format!("{} {}%", text(&r["state"]), text(&r["percent"])),
-            };
-            vec![
-                text(&p["name"]),
-                text(&p["sha256"]).chars().take(12).collect(),
-                format!("{}/{}", text(&p["instances"]["busy"]), text(&p["instances"]["idle"])),
-                calls.to_string(),
-                failed.to_string(),
-                mean,
-                rollout,
-            ]
-        })
-        .collect();
-    table(&["PLUGIN", "SHA256", "BUSY/IDLE", "CALLS", "FAILED", "MEAN", "ROLLOUT"], rows)
-}
-
-fn show_history(v: &Value) -> String {
-    let rows = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            vec![text(&a["version"]), text(&a["applied_at"]), text(&a["sha256"]), text(&a["cause"])]
-        })
-        .collect();
-    table(&["VERSION", "APPLIED", "SHA256", "CAUSE"], rows)
-}
-
-fn show_diff(v: &Value) -> String {
-    match v["diff"].as_str() {
-        Some("") | None => {
-            format!("versions {} and {} are the same\n", text(&v["from"]), text(&v["to"]))
-        }
-        Some(d) => d.to_owned(),
-    }
-}
-
-fn show_filter(v: &Value) -> String {
-    format!("log filter: {}\n", text(&v["filter"]))
-}
-
-fn show_applied(v: &Value) -> String {
-    match v["result"].as_str() {
-        Some("unchanged") => "unchanged: the config and modules are as they were\n".into(),
-        _ => format!(
-            "applied config version {} (sha256 {}): {}\n",
-            text(&v["version"]),
-            text(&v["sha256"]),
-            text(&v["cause"])
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn tables_pad_columns_and_segments_are_encoded() {
-        let t = table(&["A", "BB"], vec![vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "A    BB\nxyz  1\n");
-        assert_eq!(encode("127.0.0.1:9000"), "127.0.0.1:9000");
-        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    fn path_segments_are_encoded() {
+        assert_eq!(super::encode("127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(super::encode("a b/c"), "a%20b%2Fc");
     }
 }

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod capability;
 pub mod config;
 pub mod echo;
+pub mod events;
 pub mod gateway;
 pub mod message;
 pub mod plugin;
@@ -61,7 +62,7 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("admin.token: {0}")]
+    #[error("admin tokens: {0}")]
     AdminToken(std::io::Error),
 }
 

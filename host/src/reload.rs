@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::events;
 use crate::gateway::{self, Gateway};
 use crate::plugin::Runtime;
 use crate::server::Shared;
@@ -119,6 +120,10 @@ impl Reloader {
     pub fn new(source: ConfigSource, text: &str, runtime: Arc<Runtime>, shared: Shared) -> Self {
         let first = applied(1, "start", text);
         metrics().config_version.set(1);
+        events::record(
+            events::Kind::Reload,
+            format!("config version 1 serving (start): sha256 {}", first.sha256),
+        );
         Self {
             source: Mutex::new(source),
             runtime,
@@ -171,25 +176,29 @@ impl Reloader {
         let m = metrics();
         for swap in &report.swaps {
             m.swaps.with_label_values(&[&swap.plugin]).inc();
-            tracing::info!(
+            let line = format!(
                 "plugin {:?} swapped: {} -> {}",
                 swap.plugin,
                 swap.old.short_hash(),
                 gateway::describe(&swap.new),
             );
+            tracing::info!("{line}");
+            events::record(events::Kind::Swap, line);
         }
         let mut history = lock(&self.history);
         let version = history.back().map_or(1, |a| a.version + 1);
         let entry = applied(version, cause, text);
         m.reloads.with_label_values(&["applied"]).inc();
         m.config_version.set(version as i64);
-        tracing::info!(
+        let line = format!(
             "config version {version} applied ({cause}): sha256 {}, {} plugins reloaded, {} kept, in {:.1?}",
             entry.sha256,
             report.loaded.len(),
             report.kept.len(),
             started.elapsed(),
         );
+        tracing::info!("{line}");
+        events::record(events::Kind::Reload, line);
         if history.len() == HISTORY {
             history.pop_front();
         }
@@ -242,11 +251,13 @@ impl Reloader {
         // One line, so log pipelines keep the reasons with the event.
         let errors: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
         metrics().reloads.with_label_values(&["refused"]).inc();
-        tracing::error!(
+        let line = format!(
             "reload refused ({cause}); still serving config version {}: {}",
             serving.version,
             errors.join("; ")
         );
+        tracing::error!("{line}");
+        events::record(events::Kind::ReloadRefused, line);
         ReloadError::Invalid(e)
     }
 }

@@ -28,7 +28,8 @@ use crate::message::ConnInfo;
 use crate::proxy;
 use crate::throttle::{Throttle, Verdict, suppressed_note};
 pub use accept::{Acceptor, PlainTcp};
-use conn::{Activity, Limits};
+use conn::Activity;
+pub(crate) use conn::Limits;
 
 /// The live gateway: swapped whole on reload, read per request without locking.
 pub type Shared = Arc<ArcSwap<Gateway>>;
@@ -43,7 +44,7 @@ pub async fn serve<A: Acceptor>(
     shutdown_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let limits = Limits::default();
+    let limits = Limits::metered();
     let throttle = Throttle::default();
     let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::pin!(shutdown);

@@ -70,7 +70,14 @@ pub struct Endpoint {
     series: send::AttemptSeries,
     /// An operator's override of `state` (the admin API): 0 none, else a state + 1.
     admin_state: AtomicU8,
+    /// An operator's override of `weight`: 0 none.
+    admin_weight: AtomicU32,
+    /// An operator's override of the health checks: 0 none, 1 healthy, 2 unhealthy.
+    admin_health: AtomicU8,
 }
+
+/// The largest weight, in the config and from the admin API.
+pub const MAX_WEIGHT: u32 = 1000;
 
 impl Endpoint {
     /// The state the balancer goes by: an operator's override, else the config's.
@@ -99,10 +106,50 @@ impl Endpoint {
         self.admin_state.store(n, Ordering::Relaxed);
     }
 
+    /// The weight the balancer goes by: an operator's override, else the config's.
+    pub fn effective_weight(&self) -> u32 {
+        match self.admin_weight.load(Ordering::Relaxed) {
+            0 => self.weight,
+            w => w,
+        }
+    }
+
+    /// An operator's weight, if one is set.
+    pub fn weight_override(&self) -> Option<u32> {
+        Some(self.admin_weight.load(Ordering::Relaxed)).filter(|&w| w != 0)
+    }
+
+    /// Overrides the config's weight (`None`: back to it). `weight` is 1..=[`MAX_WEIGHT`].
+    pub fn set_weight_override(&self, weight: Option<u32>) {
+        let w = weight.map_or(0, |w| w.clamp(1, MAX_WEIGHT));
+        self.admin_weight.store(w, Ordering::Relaxed);
+    }
+
+    /// An operator's verdict on the endpoint's health, which the active and passive checks
+    /// then do not change: `Some(true)` healthy, `Some(false)` unhealthy.
+    pub fn health_override(&self) -> Option<bool> {
+        match self.admin_health.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Overrides the health checks (`None`: back to them).
+    pub fn set_health_override(&self, healthy: Option<bool>) {
+        let n = match healthy {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.admin_health.store(n, Ordering::Relaxed);
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// What the active health checks last found.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -171,6 +218,8 @@ impl Upstream {
                 recovered_at: AtomicU64::new(0),
                 series: send::AttemptSeries::new(name, &e.address),
                 admin_state: AtomicU8::new(0),
+                admin_weight: AtomicU32::new(0),
+                admin_health: AtomicU8::new(0),
             })
             .collect();
         Upstream {
@@ -206,6 +255,8 @@ impl Upstream {
                 continue;
             };
             e.set_override(old.admin_override());
+            e.set_weight_override(old.weight_override());
+            e.set_health_override(old.health_override());
             if let (Some(b), Some(old_b)) = (&e.breaker, &old.breaker)
                 && old_b.mode() != breaker::Mode::Auto
             {
@@ -239,7 +290,11 @@ impl Upstream {
 
     fn usable(&self, i: usize, now_nanos: u64) -> bool {
         let e = &self.endpoints[i];
-        e.effective_state() == EndpointState::Up && e.healthy() && !e.passive.ejected(now_nanos)
+        let healthy = match e.health_override() {
+            Some(verdict) => verdict,
+            None => e.healthy() && !e.passive.ejected(now_nanos),
+        };
+        e.effective_state() == EndpointState::Up && healthy
     }
 
     /// Share of its weight a recovering endpoint gets now (slow start), if below 1.
@@ -274,7 +329,7 @@ impl Upstream {
                 };
                 let view = View {
                     n: self.endpoints.len(),
-                    weight: &|i| self.endpoints[i].weight,
+                    weight: &|i| self.endpoints[i].effective_weight(),
                     load: &|i| self.endpoints[i].in_flight(),
                     ok: &ok,
                 };

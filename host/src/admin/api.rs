@@ -42,9 +42,14 @@ enum Op {
     Rollback,
     EndpointState,
     Breaker,
+    EndpointWeight,
+    EndpointHealth,
     Rollout,
     LogLevel,
     SetLogLevel,
+    Kv,
+    KvPurge,
+    Events,
 }
 
 impl Op {
@@ -54,7 +59,10 @@ impl Op {
             | Op::Rollback
             | Op::EndpointState
             | Op::Breaker
+            | Op::EndpointWeight
+            | Op::EndpointHealth
             | Op::Rollout
+            | Op::KvPurge
             | Op::SetLogLevel => Method::POST,
             _ => Method::GET,
         }
@@ -85,8 +93,13 @@ fn router() -> &'static matchit::Router<Op> {
             ("/api/v1/config/rollback", Op::Rollback),
             ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/state", Op::EndpointState),
             ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/breaker", Op::Breaker),
+            ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/weight", Op::EndpointWeight),
+            ("/api/v1/upstreams/{upstream}/endpoints/{endpoint}/health", Op::EndpointHealth),
             ("/api/v1/plugins/{plugin}/rollout", Op::Rollout),
+            ("/api/v1/plugins/{plugin}/kv/purge", Op::KvPurge),
             ("/api/v1/log-level", Op::LogLevel),
+            ("/api/v1/kv", Op::Kv),
+            ("/api/v1/events", Op::Events),
         ] {
             r.insert(path, op).expect("distinct routes");
         }
@@ -148,7 +161,7 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
             }
         }
     }
-    let Some((gateway, reloader)) = state.serving_gateway() else {
+    let Some((gateway, runtime, reloader)) = state.serving_gateway() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "starting: no config loaded yet");
     };
     let gw = gateway.load_full();
@@ -159,14 +172,14 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
         },
         _ => Value::Null,
     };
-    let who = match (state.auth().required(), role) {
-        (true, Some(role)) => format!("{} token from {}", role.label(), peer.ip()),
-        _ => format!("{} (no tokens configured)", peer.ip()),
+    let who = match role.and_then(|g| g.name.map(|n| (n, g.role))) {
+        Some((name, role)) => format!("token {name:?} ({} role) from {}", role.label(), peer.ip()),
+        None => format!("{} (no tokens configured)", peer.ip()),
     };
     match op {
         Op::Server => ok(server(state, &gw, reloader)),
         Op::Routes => ok(routes(&gw)),
-        Op::Upstreams => ok(upstreams(&gw)),
+        Op::Upstreams => ok(upstreams(&gw, &state.recent)),
         Op::Plugins => ok(plugins(&gw)),
         Op::Config => {
             let current = reloader.current();
@@ -241,7 +254,7 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
             let what = wanted.map_or("back to its config state", state_label);
             audit(&who, &format!("endpoint {}/{}: {what}", params[0], params[1]));
             upstream.endpoints()[i].set_override(wanted);
-            ok(endpoint_view(upstream, i))
+            ok(endpoint_view(upstream, i, &state.recent))
         }
         Op::Breaker => {
             let mode = match body.get("mode").and_then(Value::as_str) {
@@ -262,8 +275,86 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
             };
             audit(&who, &format!("breaker of {}/{}: {}", params[0], params[1], mode.label()));
             b.set_mode(mode, tokio::time::Instant::now());
-            ok(endpoint_view(upstream, i))
+            ok(endpoint_view(upstream, i, &state.recent))
         }
+        Op::EndpointWeight => {
+            let max = crate::upstream::MAX_WEIGHT;
+            let weight = match body.get("weight") {
+                Some(Value::Null) => None,
+                Some(w) if w.as_u64().is_some_and(|w| (1..=u64::from(max)).contains(&w)) => {
+                    w.as_u64().map(|w| w as u32)
+                }
+                _ => {
+                    let msg = format!("expected {{\"weight\": 1..{max}}} or {{\"weight\": null}}");
+                    return error(StatusCode::BAD_REQUEST, &msg);
+                }
+            };
+            let Some((upstream, i)) = endpoint(&gw, &params) else {
+                return error(StatusCode::NOT_FOUND, "no such upstream endpoint");
+            };
+            use crate::config::Strategy;
+            let why = match upstream.config().strategy {
+                Strategy::RoundRobin => Some("round_robin ignores weights: use weighted_round_robin"),
+                Strategy::ConsistentHash(_) => Some(
+                    "consistent_hash builds its ring from the config's weights: change the weight \
+                     in the config and reload",
+                ),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return error(StatusCode::CONFLICT, why);
+            }
+            let what = weight.map_or("back to its config weight".to_owned(), |w| format!("weight {w}"));
+            audit(&who, &format!("endpoint {}/{}: {what}", params[0], params[1]));
+            upstream.endpoints()[i].set_weight_override(weight);
+            ok(endpoint_view(upstream, i, &state.recent))
+        }
+        Op::EndpointHealth => {
+            let verdict = match body.get("health").and_then(Value::as_str) {
+                Some("healthy") => Some(true),
+                Some("unhealthy") => Some(false),
+                Some("auto") => None,
+                _ => {
+                    let msg = "expected {\"health\": \"healthy\" | \"unhealthy\" | \"auto\"}";
+                    return error(StatusCode::BAD_REQUEST, msg);
+                }
+            };
+            let Some((upstream, i)) = endpoint(&gw, &params) else {
+                return error(StatusCode::NOT_FOUND, "no such upstream endpoint");
+            };
+            let what = match verdict {
+                Some(true) => "health forced healthy",
+                Some(false) => "health forced unhealthy",
+                None => "health back to its checks",
+            };
+            audit(&who, &format!("endpoint {}/{}: {what}", params[0], params[1]));
+            upstream.endpoints()[i].set_health_override(verdict);
+            ok(endpoint_view(upstream, i, &state.recent))
+        }
+        Op::Kv => ok(serde_json::to_value(runtime.capabilities.kv.describe()).unwrap_or_default()),
+        Op::KvPurge => {
+            let name = &params[0];
+            if gw.plugin(name).is_none() {
+                return error(StatusCode::NOT_FOUND, "no such plugin");
+            }
+            let Some(prefix) = body.get("prefix").and_then(Value::as_str) else {
+                return error(StatusCode::BAD_REQUEST, "expected {\"prefix\": \"...\"} (\"\" for every key)");
+            };
+            if prefix.len() > crate::capability::kv::MAX_KEY_BYTES {
+                return error(StatusCode::BAD_REQUEST, "the prefix is longer than any key");
+            }
+            audit(&who, &format!("kv of plugin {name}: purge keys starting with {prefix:?}"));
+            match runtime.capabilities.kv.purge(name, prefix).await {
+                Ok(n) => ok(json!({ "plugin": name, "prefix": prefix, "purged": n })),
+                Err(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+            }
+        }
+        Op::Events => ok(Value::Array(
+            crate::events::recent()
+                .into_iter()
+                .map(|e| json!({ "id": e.id, "at": rfc3339(e.at), "kind": e.kind, "message": e.message }))
+                .collect(),
+        )),
         Op::LogLevel => match super::log_level::current() {
             Some(filter) => ok(json!({ "filter": filter })),
             None => error(StatusCode::NOT_IMPLEMENTED, "this process cannot change its log filter"),
@@ -323,6 +414,7 @@ pub async fn answer(state: &AdminState, peer: SocketAddr, req: http::Request<Inc
 
 fn audit(who: &str, what: &str) {
     tracing::info!(target: "sluice::audit", "admin API: {who}: {what}");
+    crate::events::record(crate::events::Kind::Admin, format!("{who}: {what}"));
 }
 
 async fn read_json(req: http::Request<Incoming>) -> Result<Value, Reply> {
@@ -425,7 +517,7 @@ fn routes(gw: &Gateway) -> Value {
     )
 }
 
-fn upstreams(gw: &Gateway) -> Value {
+fn upstreams(gw: &Gateway, recent: &super::stats::Recent) -> Value {
     let mut names: Vec<_> = gw.upstreams().collect();
     names.sort_by(|a, b| a.0.cmp(b.0));
     Value::Array(
@@ -433,7 +525,7 @@ fn upstreams(gw: &Gateway) -> Value {
             .into_iter()
             .map(|(name, u)| {
                 let endpoints: Vec<Value> =
-                    (0..u.endpoints().len()).map(|i| endpoint_view(u, i)).collect();
+                    (0..u.endpoints().len()).map(|i| endpoint_view(u, i, recent)).collect();
                 json!({ "name": name, "strategy": strategy(&u.config().strategy), "endpoints": endpoints })
             })
             .collect(),
@@ -460,15 +552,19 @@ fn state_label(s: EndpointState) -> &'static str {
     }
 }
 
-fn endpoint_view(u: &crate::upstream::Upstream, i: usize) -> Value {
+fn endpoint_view(u: &crate::upstream::Upstream, i: usize, recent: &super::stats::Recent) -> Value {
     let e = &u.endpoints()[i];
     json!({
         "address": e.address.as_str(),
-        "weight": e.weight,
+        "weight": e.effective_weight(),
+        "config_weight": e.weight,
+        "weight_override": e.weight_override(),
         "state": state_label(e.effective_state()),
         "config_state": state_label(e.state),
         "override": e.admin_override().map(state_label),
+        "health_override": e.health_override().map(|h| if h { "healthy" } else { "unhealthy" }),
         "healthy": e.healthy(),
+        "recent": recent.endpoint(u.name(), e.address.as_str()),
         "usable": u.usable_now(i),
         "in_flight": e.in_flight(),
         "breaker": e.breaker.as_ref().map(|b| json!({ "state": b.state().label(), "mode": b.mode().label() })),
@@ -570,6 +666,6 @@ mod tests {
         }
         // Templated paths match themselves in matchit (`{upstream}` as a literal value),
         // so the count check covers the other direction.
-        assert_eq!(served, 14, "routes served and documented");
+        assert_eq!(served, 19, "routes served and documented");
     }
 }

@@ -1,6 +1,8 @@
-//! Who may use the admin API: bearer tokens, one that reads and acts and one that only
-//! reads. Without any token configured (a loopback listener), the API is open to whoever
-//! can reach the loopback address; with one, every `/api/` call needs it.
+//! Who may use the admin API: bearer tokens, each named (`admin.token` is `admin`,
+//! `admin.read_token` is `read`, `[admin.tokens.NAME]` is NAME) and each either reading and
+//! acting or only reading. The audit log names the token that acted. Without any token
+//! configured (a loopback listener), the API is open to whoever can reach the loopback
+//! address; with one, every `/api/` call needs one.
 //!
 //! Tokens are compared by their SHA-256 digests in constant time, never logged, and a
 //! client that keeps sending wrong ones is throttled: after [`MAX_FAILURES`] failures within
@@ -15,6 +17,21 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Admin, TokenSource};
+
+/// One accepted token: its holder's name, its role and its digest.
+struct Key {
+    name: String,
+    role: Role,
+    digest: [u8; 32],
+}
+
+/// Who a call's token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub role: Role,
+    /// The token's name; `None` when no tokens are configured (open on loopback).
+    pub name: Option<String>,
+}
 
 pub const MAX_FAILURES: u32 = 5;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
@@ -47,29 +64,29 @@ pub enum Refusal {
 
 #[derive(Default)]
 pub struct Auth {
-    admin: Option<[u8; 32]>,
-    read: Option<[u8; 32]>,
+    keys: Vec<Key>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 impl Auth {
     /// The tokens of `[admin]`, read (or generated) now.
     pub fn load(admin: &Admin) -> std::io::Result<Self> {
-        let digest = |t: &Option<TokenSource>| -> std::io::Result<Option<[u8; 32]>> {
-            t.as_ref()
-                .map(|t| resolve(t).map(|token| Sha256::digest(token.as_bytes()).into()))
-                .transpose()
-        };
-        Ok(Self {
-            admin: digest(&admin.token)?,
-            read: digest(&admin.read_token)?,
-            ..Self::default()
-        })
+        let mut keys = Vec::with_capacity(admin.tokens.len());
+        for t in &admin.tokens {
+            let digest: [u8; 32] = Sha256::digest(resolve(&t.source)?.as_bytes()).into();
+            if keys.iter().any(|k: &Key| constant_time_eq(&k.digest, &digest)) {
+                let msg = format!("admin.tokens.{}: the same token as another name", t.name);
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+            }
+            let role = if t.may_act { Role::Admin } else { Role::Read };
+            keys.push(Key { name: t.name.clone(), role, digest });
+        }
+        Ok(Self { keys, ..Self::default() })
     }
 
     /// Whether any token is configured (else the API is open on loopback).
     pub fn required(&self) -> bool {
-        self.admin.is_some() || self.read.is_some()
+        !self.keys.is_empty()
     }
 
     /// The role the `Authorization` header grants, if it grants `needed`.
@@ -78,9 +95,9 @@ impl Auth {
         peer: IpAddr,
         authorization: Option<&http::HeaderValue>,
         needed: Role,
-    ) -> Result<Role, Refusal> {
+    ) -> Result<Grant, Refusal> {
         if !self.required() {
-            return Ok(Role::Admin);
+            return Ok(Grant { role: Role::Admin, name: None });
         }
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,23 +113,24 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
-        let matches = |want: &Option<[u8; 32]>| match (want, &given) {
-            (Some(want), Some(given)) => constant_time_eq(want, given),
-            _ => false,
-        };
-        let role = match (matches(&self.admin), matches(&self.read)) {
-            (true, _) => Role::Admin,
-            (false, true) => Role::Read,
-            (false, false) => {
-                let entry = failures.entry(peer).or_insert((0, now));
-                entry.0 += 1;
-                return Err(Refusal::Unauthenticated);
+        // Every key is compared, so the time taken says nothing about which one matched.
+        let mut found = None;
+        if let Some(given) = &given {
+            for k in &self.keys {
+                if constant_time_eq(&k.digest, given) {
+                    found = Some(k);
+                }
             }
+        }
+        let Some(key) = found else {
+            let entry = failures.entry(peer).or_insert((0, now));
+            entry.0 += 1;
+            return Err(Refusal::Unauthenticated);
         };
-        if role < needed {
+        if key.role < needed {
             return Err(Refusal::Forbidden);
         }
-        Ok(role)
+        Ok(Grant { role: key.role, name: Some(key.name.clone()) })
     }
 }
 
@@ -166,10 +184,18 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
+        let token = |name: &str, may_act, t: &str| crate::config::AdminToken {
+            name: name.into(),
+            may_act,
+            source: TokenSource::Inline(t.into()),
+        };
         let admin = Admin {
             listen: "127.0.0.1:0".parse().unwrap(),
-            token: Some(TokenSource::Inline("admin-token-0123456789".into())),
-            read_token: Some(TokenSource::Inline("read-token-0123456789".into())),
+            tokens: vec![
+                token("admin", true, "admin-token-0123456789"),
+                token("read", false, "read-token-0123456789"),
+                token("alice", true, "alice-token-0123456789"),
+            ],
         };
         Auth::load(&admin).unwrap()
     }
@@ -182,11 +208,19 @@ mod tests {
     fn roles_tokens_and_throttling() {
         let a = auth();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let grant = |role, name: &str| Ok(Grant { role, name: Some(name.into()) });
         assert_eq!(
             a.check(ip, Some(&bearer("admin-token-0123456789")), Role::Admin),
-            Ok(Role::Admin)
+            grant(Role::Admin, "admin")
         );
-        assert_eq!(a.check(ip, Some(&bearer("read-token-0123456789")), Role::Read), Ok(Role::Read));
+        assert_eq!(
+            a.check(ip, Some(&bearer("alice-token-0123456789")), Role::Read),
+            grant(Role::Admin, "alice")
+        );
+        assert_eq!(
+            a.check(ip, Some(&bearer("read-token-0123456789")), Role::Read),
+            grant(Role::Read, "read")
+        );
         assert_eq!(
             a.check(ip, Some(&bearer("read-token-0123456789")), Role::Admin),
             Err(Refusal::Forbidden)
@@ -206,7 +240,7 @@ mod tests {
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert_eq!(
             a.check(other, Some(&bearer("admin-token-0123456789")), Role::Admin),
-            Ok(Role::Admin)
+            grant(Role::Admin, "admin")
         );
     }
 

@@ -133,6 +133,63 @@ impl Store {
     }
 }
 
+/// What the admin API shows of the store.
+#[derive(Debug, serde::Serialize)]
+pub struct Description {
+    pub backend: &'static str,
+    pub on_unavailable: &'static str,
+    /// Keys held in this process (the local store, or the fallback under Redis).
+    pub local_keys: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisDescription>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RedisDescription {
+    /// host:port, never the credentials.
+    pub address: String,
+    pub prefix: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_because: Option<String>,
+}
+
+impl Store {
+    pub fn describe(&self) -> Description {
+        Description {
+            backend: if self.remote.is_some() { "redis" } else { "local" },
+            on_unavailable: match self.on_unavailable {
+                OnUnavailable::FallbackLocal => "fallback-local",
+                OnUnavailable::FailOpen => "fail-open",
+                OnUnavailable::FailClosed => "fail-closed",
+            },
+            local_keys: self.local.len(),
+            redis: self.remote.as_ref().map(|r| {
+                let (address, prefix, down) = r.describe();
+                RedisDescription {
+                    address: address.to_owned(),
+                    prefix: prefix.to_owned(),
+                    reachable: down.is_none(),
+                    unavailable_because: down,
+                }
+            }),
+        }
+    }
+
+    /// Removes every key of `namespace` starting with `prefix`, from the backend and from
+    /// this process's local store (the fallback's keys too); returns how many went.
+    pub async fn purge(&self, namespace: &str, prefix: &str) -> Result<u64, KvError> {
+        let local = self.local.purge(namespace, prefix);
+        match &self.remote {
+            None => Ok(local),
+            Some(r) => Ok(local + r.purge(namespace, prefix, PURGE_DEADLINE).await?),
+        }
+    }
+}
+
+/// The longest a purge may take against Redis.
+const PURGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl LocalKv {
     pub fn run(&self, namespace: &str, key: &str, op: Op) -> Result<Reply, KvError> {
         match op {

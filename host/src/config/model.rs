@@ -360,10 +360,19 @@ pub struct Rewrite {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
-    /// Lets a caller read and act (`Authorization: Bearer ...`).
-    pub token: Option<TokenSource>,
-    /// Lets a caller read only.
-    pub read_token: Option<TokenSource>,
+    /// Every token the API accepts: `admin.token` (named `admin`), `admin.read_token`
+    /// (named `read`) and each `[admin.tokens.NAME]`.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// One bearer token of the admin API and who holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminToken {
+    /// Who the audit log says acted.
+    pub name: String,
+    /// `true`: reads and acts; `false`: reads only.
+    pub may_act: bool,
+    pub source: TokenSource,
 }
 
 /// Where an admin token comes from. Never printed: `Debug` says only where it is.

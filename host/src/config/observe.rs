@@ -17,11 +17,58 @@ pub(super) fn validate_admin(
     let text = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
     let listen: Option<std::net::SocketAddr> = errors
         .check("admin.listen", text.parse().map_err(|_| format!("not an address:port: {text:?}")));
-    let token = token_source(errors, base, "admin.token", &a.token, &a.token_file);
-    let read_token =
-        token_source(errors, base, "admin.read_token", &a.read_token, &a.read_token_file);
+    let mut tokens = Vec::new();
+    let mut ok = true;
+    let flat = [
+        ("admin", true, "admin.token", &a.token, &a.token_file),
+        ("read", false, "admin.read_token", &a.read_token, &a.read_token_file),
+    ];
+    for (name, may_act, path, inline, file) in flat {
+        match token_source(errors, base, path, inline, file) {
+            Some(Some(source)) => tokens.push(AdminToken { name: name.into(), may_act, source }),
+            Some(None) => {}
+            None => ok = false,
+        }
+    }
+    for (name, t) in &a.tokens {
+        let path = format!("admin.tokens.{name}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
+            let msg = "a token's name is 1-64 letters, digits, '-', '_', '.' or '@'";
+            errors.push(&path, msg);
+            ok = false;
+            continue;
+        }
+        if tokens.iter().any(|k: &AdminToken| k.name == *name) {
+            errors.push(
+                &path,
+                format!("the name {name:?} is taken by admin.token or admin.read_token"),
+            );
+            ok = false;
+            continue;
+        }
+        let may_act = match t.role.as_deref() {
+            Some("admin") => true,
+            Some("read") => false,
+            _ => {
+                errors.push(format!("{path}.role"), "expected \"admin\" or \"read\"");
+                ok = false;
+                continue;
+            }
+        };
+        match token_source(errors, base, &format!("{path}.token"), &t.token, &t.token_file) {
+            Some(Some(source)) => tokens.push(AdminToken { name: name.clone(), may_act, source }),
+            Some(None) => {
+                errors.push(&path, "set token or token_file");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
     let listen = listen?;
-    if !listen.ip().is_loopback() && matches!(token, Some(None)) {
+    if !listen.ip().is_loopback() && ok && tokens.is_empty() {
         // APISIX's fixed default key was scanned for across the internet: off this
         // machine, the admin API takes a token the operator chose, or one generated here.
         let msg = format!(
@@ -31,7 +78,7 @@ pub(super) fn validate_admin(
         errors.push("admin.listen", msg);
         return None;
     }
-    Some(Admin { listen, token: token?, read_token: read_token? })
+    ok.then_some(Admin { listen, tokens })
 }
 
 /// The shortest inline token accepted: guessing one must not be practical.

@@ -45,6 +45,17 @@ pub struct Admin {
     pub token_file: Option<String>,
     pub read_token: Option<String>,
     pub read_token_file: Option<String>,
+    /// `[admin.tokens.NAME]`: one token per person or system, named in the audit log.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, AdminToken>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    pub role: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -149,9 +149,11 @@ impl<B> Rollout<B> {
         self.state.store(state as u8, Ordering::Release);
         crate::telemetry::metrics().rollout_verdicts.with_label_values(&[plugin, verdict]).inc();
         let serving = if promote { "the new version" } else { "the old version" };
-        tracing::info!(
+        let line = format!(
             "rollout of plugin {plugin:?} {verdict} by an operator: {serving} serves all traffic"
         );
+        tracing::info!("{line}");
+        crate::events::record(crate::events::Kind::Rollout, line);
     }
 
     pub fn state(&self) -> State {
@@ -201,17 +203,19 @@ impl<B> Rollout<B> {
                 self.state.store(State::RolledBack as u8, Ordering::Release);
                 let verdicts = &crate::telemetry::metrics().rollout_verdicts;
                 verdicts.with_label_values(&[plugin, "rolled_back"]).inc();
-                tracing::error!(
+                let line = format!(
                     "rollout of plugin {plugin:?} rolled back: the new version (sha256 {}) {why}; \
                      the old version serves all traffic",
                     module.short_hash()
                 );
+                tracing::error!("{line}");
+                crate::events::record(crate::events::Kind::Rollout, line);
             }
             Verdict::Promote => {
                 self.state.store(State::Promoted as u8, Ordering::Release);
                 let verdicts = &crate::telemetry::metrics().rollout_verdicts;
                 verdicts.with_label_values(&[plugin, "promoted"]).inc();
-                tracing::info!(
+                let line = format!(
                     "rollout of plugin {plugin:?} promoted after {} calls within limits: the new \
                      version (sha256 {}) serves all traffic; set plugins.{plugin}.module to {} \
                      to keep it after a restart",
@@ -219,6 +223,8 @@ impl<B> Rollout<B> {
                     module.short_hash(),
                     module.path.display()
                 );
+                tracing::info!("{line}");
+                crate::events::record(crate::events::Kind::Rollout, line);
             }
         }
     }

@@ -24,6 +24,9 @@ struct Counts {
     by_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connections closed since memory was last handed back.
     closed: AtomicU64,
+    /// Whether its connections count in `sluice_connections_active` (the traffic
+    /// listeners'; the admin listener's do not).
+    metered: bool,
 }
 
 /// One admitted connection; its counts go down when dropped.
@@ -33,6 +36,11 @@ pub struct Slot {
 }
 
 impl Limits {
+    /// Limits of a traffic listener, whose connections the metrics count.
+    pub fn metered() -> Self {
+        Self { inner: Arc::new(Counts { metered: true, ..Counts::default() }) }
+    }
+
     /// A slot for a new connection from `ip`, or `None` when either cap is reached.
     pub fn admit(&self, ip: IpAddr, max: usize, max_per_ip: usize) -> Option<Slot> {
         let c = &self.inner;
@@ -47,7 +55,9 @@ impl Limits {
             return None;
         }
         *n += 1;
-        crate::telemetry::metrics().active_connections.inc();
+        if c.metered {
+            crate::telemetry::metrics().active_connections.inc();
+        }
         Some(Slot { counts: self.inner.clone(), ip })
     }
 
@@ -60,7 +70,9 @@ impl Limits {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        crate::telemetry::metrics().active_connections.dec();
+        if self.counts.metered {
+            crate::telemetry::metrics().active_connections.dec();
+        }
         let mut by_ip = self.counts.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = by_ip.get_mut(&self.ip) {
             *n -= 1;

@@ -140,13 +140,21 @@ function renderUpstreams(upstreams) {
           : el("button", { class: "auto", onclick: () => act(base + "/breaker", { mode: "auto" }, `Hand the breaker of ${e.address} back to automatic?`) }, "Auto breaker"));
       }
       const state = e.override ? `${e.state} (override)` : e.state;
+      const healthy = e.health_override ? e.health_override === "healthy" : e.healthy;
+      const health = (healthy ? "healthy" : "unhealthy") + (e.health_override ? " (override)" : "");
+      const r = e.recent;
+      const errors = r && r.attempts ? (r.error_rate * 100).toFixed(1) + "%" : "–";
       body.append(el("tr", { "data-endpoint": e.address },
         el("td", {}, u.name),
         el("td", {}, e.address),
         el("td", { class: "state " + (e.state === "up" ? "" : "warn") }, state),
-        el("td", { class: e.healthy ? "good" : "bad" }, e.healthy ? "healthy" : "unhealthy"),
+        el("td", { class: "health " + (healthy ? "good" : "bad") }, health),
         el("td", { class: e.breaker?.state === "open" ? "bad" : "" }, e.breaker ? e.breaker.state + (e.breaker.mode === "auto" ? "" : " (forced)") : "–"),
+        el("td", { class: "num", title: e.weight_override ? `config: ${e.config_weight}` : "" }, e.weight + (e.weight_override ? " *" : "")),
         el("td", { class: "num" }, e.in_flight),
+        el("td", { class: "num recent-rate", title: r ? `last ${r.window_seconds} s` : "" }, r ? r.per_second.toFixed(1) : "–"),
+        el("td", { class: "num " + (r && r.error_rate > 0.01 ? "bad" : "") }, errors),
+        el("td", { class: "num" }, r && r.p99_ms != null ? "≤ " + ms(r.p99_ms / 1000) : "–"),
         actions));
     }
   }
@@ -203,6 +211,19 @@ async function renderDiff(history) {
   diffShown = last.version;
 }
 
+function renderEvents(events) {
+  const body = $("#events tbody");
+  body.replaceChildren();
+  const tone = { reload_refused: "bad", rollout: "warn", admin: "accent" };
+  for (const e of events.slice(0, 12)) {
+    body.append(el("tr", { "data-event": e.id },
+      el("td", { class: "muted" }, new Date(e.at).toLocaleTimeString()),
+      el("td", { class: tone[e.kind] || "" }, e.kind.replace("_", " ")),
+      el("td", { class: "message" }, e.message)));
+  }
+  if (!events.length) body.append(el("tr", {}, el("td", { class: "muted", colspan: 3 }, "nothing yet")));
+}
+
 function renderHistory(history) {
   const body = $("#history tbody");
   body.replaceChildren();
@@ -217,9 +238,9 @@ function renderHistory(history) {
 
 async function refresh() {
   try {
-    const [server, routes, upstreams, plugins, history, metrics] = await Promise.all([
+    const [server, routes, upstreams, plugins, history, events, metrics] = await Promise.all([
       call("/api/v1/server"), call("/api/v1/routes"), call("/api/v1/upstreams"),
-      call("/api/v1/plugins"), call("/api/v1/config/history"),
+      call("/api/v1/plugins"), call("/api/v1/config/history"), call("/api/v1/events"),
       fetch("/metrics").then((r) => r.text()),
     ]);
     $("#login").hidden = true;
@@ -230,6 +251,7 @@ async function refresh() {
     renderUpstreams(upstreams);
     renderPlugins(plugins);
     renderHistory(history);
+    renderEvents(events);
     await renderDiff(history);
     $("#status").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = "yes";

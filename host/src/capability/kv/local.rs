@@ -154,6 +154,23 @@ impl LocalKv {
         })
     }
 
+    /// Removes every key of `namespace` that starts with `prefix`; returns how many live
+    /// ones went.
+    pub fn purge(&self, namespace: &str, prefix: &str) -> u64 {
+        let start = format!("{namespace}\0{prefix}");
+        let now = Instant::now();
+        let mut purged = 0;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.map.retain(|k, e| {
+                let goes = k.starts_with(&start);
+                purged += u64::from(goes && e.live(now));
+                !goes
+            });
+        }
+        purged
+    }
+
     /// Live and expired-but-not-yet-swept entries, for tests and metrics.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
@@ -193,6 +210,21 @@ mod tests {
         assert_eq!(kv.incr("p", "ip", 1, 1000).unwrap(), 1);
         kv.set("p", "text", b"abc".to_vec(), 0).unwrap();
         assert_eq!(kv.incr("p", "text", 1, 0), Err(KvError::NotANumber));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn purge_takes_one_namespace_prefix_and_nothing_else() {
+        let kv = LocalKv::default();
+        for (ns, key) in [("a", "rl:1"), ("a", "rl:2"), ("a", "other"), ("b", "rl:1")] {
+            kv.set(ns, key, b"1".to_vec(), 0).unwrap();
+        }
+        kv.set("a", "rl:old", b"1".to_vec(), 10).unwrap();
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(kv.purge("a", "rl:"), 2, "live keys counted, the expired one dropped too");
+        assert_eq!(kv.get("a", "rl:1").unwrap(), None);
+        assert_eq!(kv.get("a", "other").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get("b", "rl:1").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.len(), 2);
     }
 
     #[test]

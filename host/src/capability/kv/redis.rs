@@ -152,6 +152,55 @@ impl RedisKv {
         }))
     }
 
+    /// Removes `namespace`'s keys that start with `prefix` (SCAN then UNLINK, in batches,
+    /// so Redis is never blocked by one big command); returns how many went. Bounded by
+    /// `deadline` in all.
+    pub async fn purge(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        deadline: Duration,
+    ) -> Result<u64, KvError> {
+        let pattern = format!("{}*", glob_escape(&format!("{}:{namespace}:{prefix}", self.prefix)));
+        let work = async {
+            let mut conn = self.conn.clone();
+            let mut cursor: u64 = 0;
+            let mut purged = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
+                    purged += n;
+                }
+                if next == 0 {
+                    return redis::RedisResult::Ok(purged);
+                }
+                cursor = next;
+            }
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(KvError::Unavailable(format!("redis at {}: {e}", self.shown))),
+            Err(_) => Err(KvError::Unavailable(format!(
+                "redis at {}: the purge did not finish within {deadline:?}",
+                self.shown
+            ))),
+        }
+    }
+
+    /// The server (without credentials), the key prefix, and why it is unreachable if it
+    /// is marked so.
+    pub fn describe(&self) -> (&str, &str, Option<String>) {
+        (&self.shown, &self.prefix, self.still_down())
+    }
+
     fn still_down(&self) -> Option<String> {
         let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match &*down {
@@ -173,5 +222,25 @@ impl RedisKv {
         if down.take().is_some() {
             tracing::info!("key-value store at {} reachable again", self.shown);
         }
+    }
+}
+
+/// `text` with Redis glob characters escaped, so a prefix matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(super::glob_escape("sluice:rl:a*b?[c]\\"), "sluice:rl:a\\*b\\?\\[c\\]\\\\");
     }
 }
