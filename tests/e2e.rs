@@ -25,4 +25,5 @@ mod routing;
 mod sdks;
 mod security;
 mod shipped_plugins;
+mod tls;
 mod traffic;

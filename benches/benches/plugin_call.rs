@@ -281,6 +281,7 @@ fn router(c: &mut Criterion) {
                 host: None,
                 headers: &headers,
                 query: None,
+                listener: "default",
             };
             assert!(r.find(&probe).is_some());
             g.bench_function(format!("{what}_match_{n}_routes"), |b| {

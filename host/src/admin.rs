@@ -278,6 +278,7 @@ pub fn scrape(serving: Option<(&Gateway, &Runtime)>) -> String {
         &m.breaker_state,
         &m.plugin_instances_idle,
         &m.plugin_instances_busy,
+        &m.tls_cert_expiry,
     ] {
         g.reset();
     }
@@ -297,6 +298,13 @@ pub fn scrape(serving: Option<(&Gateway, &Runtime)>) -> String {
                             .set((s == now) as i64);
                     }
                 }
+            }
+        }
+        for (listener, t) in gw.tls_listeners() {
+            for c in &t.certs {
+                let name = c.names.first().map_or("", String::as_str);
+                let secs = c.not_after.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                m.tls_cert_expiry.with_label_values(&[listener, name]).set(secs.as_secs() as i64);
             }
         }
         for (name, p) in gw.plugins() {

@@ -9,6 +9,7 @@
 
 mod check;
 mod error;
+mod listeners;
 mod model;
 mod observe;
 mod plugins;
@@ -188,6 +189,12 @@ fn validate(
     let mut warnings = Vec::new();
     let routes =
         routes::validate_routes(&file, server.as_ref().map(|s| s.1), errors, &mut warnings);
+    let listeners = listeners::validate_listeners(
+        &file.listeners,
+        server.as_ref().map(|s| s.0.listen),
+        base,
+        errors,
+    );
     unused(&file, &mut warnings);
     // An absent section is off; a present one that fails its checks fails the config.
     let admin = match &file.admin {
@@ -215,6 +222,7 @@ fn validate(
         upstreams,
         plugins,
         routes,
+        listeners,
     })
 }
 

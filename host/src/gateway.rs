@@ -21,6 +21,7 @@ pub struct Route {
     pub targets: Targets,
     pub rewrite: Option<Rewrite>,
     pub max_body_bytes: u64,
+    pub require_client_cert: bool,
 }
 
 pub struct Gateway {
@@ -30,6 +31,8 @@ pub struct Gateway {
     upstreams: HashMap<String, Arc<Upstream>>,
     /// Where each request's line goes (`[access_log]`).
     pub access_log: Option<Arc<AccessLog>>,
+    /// Each TLS listener's certificates and settings, by listener name.
+    tls: HashMap<Arc<str>, Arc<crate::tls::ListenerTls>>,
 }
 
 /// A plugin whose module changed between two gateways.
@@ -48,6 +51,8 @@ pub struct BuildReport {
     pub loaded: Vec<String>,
     /// Plugins carried over with their warm instances.
     pub kept: Vec<String>,
+    /// TLS listeners whose certificate, key or CA files changed.
+    pub tls_changed: Vec<Arc<str>>,
 }
 
 impl Gateway {
@@ -148,6 +153,20 @@ impl Gateway {
                 .ok()
                 .map(Arc::new),
         };
+        let mut tls = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(settings) = &l.tls else { continue };
+            match crate::tls::load(settings, &format!("listeners[{i}].tls")) {
+                Ok(loaded) => {
+                    let before = previous.and_then(|g| g.tls.get(&l.name));
+                    if before.is_none_or(|b| b.digest != loaded.digest) {
+                        report.tls_changed.push(l.name.clone());
+                    }
+                    tls.insert(l.name.clone(), Arc::new(loaded));
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors { source_name: config.source_name.clone(), errors });
         }
@@ -183,11 +202,12 @@ impl Gateway {
                 ),
                 rewrite: r.rewrite.clone(),
                 max_body_bytes: r.max_body_bytes,
+                require_client_cert: r.require_client_cert,
             };
             (r.rule.clone(), Arc::new(route))
         });
         let router = Router::new(routes);
-        Ok((Self { config, router, plugins, upstreams, access_log }, report))
+        Ok((Self { config, router, plugins, upstreams, access_log, tls }, report))
     }
 
     /// Starts what runs in the background (health checks). Called once the gateway is
@@ -221,11 +241,29 @@ impl Gateway {
         self.upstreams.iter()
     }
 
-    /// Every plugin module file in use, for the file watcher.
-    pub fn module_paths(&self) -> impl Iterator<Item = &std::path::Path> {
-        self.config.plugins.values().flat_map(|p| {
+    /// Every file the gateway reads at build (plugin modules and files, certificates, keys,
+    /// CA bundles), for the file watcher.
+    pub fn watched_paths(&self) -> impl Iterator<Item = &std::path::Path> {
+        let plugins = self.config.plugins.values().flat_map(|p| {
             std::iter::once(p.module.as_path()).chain(p.files.iter().map(PathBuf::as_path))
-        })
+        });
+        let tls = self.config.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| {
+            let pairs = t.certs.iter().flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+            pairs.chain(t.client_ca.as_deref())
+        });
+        plugins.chain(tls)
+    }
+
+    /// A TLS listener's loaded settings.
+    pub fn tls(&self, listener: &str) -> Option<&Arc<crate::tls::ListenerTls>> {
+        self.tls.get(listener)
+    }
+
+    /// Every TLS listener's loaded settings.
+    pub fn tls_listeners(
+        &self,
+    ) -> impl Iterator<Item = (&Arc<str>, &Arc<crate::tls::ListenerTls>)> {
+        self.tls.iter()
     }
 
     /// The start-up summary: plugins with their modules and compile times, then routes.
@@ -272,6 +310,9 @@ impl Gateway {
                 route.rule.path,
                 targets.join(" / "),
             );
+        }
+        for (name, t) in &self.tls {
+            crate::tls::log_certs(name, t);
         }
         for w in &self.config.warnings {
             tracing::warn!("{}: {w}", self.config.source_name);

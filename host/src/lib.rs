@@ -29,6 +29,7 @@ pub mod router;
 pub mod server;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -106,26 +107,75 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
             );
         }
     }
+    let extra = config.listeners.clone();
     let (runtime, gateway) = build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+    // Every listener is bound before any serves, so a taken port fails the start whole.
+    let mut more = Vec::with_capacity(extra.len());
+    for l in &extra {
+        let bound = tokio::net::TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: l.listen, source })?;
+        let at =
+            bound.local_addr().map_err(|source| StartError::Listen { addr: l.listen, source })?;
+        more.push((l.clone(), bound, at));
+    }
     gateway.activate();
     let shared: server::Shared = Arc::new(ArcSwap::from_pointee(gateway));
     let reloader = Arc::new(Reloader::new(source, &text, runtime.clone(), shared.clone()));
     if let Some(admin) = &admin {
         admin.state.serving(shared.clone(), runtime, reloader.clone());
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|&s| s).await;
+        }
+    };
+    let mut listeners = vec![(Arc::<str>::from(crate::config::DEFAULT_LISTENER), local)];
+    let mut tasks = vec![tokio::spawn(server::serve(
         listener,
+        listeners[0].0.clone(),
         Arc::new(server::PlainTcp),
         shared.clone(),
-        async move {
-            let _ = stopped.await;
-        },
+        until_stopped(),
         shutdown_timeout,
-    ));
-    Ok(Running::new(local, shared, reloader, admin, stop, task))
+    ))];
+    for (l, bound, at) in more {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        tracing::info!("listener {:?} on {scheme}://{at}", l.name);
+        listeners.push((l.name.clone(), at));
+        let (stop, name) = (until_stopped(), l.name.clone());
+        tasks.push(match l.tls {
+            Some(_) => {
+                let tls = tls::Terminator { listener: name.clone(), gateway: shared.clone() };
+                tokio::spawn(server::serve(
+                    bound,
+                    name,
+                    Arc::new(tls),
+                    shared.clone(),
+                    stop,
+                    shutdown_timeout,
+                ))
+            }
+            None => tokio::spawn(server::serve(
+                bound,
+                name,
+                Arc::new(server::PlainTcp),
+                shared.clone(),
+                stop,
+                shutdown_timeout,
+            )),
+        });
+    }
+    let task = tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok(Running::new(local, listeners, shared, reloader, admin, stop, task))
 }

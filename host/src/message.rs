@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use body::{Body, BodyError, BoxBody, BoxError};
 pub use client_body::{BodyWatch, ClientBody, ClientBodyError};
-pub use conn::{ConnInfo, TlsInfo};
+pub use conn::{ClientCert, ConnInfo, TlsInfo};
 pub use key::{request_key, stable_hash};
 pub use replay::Replay;
 

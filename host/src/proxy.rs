@@ -103,8 +103,12 @@ fn arrive_and_route(
         }
     };
     forward::append_forwarded_for(&mut parts.headers, &ctx.conn.peer_header);
-    let found = gw.route(&RequestView::of_parts(&parts)).ok_or(ProxyError::NoRoute)?;
+    let found =
+        gw.route(&RequestView::of_parts(&parts, &ctx.conn.listener)).ok_or(ProxyError::NoRoute)?;
     let (route, params) = (found.value.clone(), found.params);
+    if route.require_client_cert && ctx.conn.client_cert().is_none() {
+        return Err(ProxyError::ClientCertRequired);
+    }
     if let Some(rewrite) = &route.rewrite {
         rewrite_prefix(&mut parts, rewrite);
     }

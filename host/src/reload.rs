@@ -159,12 +159,16 @@ impl Reloader {
             tracing::warn!("reload ({cause}): {}: {w}", config.source_name);
         }
         let previous = self.shared.load_full();
+        if let Some(e) = listeners_moved(&previous.config, &config) {
+            let errors = ConfigErrors { source_name: config.source_name.clone(), errors: vec![e] };
+            return Err(self.refused(cause, errors));
+        }
         warn_restart_only(&previous.config, &config);
         let (gateway, report) = Gateway::rebuild(config, &self.runtime, Some(&previous))
             .await
             .map_err(|e| self.refused(cause, e))?;
         let current_text = self.current().text;
-        if report.loaded.is_empty() && *current_text == *text {
+        if report.loaded.is_empty() && report.tls_changed.is_empty() && *current_text == *text {
             tracing::debug!("reload ({cause}): nothing changed");
             return Ok(Outcome::Unchanged);
         }
@@ -190,8 +194,12 @@ impl Reloader {
         let entry = applied(version, cause, text);
         m.reloads.with_label_values(&["applied"]).inc();
         m.config_version.set(version as i64);
+        let tls = match report.tls_changed.as_slice() {
+            [] => String::new(),
+            names => format!(", certificates of listener(s) {names:?} reloaded"),
+        };
         let line = format!(
-            "config version {version} applied ({cause}): sha256 {}, {} plugins reloaded, {} kept, in {:.1?}",
+            "config version {version} applied ({cause}): sha256 {}, {} plugins reloaded, {} kept{tls}, in {:.1?}",
             entry.sha256,
             report.loaded.len(),
             report.kept.len(),
@@ -199,6 +207,12 @@ impl Reloader {
         );
         tracing::info!("{line}");
         events::record(events::Kind::Reload, line);
+        let serving = self.shared.load();
+        for name in &report.tls_changed {
+            if let Some(t) = serving.tls(name) {
+                crate::tls::log_certs(name, t);
+            }
+        }
         if history.len() == HISTORY {
             history.pop_front();
         }
@@ -239,7 +253,7 @@ impl Reloader {
     /// The files whose change should trigger a reload: the config file and every module.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> =
-            self.shared.load().module_paths().map(Path::to_path_buf).collect();
+            self.shared.load().watched_paths().map(Path::to_path_buf).collect();
         if let ConfigSource::File(p) = &*lock(&self.source) {
             files.push(p.clone());
         }
@@ -269,6 +283,22 @@ fn applied(version: u64, cause: &str, text: &str) -> Applied {
 }
 
 /// Settings that only take effect on restart: say so instead of silently ignoring them.
+/// The listeners are bound at start: a reload may change their certificates and client
+/// CA, not which there are, where they listen, or whether they speak TLS (a listener left
+/// without certificates could not finish a handshake).
+fn listeners_moved(old: &Config, new: &Config) -> Option<ConfigError> {
+    let shape = |c: &Config| -> Vec<(std::sync::Arc<str>, std::net::SocketAddr, bool)> {
+        c.listeners.iter().map(|l| (l.name.clone(), l.listen, l.tls.is_some())).collect()
+    };
+    (shape(old) != shape(new)).then(|| {
+        ConfigError::new(
+            "listeners",
+            "adding, removing or moving a listener, or turning its TLS on or off, takes a \
+             restart (certificates, keys and client_ca reload)",
+        )
+    })
+}
+
 fn warn_restart_only(old: &Config, new: &Config) {
     if old.server.listen != new.server.listen {
         tracing::warn!("server.listen changed; it takes effect on restart");

@@ -34,6 +34,8 @@ pub struct Rule {
     pub methods: Vec<Method>,
     pub headers: Vec<FieldMatch<HeaderName>>,
     pub query: Vec<FieldMatch<String>>,
+    /// The listeners (by name) whose requests it matches. Empty: any listener's.
+    pub listeners: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +141,15 @@ pub type Rank =
 impl Rule {
     /// A rule that matches `path` for any host, method, header and query.
     pub fn path(path: PathPattern) -> Self {
-        Rule { path, priority: 0, hosts: vec![], methods: vec![], headers: vec![], query: vec![] }
+        Rule {
+            path,
+            priority: 0,
+            hosts: vec![],
+            methods: vec![],
+            headers: vec![],
+            query: vec![],
+            listeners: vec![],
+        }
     }
 
     /// The documented order, with `index` (position in the config) as the last tie-break.
@@ -167,12 +177,18 @@ impl Rule {
     }
 
     fn condition_count(&self) -> usize {
-        usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()
+        usize::from(!self.methods.is_empty())
+            + usize::from(!self.listeners.is_empty())
+            + self.headers.len()
+            + self.query.len()
     }
 
     /// Everything but the path.
     fn conditions_match(&self, req: &RequestView<'_>) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(req.method) {
+            return false;
+        }
+        if !self.listeners.is_empty() && !self.listeners.iter().any(|l| l == req.listener) {
             return false;
         }
         if !self.hosts.is_empty() {
@@ -213,8 +229,12 @@ impl Rule {
         let methods = self.methods.is_empty()
             || (!other.methods.is_empty()
                 && other.methods.iter().all(|m| self.methods.contains(m)));
+        let listeners = self.listeners.is_empty()
+            || (!other.listeners.is_empty()
+                && other.listeners.iter().all(|l| self.listeners.contains(l)));
         hosts
             && methods
+            && listeners
             && self.headers.iter().all(|c| other.headers.contains(c))
             && self.query.iter().all(|c| other.query.contains(c))
     }
@@ -228,7 +248,10 @@ impl Rule {
         let methods = self.methods.is_empty()
             || other.methods.is_empty()
             || self.methods.iter().any(|m| other.methods.contains(m));
-        hosts && methods
+        let listeners = self.listeners.is_empty()
+            || other.listeners.is_empty()
+            || self.listeners.iter().any(|l| other.listeners.contains(l));
+        hosts && methods && listeners
     }
 }
 
@@ -241,11 +264,14 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The raw query, without `?`.
     pub query: Option<&'a str>,
+    /// The name of the listener the request came in on.
+    pub listener: &'a str,
 }
 
 impl<'a> RequestView<'a> {
-    /// A request head after [`crate::proxy::normalize`]: its `Host` header is the host.
-    pub fn of_parts(parts: &'a http::request::Parts) -> Self {
+    /// A request head after [`crate::proxy::normalize`] (its `Host` header is the host),
+    /// come in on `listener`.
+    pub fn of_parts(parts: &'a http::request::Parts, listener: &'a str) -> Self {
         let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
         RequestView {
             method: &parts.method,
@@ -253,6 +279,7 @@ impl<'a> RequestView<'a> {
             host: host.map(strip_port),
             headers: &parts.headers,
             query: parts.uri.query(),
+            listener,
         }
     }
 }

@@ -38,6 +38,7 @@ pub type Shared = Arc<ArcSwap<Gateway>>;
 /// `acceptor` turns each connection into the stream HTTP is spoken on (see [`Acceptor`]).
 pub async fn serve<A: Acceptor>(
     listener: TcpListener,
+    name: Arc<str>,
     acceptor: Arc<A>,
     gateway: Shared,
     shutdown: impl Future<Output = ()>,
@@ -84,8 +85,9 @@ pub async fn serve<A: Acceptor>(
         };
         let _ = stream.set_nodelay(true);
         let (gateway, acceptor, watcher) = (gateway.clone(), acceptor.clone(), graceful.watcher());
+        let name = name.clone();
         tokio::spawn(async move {
-            let mut info = ConnInfo::new(peer, local);
+            let mut info = ConnInfo::new(peer, local, name);
             let handshake =
                 tokio::time::timeout(header_timeout, acceptor.handshake(stream, &mut info));
             let stream = match handshake.await {
@@ -174,26 +176,30 @@ pub fn raise_fd_limit() -> Option<u64> {
 
 /// A gateway serving on a bound socket, as started by [`crate::start`].
 pub struct Running {
+    /// Where `server.listen` is bound.
     pub addr: SocketAddr,
+    /// Every listener by name, `default` first, with its bound address.
+    pub listeners: Vec<(Arc<str>, SocketAddr)>,
     pub gateway: Shared,
     /// Applies config changes to this gateway.
     pub reloader: Arc<crate::Reloader>,
     /// The admin listener, if `[admin]` is configured.
     pub admin: Option<crate::admin::AdminHandle>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     pub(crate) fn new(
         addr: SocketAddr,
+        listeners: Vec<(Arc<str>, SocketAddr)>,
         gateway: Shared,
         reloader: Arc<crate::Reloader>,
         admin: Option<crate::admin::AdminHandle>,
-        stop: tokio::sync::oneshot::Sender<()>,
+        stop: tokio::sync::watch::Sender<bool>,
         task: tokio::task::JoinHandle<()>,
     ) -> Self {
-        Self { addr, gateway, reloader, admin, stop, task }
+        Self { addr, listeners, gateway, reloader, admin, stop, task }
     }
 
     /// Stops accepting and waits for in-flight requests to finish. Meanwhile the admin
@@ -202,7 +208,7 @@ impl Running {
         if let Some(admin) = &self.admin {
             admin.state.drain();
         }
-        let _ = self.stop.send(());
+        let _ = self.stop.send(true);
         let _ = self.task.await;
         crate::telemetry::otel::flush(std::time::Duration::from_secs(5)).await;
         drop(self.admin);

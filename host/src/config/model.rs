@@ -18,6 +18,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     pub plugins: BTreeMap<String, Plugin>,
     pub routes: Vec<Route>,
+    /// `[[listeners]]`: more listeners beside `server.listen`, plain or TLS.
+    pub listeners: Vec<Listener>,
     pub admin: Option<Admin>,
     pub metrics: MetricsSettings,
     pub access_log: Option<AccessLogSettings>,
@@ -345,6 +347,50 @@ pub struct Route {
     pub plugins: Vec<String>,
     /// The most a plugin may buffer when it reads a body.
     pub max_body_bytes: u64,
+    /// Requests on a connection without a verified client certificate get 403.
+    pub require_client_cert: bool,
+}
+
+/// The name of the listener `server.listen` opens.
+pub const DEFAULT_LISTENER: &str = "default";
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub listen: SocketAddr,
+    /// `None`: plain HTTP (and h2c).
+    pub tls: Option<TlsSettings>,
+}
+
+/// A listener's `tls` table: its certificates (the first is the default, served when the
+/// client's SNI names none of them), and who may connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub certs: Vec<CertFiles>,
+    /// TLS 1.2 and 1.3, or 1.3 only.
+    pub tls13_only: bool,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFiles {
+    /// A PEM chain: the certificate first, then its intermediates.
+    pub cert: PathBuf,
+    /// A PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Whether a TLS listener asks its clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// One is asked for and verified if sent; a client without one is served.
+    Optional,
+    /// A client without a verified certificate fails the handshake.
+    Required,
 }
 
 /// Replaces the route's literal prefix before the request goes upstream.

@@ -26,13 +26,15 @@ pub fn validate_routes(
             errors.push(format!("routes[{i}].name"), format!("duplicate route name {name:?}"));
         }
     }
+    let listener_names: Vec<&str> =
+        file.listeners.iter().filter_map(|l| l.name.as_deref()).collect();
     let mut routes = Vec::with_capacity(file.routes.len());
     // Config indices of the routes in `routes`, for the analysis' messages.
     let mut indices = Vec::with_capacity(file.routes.len());
     for (i, r) in file.routes.iter().enumerate() {
         let at = |field: &str| format!("routes[{i}].{field}");
         let before = errors.0.len();
-        let rule = validate_rule(r, &at, errors);
+        let rule = validate_rule(r, &listener_names, &at, errors);
         let name = match &r.name {
             Some(name) => name.clone(),
             None => {
@@ -71,6 +73,7 @@ pub fn validate_routes(
                 split_sticky,
                 plugins: r.plugins.clone(),
                 max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
+                require_client_cert: r.require_client_cert.unwrap_or(false),
             });
         }
     }
@@ -80,6 +83,7 @@ pub fn validate_routes(
 
 pub(super) fn validate_rule(
     r: &schema::Route,
+    listener_names: &[&str],
     at: &impl Fn(&str) -> String,
     errors: &mut Errors,
 ) -> Option<Rule> {
@@ -123,7 +127,27 @@ pub(super) fn validate_rule(
             query.push(FieldMatch { name: f.name.clone(), value });
         }
     }
-    Some(Rule { path: path?, priority: r.priority.unwrap_or(0), hosts, methods, headers, query })
+    let mut listeners = Vec::new();
+    for (j, l) in r.listeners.iter().enumerate() {
+        let known = l == DEFAULT_LISTENER || listener_names.contains(&l.as_str());
+        if !known {
+            let msg = format!(
+                "unknown listener {l:?}: \"default\" (server.listen) or a [[listeners]] name"
+            );
+            errors.push(at(&format!("listeners[{j}]")), msg);
+        } else if !listeners.contains(l) {
+            listeners.push(l.clone());
+        }
+    }
+    Some(Rule {
+        path: path?,
+        priority: r.priority.unwrap_or(0),
+        hosts,
+        methods,
+        headers,
+        query,
+        listeners,
+    })
 }
 
 pub(super) fn field_value(

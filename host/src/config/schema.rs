@@ -19,11 +19,38 @@ pub struct File {
     pub plugins: BTreeMap<String, Plugin>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
     pub admin: Option<Admin>,
     #[serde(default)]
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
     pub tracing: Option<Tracing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default)]
+    pub certs: Vec<CertPair>,
+    pub min_version: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +302,10 @@ pub struct Route {
     #[serde(default)]
     pub plugins: Vec<String>,
     pub max_body_bytes: Option<u64>,
+    /// Names of the listeners the route serves (empty: all).
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    pub require_client_cert: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,7 @@
 //! acceptor, read by every stage of the request path.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// One client connection, as every request on it sees it.
 #[derive(Debug)]
@@ -9,6 +10,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The listener's address the client connected to.
     pub local: SocketAddr,
+    /// The listener's name (`default` for `server.listen`), which routes can select.
+    pub listener: Arc<str>,
     /// `None` on a plain-text connection.
     pub tls: Option<TlsInfo>,
     /// `peer`'s IP as the header value it is forwarded as, written once per connection.
@@ -22,11 +25,32 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// The server name the client asked for (SNI).
     pub server_name: Option<String>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: Option<&'static str>,
+    /// The client's certificate, verified against the listener's `client_ca`.
+    pub client: Option<ClientCert>,
+}
+
+/// Who a verified client certificate names.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCert {
+    /// The subject's distinguished name (`CN=alice, O=Example`).
+    pub subject: String,
+    /// Its subject alternative names: `DNS:...`, `email:...`, `URI:...`.
+    pub sans: Vec<String>,
+    /// The SHA-256 of its DER bytes, in lower-case hex.
+    pub fingerprint: String,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
-        Self { peer, local, tls: None, peer_header: crate::message::ip_header(peer.ip()) }
+    pub fn new(peer: SocketAddr, local: SocketAddr, listener: Arc<str>) -> Self {
+        let peer_header = crate::message::ip_header(peer.ip());
+        Self { peer, local, listener, tls: None, peer_header }
+    }
+
+    /// The verified client certificate, if the client sent one.
+    pub fn client_cert(&self) -> Option<&ClientCert> {
+        self.tls.as_ref()?.client.as_ref()
     }
 
     /// The scheme requests on this connection arrive with.

@@ -40,6 +40,9 @@ pub enum ProxyError {
     ClientBody(ClientBodyError),
     #[error("no route for this path")]
     NoRoute,
+    /// The route has `require_client_cert` and the connection has no verified one.
+    #[error("the route requires a client certificate")]
+    ClientCertRequired,
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(transparent)]
@@ -64,6 +67,7 @@ impl ProxyError {
             ProxyError::Refused(_) => S::BAD_REQUEST,
             ProxyError::ClientBody(e) => e.status(),
             ProxyError::NoRoute => S::NOT_FOUND,
+            ProxyError::ClientCertRequired => S::FORBIDDEN,
             ProxyError::Plugin(e) => match e.kind {
                 FailureKind::Overloaded(_) | FailureKind::StoreClosed(_) => S::SERVICE_UNAVAILABLE,
                 _ => S::INTERNAL_SERVER_ERROR,
@@ -75,9 +79,10 @@ impl ProxyError {
 
     pub fn origin(&self) -> Origin {
         match self {
-            ProxyError::NoRoute | ProxyError::Refused(_) | ProxyError::ClientBody(_) => {
-                Origin::Downstream
-            }
+            ProxyError::NoRoute
+            | ProxyError::ClientCertRequired
+            | ProxyError::Refused(_)
+            | ProxyError::ClientBody(_) => Origin::Downstream,
             ProxyError::Plugin(_) => Origin::Plugin,
             ProxyError::Upstream(_) => Origin::Upstream,
             ProxyError::Internal(_) => Origin::Internal,
@@ -94,6 +99,7 @@ impl ProxyError {
             }
             ProxyError::ClientBody(_) => "bad request body",
             ProxyError::NoRoute => "no route",
+            ProxyError::ClientCertRequired => "a client certificate is required",
             ProxyError::Plugin(_) if status == http::StatusCode::SERVICE_UNAVAILABLE => {
                 "plugin overloaded"
             }

@@ -31,6 +31,7 @@ impl Req {
             host: self.host.as_deref(),
             headers: &self.headers,
             query: self.query.as_deref(),
+            listener: "default",
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
+    /// Each TLS listener certificate's expiry (Unix seconds), set at scrape time.
+    pub tls_cert_expiry: IntGaugeVec,
     // Plugins.
     pub plugin_calls: IntCounterVec,
     pub plugin_duration: HistogramVec,
@@ -227,6 +229,12 @@ impl Metrics {
                 "sluice_upstream_breaker_transitions_total",
                 "Circuit-breaker state changes, by the state entered",
                 &["upstream", "endpoint", "state"],
+            ),
+            tls_cert_expiry: gauge(
+                &r,
+                "sluice_tls_certificate_expiry_timestamp_seconds",
+                "When a TLS listener's certificate expires, in Unix seconds (name: its first DNS name)",
+                &["listener", "name"],
             ),
             endpoint_healthy: gauge(
                 &r,
