@@ -198,7 +198,7 @@ fn arbitrary_configs_are_refused_or_usable_never_a_panic() {
                     for u in config.upstreams.values() {
                         prop_assert!(u.endpoints.iter().all(|e| e.address.port_u16() != Some(0)));
                         let built = catch_unwind(AssertUnwindSafe(|| {
-                            sluice::upstream::Upstream::new("u", u.clone())
+                            sluice::upstream::Upstream::new("u", u.clone(), None)
                         }));
                         prop_assert!(built.is_ok(), "Upstream::new panicked on\n{text}");
                     }

@@ -393,3 +393,92 @@ async fn a_stalled_handshake_is_cut_and_other_clients_are_served() {
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }
+
+/// A Python HTTPS server (tests/py/https_upstream.py) on loopback; killed on drop.
+struct HttpsUpstream {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl HttpsUpstream {
+    fn start(pki: &Pki, name: &str, client_ca: Option<&str>) -> HttpsUpstream {
+        let mut cmd = Command::new(crate::common::services::python());
+        cmd.arg(workspace().join("tests/py/https_upstream.py"))
+            .arg(pki.path(&format!("{name}.pem")))
+            .arg(pki.path(&format!("{name}.key")));
+        if let Some(ca) = client_ca {
+            cmd.arg(pki.path(&format!("{ca}.pem")));
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut port = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut port).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.trim().parse().unwrap()));
+        HttpsUpstream { child, addr }
+    }
+}
+
+impl Drop for HttpsUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_tls_is_verified_named_and_can_present_a_client_certificate() {
+    let pki = Pki::new();
+    // The upstream's certificate names a service, not the address Sluice dials.
+    pki.leaf("ca", "svc", "svc", &["svc.internal"], false);
+    pki.ca("other", "Another CA");
+    pki.leaf("ca", "gateway", "gateway", &["gateway.internal"], true);
+    let plain_tls = HttpsUpstream::start(&pki, "svc", None);
+    let mutual = HttpsUpstream::start(&pki, "svc", Some("ca"));
+    let d = pki.dir.path().display();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"5s\"\n\
+         [runtime]\nplugin_dir = \"{plugins}\"\n\
+         [upstreams.verified]\nendpoints = [\"{a}\"]\ntls = {{ ca = \"{d}/ca.pem\", server_name = \"svc.internal\" }}\n\
+         [upstreams.wrong-ca]\nendpoints = [\"{a}\"]\ntls = {{ ca = \"{d}/other.pem\", server_name = \"svc.internal\" }}\n\
+         [upstreams.wrong-name]\nendpoints = [\"{a}\"]\ntls = {{ ca = \"{d}/ca.pem\", server_name = \"other.internal\" }}\n\
+         [upstreams.mutual]\nendpoints = [\"{m}\"]\n\
+         tls = {{ ca = \"{d}/ca.pem\", server_name = \"svc.internal\", cert = \"{d}/gateway.pem\", key = \"{d}/gateway.key\" }}\n\
+         [upstreams.no-client-cert]\nendpoints = [\"{m}\"]\ntls = {{ ca = \"{d}/ca.pem\", server_name = \"svc.internal\" }}\n\
+         [upstreams.checked]\nendpoints = [\"{a}\"]\ntls = {{ ca = \"{d}/ca.pem\", server_name = \"svc.internal\" }}\n\
+         health_check = {{ path = \"/health\", interval = \"100ms\" }}\n\
+         [upstreams.checked-wrong-ca]\nendpoints = [\"{a}\"]\ntls = {{ ca = \"{d}/other.pem\", server_name = \"svc.internal\" }}\n\
+         health_check = {{ path = \"/health\", interval = \"100ms\" }}\n\
+         [[routes]]\nprefix = \"/verified\"\nupstream = \"verified\"\n\
+         [[routes]]\nprefix = \"/wrong-ca\"\nupstream = \"wrong-ca\"\n\
+         [[routes]]\nprefix = \"/wrong-name\"\nupstream = \"wrong-name\"\n\
+         [[routes]]\nprefix = \"/mutual\"\nupstream = \"mutual\"\n\
+         [[routes]]\nprefix = \"/no-client-cert\"\nupstream = \"no-client-cert\"\n\
+         [[routes]]\nprefix = \"/checked\"\nupstream = \"checked\"\n\
+         [[routes]]\nprefix = \"/checked-wrong-ca\"\nupstream = \"checked-wrong-ca\"\n",
+        plugins = plugin_dir().display(),
+        a = plain_tls.addr,
+        m = mutual.addr,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut p = Proc::start(&path);
+
+    let ok = get(p.addr, "/verified/x", &[]).await;
+    assert_eq!((ok.status.as_u16(), ok.text().as_str()), (200, "secure upstream\n"));
+    // A certificate from a CA it does not trust, or for another name: refused, 502.
+    assert_eq!(get(p.addr, "/wrong-ca/x", &[]).await.status, 502);
+    assert_eq!(get(p.addr, "/wrong-name/x", &[]).await.status, 502);
+    // An upstream that requires a client certificate gets the configured one.
+    let m = get(p.addr, "/mutual/x", &[]).await;
+    assert_eq!((m.status.as_u16(), m.header("x-client-cn")), (200, Some("gateway")));
+    assert_eq!(get(p.addr, "/no-client-cert/x", &[]).await.status, 502);
+    // Active health checks speak TLS and verify too: after three rounds the endpoint
+    // behind a CA Sluice does not trust is out, the other one serves.
+    let line = p.wait_for("unhealthy after 3 failed checks: tls:");
+    assert!(line.contains("checked-wrong-ca"), "{line}");
+    assert_eq!(get(p.addr, "/checked/x", &[]).await.status, 200);
+    assert_eq!(get(p.addr, "/checked-wrong-ca/x", &[]).await.status, 503);
+    let log = p.log(Duration::from_millis(100));
+    assert!(!log.contains("upstream=checked endpoint"), "{log}");
+}

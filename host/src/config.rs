@@ -150,6 +150,7 @@ fn validate(
     let inherited = upstreams::Inherited {
         connect_timeout: server.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.0.connect_timeout),
         request_timeout: server.as_ref().map_or(DEFAULT_REQUEST_TIMEOUT, |s| s.0.request_timeout),
+        base,
     };
     let upstreams = file
         .upstreams

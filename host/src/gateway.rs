@@ -171,17 +171,32 @@ impl Gateway {
             return Err(ConfigErrors { source_name: config.source_name.clone(), errors });
         }
 
+        let mut upstream_tls = HashMap::new();
+        for (name, u) in &config.upstreams {
+            let Some(t) = &u.tls else { continue };
+            match crate::tls::load_client(t, &format!("upstreams.{name}.tls")) {
+                Ok(client) => {
+                    upstream_tls.insert(name.as_str(), Arc::new(client));
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors { source_name: config.source_name.clone(), errors });
+        }
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|(name, u)| {
+                let tls = upstream_tls.get(name.as_str()).cloned();
+                let digest = tls.as_ref().map(|t| t.digest);
                 let kept = previous
                     .and_then(|g| g.upstreams.get(name))
-                    .filter(|before| before.config() == u);
+                    .filter(|before| before.built_from(u, digest));
                 let upstream = match kept {
                     Some(before) => before.clone(),
                     None => {
-                        let new = Upstream::new(name, u.clone());
+                        let new = Upstream::new(name, u.clone(), tls);
                         if let Some(before) = previous.and_then(|g| g.upstreams.get(name)) {
                             new.inherit_overrides(before);
                         }
@@ -251,7 +266,12 @@ impl Gateway {
             let pairs = t.certs.iter().flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
             pairs.chain(t.client_ca.as_deref())
         });
-        plugins.chain(tls)
+        let upstream_tls =
+            self.config.upstreams.values().filter_map(|u| u.tls.as_ref()).flat_map(|t| {
+                let client = t.client.iter().flat_map(|(c, k)| [c.as_path(), k.as_path()]);
+                t.ca.as_deref().into_iter().chain(client)
+            });
+        plugins.chain(tls).chain(upstream_tls)
     }
 
     /// A TLS listener's loaded settings.

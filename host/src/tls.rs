@@ -240,6 +240,66 @@ impl ResolvesServerCert for Sni {
     }
 }
 
+/// An upstream's TLS settings, loaded: how its connections are made.
+pub struct UpstreamClient {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The configured `server_name`; else each endpoint's host is used.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// A digest of every file read, to tell whether a reload changed any.
+    pub digest: [u8; 32],
+}
+
+/// Reads `settings`' files (errors name the TOML path under `at`, `upstreams.NAME.tls`).
+pub fn load_client(
+    settings: &crate::config::UpstreamTls,
+    at: &str,
+) -> Result<UpstreamClient, Vec<ConfigError>> {
+    let provider = provider();
+    let mut digest = Sha256::new();
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca {
+        Some(ca) => {
+            let certs = read_chain(ca, &mut digest)
+                .map_err(|e| vec![ConfigError::new(format!("{at}.ca"), e)])?;
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    if roots.is_empty() {
+        let msg = "no usable CA certificate (set tls.ca to a PEM bundle)";
+        return Err(vec![ConfigError::new(format!("{at}.ca"), msg)]);
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| vec![ConfigError::new(at.to_owned(), e.to_string())])?
+        .with_root_certificates(roots);
+    let mut config = match &settings.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_chain(cert, &mut digest)
+                .map_err(|e| vec![ConfigError::new(format!("{at}.cert"), e)])?;
+            let key = read_key(key, &mut digest)
+                .map_err(|e| vec![ConfigError::new(format!("{at}.key"), e)])?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| vec![ConfigError::new(format!("{at}.key"), e.to_string())])?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = settings
+        .server_name
+        .as_ref()
+        .and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok());
+    Ok(UpstreamClient {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+        digest: digest.finalize().into(),
+    })
+}
+
 /// The acceptor of a TLS listener: the handshake, with the gateway's current settings for
 /// `listener`, inside the connection's task (bounded by `server.header_timeout`).
 pub struct Terminator {

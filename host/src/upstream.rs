@@ -40,12 +40,18 @@ use crate::message::BoxBody;
 type Client = HyperClient<Connector, BoxBody>;
 
 /// The client, and its connector (which can close a connection for good).
-fn client(connect_timeout: Duration, idle_timeout: Duration) -> Http {
+fn client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    tls: Option<Arc<crate::tls::UpstreamClient>>,
+) -> Http {
     let mut http = HttpConnector::new();
+    // `https://` URIs reach this connector, which speaks TLS itself.
+    http.enforce_http(tls.is_none());
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let connector = Connector::new(http);
+    let connector = Connector::new(http, tls);
     let client = HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(idle_timeout)
         .pool_timer(TokioTimer::new())
@@ -177,6 +183,8 @@ pub enum Outcome {
 pub struct Upstream {
     name: Arc<str>,
     config: config::Upstream,
+    /// Its TLS settings, loaded (`None`: plain HTTP).
+    tls: Option<Arc<crate::tls::UpstreamClient>>,
     transport: Http,
     endpoints: Vec<Endpoint>,
     balancer: Balancer,
@@ -200,7 +208,12 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: config::Upstream) -> Self {
+    /// `tls` is `config.tls` loaded ([`crate::tls::load_client`]).
+    pub fn new(
+        name: &str,
+        config: config::Upstream,
+        tls: Option<Arc<crate::tls::UpstreamClient>>,
+    ) -> Self {
         assert!(!config.endpoints.is_empty(), "config validation guarantees an endpoint");
         let ids: Vec<(String, u32)> =
             config.endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
@@ -223,7 +236,8 @@ impl Upstream {
             })
             .collect();
         Upstream {
-            transport: client(config.connect_timeout, config.idle_timeout),
+            transport: client(config.connect_timeout, config.idle_timeout, tls.clone()),
+            tls,
             balancer: Balancer::new(&config.strategy, &ids),
             budget: retry::Budget::new(
                 config.retry.budget_ratio,
@@ -243,6 +257,11 @@ impl Upstream {
 
     pub fn config(&self) -> &config::Upstream {
         &self.config
+    }
+
+    /// Whether this upstream was built from `config` and TLS files with `digest`.
+    pub fn built_from(&self, config: &config::Upstream, digest: Option<[u8; 32]>) -> bool {
+        self.config == *config && self.tls.as_ref().map(|t| t.digest) == digest
     }
 
     /// Carries operators' overrides (endpoint states, forced breakers) over from the
@@ -518,6 +537,7 @@ fn test_config(retry: config::RetryPolicy) -> config::Upstream {
         passive_health: None,
         circuit_breaker: None,
         retry,
+        tls: None,
     }
 }
 
@@ -536,7 +556,7 @@ mod tests {
             budget_min_per_second: 0,
         });
         config.slow_start = slow_start;
-        Upstream::new("u", config)
+        Upstream::new("u", config, None)
     }
 
     /// Share of 4,000 picks that went to endpoint 1.

@@ -168,6 +168,19 @@ pub struct Upstream {
     pub passive_health: Option<PassiveHealth>,
     pub circuit_breaker: Option<CircuitBreaker>,
     pub retry: RetryPolicy,
+    /// HTTPS to the endpoints; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How Sluice verifies an upstream's certificate and who it is to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// A PEM CA bundle; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and verified in the certificate; `None`: each endpoint's host.
+    pub server_name: Option<String>,
+    /// A client certificate chain and key, for upstreams that ask for one.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -165,6 +165,17 @@ pub struct Upstream {
     pub passive_health: Option<PassiveHealth>,
     pub circuit_breaker: Option<CircuitBreaker>,
     pub retry: Option<Retry>,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `tls = {}` (the system's roots) or with a CA bundle, a name and a client certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `"host:port"`, or a table with a weight and an admin state.

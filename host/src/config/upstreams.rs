@@ -30,15 +30,17 @@ pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
 pub const DEFAULT_BUDGET_MIN_PER_SECOND: u32 = 10;
 
 /// Defaults an upstream inherits from `[server]`.
-pub struct Inherited {
+pub struct Inherited<'a> {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The config's folder, which relative paths start from.
+    pub base: &'a std::path::Path,
 }
 
 pub fn validate_upstream(
     name: &str,
     u: &schema::Upstream,
-    inherited: &Inherited,
+    inherited: &Inherited<'_>,
     errors: &mut Errors,
 ) -> Option<Upstream> {
     let at = |field: &str| format!("upstreams.{name}.{field}");
@@ -114,6 +116,37 @@ pub fn validate_upstream(
         passive_health: passive_health?,
         circuit_breaker: circuit_breaker?,
         retry: retry?,
+        tls: match &u.tls {
+            None => None,
+            Some(t) => Some(validate_tls(t, &at, inherited.base, errors)?),
+        },
+    })
+}
+
+fn validate_tls(
+    t: &schema::UpstreamTls,
+    at: &impl Fn(&str) -> String,
+    base: &std::path::Path,
+    errors: &mut Errors,
+) -> Option<UpstreamTls> {
+    let client = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            errors.push(at("tls.cert"), "a client certificate needs both cert and key");
+            return None;
+        }
+    };
+    if let Some(n) = &t.server_name
+        && rustls::pki_types::ServerName::try_from(n.as_str()).is_err()
+    {
+        errors.push(at("tls.server_name"), format!("not a DNS name or IP address: {n:?}"));
+        return None;
+    }
+    Some(UpstreamTls {
+        ca: t.ca.as_ref().map(|c| base.join(c)),
+        server_name: t.server_name.clone(),
+        client,
     })
 }
 

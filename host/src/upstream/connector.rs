@@ -51,16 +51,18 @@ impl super::send::Transport for Http {
 /// Open connections by local address, with their sockets.
 type Registry = Arc<Mutex<HashMap<SocketAddr, RawFd>>>;
 
-/// Makes upstream connections and can close one by its local address.
+/// Makes upstream connections (TCP, then TLS for an upstream with `tls`) and can close one
+/// by its local address.
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
     open: Registry,
+    tls: Option<Arc<crate::tls::UpstreamClient>>,
 }
 
 impl Connector {
-    pub fn new(http: HttpConnector) -> Self {
-        Self { http, open: Arc::default() }
+    pub fn new(http: HttpConnector, tls: Option<Arc<crate::tls::UpstreamClient>>) -> Self {
+        Self { http, open: Arc::default(), tls }
     }
 
     /// Closes the connection that carried `response`: it is never used again. The socket
@@ -86,30 +88,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl tower_service::Service<http::Uri> for Connector {
     type Response = Conn;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Conn, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx)
+        self.http.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
         let connecting = self.http.call(uri);
-        let open = self.open.clone();
+        let (open, tls) = (self.open.clone(), self.tls.clone());
         Box::pin(async move {
-            let io = connecting.await?;
-            let local = io.inner().local_addr().ok();
+            let tcp = connecting.await?.into_inner();
+            let local = tcp.local_addr().ok();
+            let fd = tcp.as_raw_fd();
+            let io = match tls {
+                None => Io::Plain(TokioIo::new(tcp)),
+                Some(tls) => {
+                    let name = match &tls.server_name {
+                        Some(n) => n.clone(),
+                        None => rustls::pki_types::ServerName::try_from(host)?,
+                    };
+                    let stream = tls.connector.connect(name, tcp).await?;
+                    Io::Tls(Box::new(TokioIo::new(stream)))
+                }
+            };
             if let Some(addr) = local {
-                lock(&open).insert(addr, io.inner().as_raw_fd());
+                lock(&open).insert(addr, fd);
             }
-            Ok(Conn { io, local, open })
+            Ok(Conn { io, fd, local, open })
         })
     }
 }
 
+/// The bytes of an upstream connection: plain TCP or TLS over it.
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
 /// An upstream connection, listed in the registry while it is open.
 pub struct Conn {
-    io: TokioIo<TcpStream>,
+    io: Io,
+    /// Its socket, for `close_connection_of`.
+    fd: RawFd,
     local: Option<SocketAddr>,
     open: Registry,
 }
@@ -119,11 +142,27 @@ impl Drop for Conn {
         // Before `io` (and so the socket) is dropped: see `close_connection_of`.
         if let Some(addr) = self.local {
             let mut open = lock(&self.open);
-            if open.get(&addr) == Some(&self.io.inner().as_raw_fd()) {
+            if open.get(&addr) == Some(&self.fd) {
                 open.remove(&addr);
             }
         }
     }
+}
+
+/// Runs `$call` on whichever stream the connection has.
+macro_rules! on_io {
+    ($self:expr, $io:ident => $call:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $call
+            }
+        }
+    };
 }
 
 impl Read for Conn {
@@ -132,7 +171,7 @@ impl Read for Conn {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        on_io!(self, io => io.poll_read(cx, buf))
     }
 }
 
@@ -142,7 +181,7 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        on_io!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -150,24 +189,31 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        on_io!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        on_io!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        on_io!(self, io => io.poll_shutdown(cx))
     }
 }
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        match &self.io {
+            Io::Plain(io) => io.connected(),
+            // The TCP stream's facts (its addresses, for `close_connection_of`).
+            Io::Tls(io) => io.inner().get_ref().0.connected(),
+        }
     }
 }

@@ -52,17 +52,32 @@ impl Counter {
 
 /// One probe of `address`: a TCP connect, or an HTTP request whose status must be one of
 /// the expected. Bounded by the check's timeout. `Err` says why it failed.
-pub async fn probe(address: &str, check: &HealthCheck) -> Result<(), String> {
+pub async fn probe(
+    address: &str,
+    check: &HealthCheck,
+    tls: Option<&crate::tls::UpstreamClient>,
+) -> Result<(), String> {
     let run = async {
         let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
         let CheckKind::Http { method, path, expected_statuses } = &check.kind else {
             return Ok(());
         };
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = match tls {
+            None => http1(stream).await?,
+            Some(tls) => {
+                let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+                let name = match &tls.server_name {
+                    Some(n) => n.clone(),
+                    None => rustls::pki_types::ServerName::try_from(
+                        host.trim_matches(['[', ']']).to_owned(),
+                    )
+                    .map_err(|e| format!("server name: {e}"))?,
+                };
+                let stream =
+                    tls.connector.connect(name, stream).await.map_err(|e| format!("tls: {e}"))?;
+                http1(stream).await?
+            }
+        };
         let req = http::Request::builder()
             .method(method.clone())
             .uri(path.as_str())
@@ -81,6 +96,19 @@ pub async fn probe(address: &str, check: &HealthCheck) -> Result<(), String> {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
+}
+
+type Probe = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
+
+/// An HTTP/1.1 connection over `stream` for one probe, its task running.
+async fn http1<S>(stream: S) -> Result<(Probe, tokio::task::JoinHandle<()>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+    Ok((sender, tokio::spawn(async move { drop(conn.await) })))
 }
 
 /// Passive health of one endpoint. The request path touches only atomics unless an
@@ -153,10 +181,10 @@ pub fn ejection_length(previous: u32, config: &PassiveHealth) -> Duration {
 /// Probes every endpoint each interval and publishes the result. Holds the upstream only
 /// while publishing, so a replaced upstream is freed (and this task ends) promptly.
 pub(super) async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
-    let (addresses, name) = match upstream.upgrade() {
+    let (addresses, name, tls) = match upstream.upgrade() {
         Some(up) => {
             let addrs: Vec<String> = up.endpoints.iter().map(|e| e.address.to_string()).collect();
-            (addrs, up.name.clone())
+            (addrs, up.name.clone(), up.tls.clone())
         }
         None => return,
     };
@@ -167,8 +195,8 @@ pub(super) async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
         ticker.tick().await;
         let mut probes = tokio::task::JoinSet::new();
         for (i, address) in addresses.iter().enumerate() {
-            let (address, check) = (address.clone(), check.clone());
-            probes.spawn(async move { (i, probe(&address, &check).await) });
+            let (address, check, tls) = (address.clone(), check.clone(), tls.clone());
+            probes.spawn(async move { (i, probe(&address, &check, tls.as_deref()).await) });
         }
         let results = probes.join_all().await;
         let Some(up) = upstream.upgrade() else { return };

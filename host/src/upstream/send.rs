@@ -83,6 +83,15 @@ impl Targets {
     }
 }
 
+/// Makes the upstream request's URI `https://`: the connector speaks TLS for it.
+fn set_https(req: &mut Request<BoxBody>) {
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
 /// What goes upstream: the request head (sent as a copy per attempt), its body, and what
 /// the balancing key may be taken from.
 pub struct Outgoing<'a> {
@@ -186,6 +195,9 @@ impl Upstream {
             };
             let mut req = Request::from_parts(parts.clone(), attempt_body);
             prepare(&mut req, &endpoint);
+            if self.config.tls.is_some() {
+                set_https(&mut req);
+            }
             let span_id = traced.map(|t| {
                 let span = TraceContext::new_span_id();
                 req.headers_mut().insert(TRACEPARENT.clone(), t.with_span(span).traceparent());

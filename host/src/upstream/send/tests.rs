@@ -53,7 +53,7 @@ impl Transport for Script {
 fn upstream(retry: RetryPolicy, total_timeout: Option<Duration>) -> Arc<Upstream> {
     let mut config = super::super::test_config(retry);
     config.total_timeout = total_timeout;
-    Arc::new(Upstream::new("u", config))
+    Arc::new(Upstream::new("u", config, None))
 }
 
 fn policy(attempts: u32, statuses: &[u16], budget_min_per_second: u32) -> RetryPolicy {
