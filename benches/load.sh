@@ -9,6 +9,8 @@
 #   COMPARE=/tmp/sluice-before benches/load.sh   # A/B: adds "compare" (plain, that binary)
 #   OBSERVE=1 benches/load.sh            # adds plain proxying with metrics off, with an
 #                                        # access log, and with the log and 1% tracing
+#   TLS=1 benches/load.sh                # adds HTTPS (TLS 1.3, keep-alive, one P-256
+#                                        # certificate) on nginx and on Sluice
 #
 # Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
 # sluice + the chain jwt -> rate-limit (limit never reached) -> cors -> transform. Every
@@ -28,6 +30,26 @@ need_tools "nginx wrk curl" nginx wrk taskset python3 curl
 build_sluice
 BACKEND=$(free_port)
 NGINX=$(free_port)
+NGINX_TLS=$(free_port)
+if [ -n "${TLS:-}" ]; then
+    # One certificate for both proxies: P-256, self-signed (wrk does not verify).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+    NGINX_TLS_SERVER="
+    server {
+        listen 127.0.0.1:$NGINX_TLS ssl;
+        ssl_certificate $work/tls.pem;
+        ssl_certificate_key $work/tls.key;
+        ssl_protocols TLSv1.3;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+fi
 
 BODY=$(printf 'x%.0s' $(seq 1 99))  # 99 bytes + newline = 100
 # nginx_conf NAME HTTP-BLOCK: a one-worker, foreground nginx config in $work/NAME.conf.
@@ -64,7 +86,7 @@ nginx_conf proxy "
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
         }
-    }"
+    }${NGINX_TLS_SERVER:-}"
 taskset -c "$LOAD_CPU" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
 
@@ -94,7 +116,7 @@ TRANSFORM='[plugins.t1]
 module = "header-transform"
 config = { request = { set = { "x-env" = "bench" } } }
 '
-declare -A PORT
+declare -A PORT SCHEME
 PORT[nginx]=$NGINX
 PORT[sluice]=$(sluice_config plain "" "")
 PORT[sluice+transform]=$(sluice_config transform "$TRANSFORM" '"t1"')
@@ -117,12 +139,28 @@ $TRACE1" "")
         TARGETS+=("$name")
     done
 fi
+if [ -n "${TLS:-}" ]; then
+    TLS_PORT=$(free_port)
+    sluice_config tls "[[listeners]]
+name = \"https\"
+listen = \"127.0.0.1:$TLS_PORT\"
+tls = { certs = [{ cert = \"$work/tls.pem\", key = \"$work/tls.key\" }], min_version = \"1.3\" }
+" "" >/dev/null
+    PORT[nginx-tls]=$NGINX_TLS
+    PORT[sluice-tls]=$TLS_PORT
+    SCHEME[nginx-tls]=https
+    SCHEME[sluice-tls]=https
+    FILE[sluice-tls]=tls
+    BIN[sluice-tls]=$SLUICE
+    TARGETS+=(nginx-tls sluice-tls)
+fi
 if [ -n "${COMPARE:-}" ]; then
     PORT[compare]=$(sluice_config compare "" "")
     BIN[compare]=$COMPARE
     TARGETS+=(compare)
 fi
 for name in "${TARGETS[@]:1}"; do
+    [ "$name" = nginx-tls ] && continue
     RUST_LOG=warn taskset -c "$PROXY_CPU" "${BIN[$name]}" run --no-watch --config "$work/${FILE[$name]}.toml" &
     pids+=($!)
     PID[$name]=$!
@@ -130,8 +168,8 @@ done
 sleep 2
 # Every target must answer the benchmark's request with a 200 (the chain lets it through).
 for name in "${TARGETS[@]}"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
-        -H "origin: $ORIGIN" "http://127.0.0.1:${PORT[$name]}/")
+    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
+        -H "origin: $ORIGIN" "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}/")
     if [ "$code" != 200 ]; then
         echo "$name answered $code to the benchmark request, not 200" >&2
         exit 1
@@ -139,6 +177,7 @@ for name in "${TARGETS[@]}"; do
 done
 # nginx's worker is the child of the master whose pid file we read.
 PID[nginx]=$(pgrep -P "${PID[nginx]}" | head -1)
+PID[nginx-tls]=${PID[nginx]}
 
 rss_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
@@ -148,7 +187,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for name in "${TARGETS[@]}"; do
             out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency \
                 -H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN" \
-                "http://127.0.0.1:${PORT[$name]}/")
+                "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}/")
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$name" "$(rss_kb "${PID[$name]}")" \
                 "$(tr '\n' '|' <<<"$out")" >>"$results"
             echo "round $round c$c $name done" >&2
@@ -188,7 +227,7 @@ for rnd, c, name, rss, out in rows:
     errors = sum(int(n) for l in lines if "Non-2xx" in l or "Socket errors" in l for n in re.findall(r"\d+", l.split(":")[1]))
     data[(rnd, c, name)] = (rps, lat["50%"], lat["99%"], int(rss), errors)
 names = ["nginx", "sluice", "sluice+transform", "sluice+chain4"]
-names += [n for n in ["nometrics", "log", "log+trace1", "compare"] if any(k[2] == n for k in data)]
+names += [n for n in ["nometrics", "log", "log+trace1", "nginx-tls", "sluice-tls", "compare"] if any(k[2] == n for k in data)]
 print("| conns | proxy | req/s (median of rounds) | vs nginx, same round (median) | p50 ms | p99 ms | p99 vs nginx | peak RSS MB | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in sorted({k[1] for k in data}, key=int):
@@ -199,5 +238,12 @@ for c in sorted({k[1] for k in data}, key=int):
         p99r = [data[(r, c, n)][2] / data[(r, c, "nginx")][2] for r in rounds]
         med = lambda i: statistics.median(v[i] for v in vals)
         print(f"| {c} | {n} | {med(0):,.0f} | {statistics.median(ratios):.2f}x | {med(1):.2f} | {med(2):.2f} | {statistics.median(p99r):.2f}x | {max(v[3] for v in vals)/1024:.1f} | {sum(v[4] for v in vals)} |")
+if any(k[2] == "sluice-tls" for k in data):
+    print()
+    for c in sorted({k[1] for k in data}, key=int):
+        rounds = sorted({k[0] for k in data if k[1] == c})
+        r = [data[(x, c, "sluice-tls")][0] / data[(x, c, "nginx-tls")][0] for x in rounds]
+        p = [data[(x, c, "sluice-tls")][2] / data[(x, c, "nginx-tls")][2] for x in rounds]
+        print(f"HTTPS c{c}: Sluice {statistics.median(r):.2f}x nginx's HTTPS req/s (same round, median), p99 {statistics.median(p):.2f}x")
 print(f"\nidle RSS, 10 routes x 4 plugins (40 plugin instances): {idle_kb/1024:.1f} MB")
 PY

@@ -182,7 +182,8 @@ async fn tls_listeners_pick_certificates_by_sni_speak_h2_and_select_routes() {
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         pki.dir.path().display()
     );
-    let routes = "[[routes]]\nname = \"secure\"\nprefix = \"/secure\"\nupstream = \"echo\"\nlisteners = [\"https\"]\n\
+    let routes = "[[routes]]\nname = \"legacy\"\nprefix = \"/legacy\"\nupstream = \"echo\"\nhttps_redirect = 8443\n\
+                  [[routes]]\nname = \"secure\"\nprefix = \"/secure\"\nupstream = \"echo\"\nlisteners = [\"https\"]\n\
                   [[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstream = \"echo\"\n";
     let dir = tempfile::tempdir().unwrap();
     let mut p = Proc::start(&write_config(dir.path(), echo().await, &listeners, routes));
@@ -200,6 +201,13 @@ async fn tls_listeners_pick_certificates_by_sni_speak_h2_and_select_routes() {
     assert_eq!((status, version.as_str()), (200, "1.1"));
     // The wildcard certificate for its names; it is verified by curl.
     assert_eq!(curl(https, "x.wild.test", "/open", &["--cacert", ca]).unwrap().0, 200);
+    // A route with https_redirect: 308 to HTTPS on plain HTTP, proxied over TLS.
+    let moved = get(p.addr, "/legacy/x?q=1", &[("host", "api.test:8080")]).await;
+    assert_eq!(
+        (moved.status.as_u16(), moved.header("location")),
+        (308, Some("https://api.test:8443/legacy/x?q=1"))
+    );
+    assert_eq!(curl(https, "api.test", "/legacy/x", &["--cacert", ca]).unwrap().0, 200);
     // A route limited to the TLS listener is not on the plain one.
     assert_eq!(get(p.addr, "/secure/x", &[]).await.status, 404);
     assert_eq!(get(p.addr, "/open", &[]).await.status, 200);

@@ -22,6 +22,7 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub max_body_bytes: u64,
     pub require_client_cert: bool,
+    pub https_redirect: Option<u16>,
 }
 
 pub struct Gateway {
@@ -218,6 +219,7 @@ impl Gateway {
                 rewrite: r.rewrite.clone(),
                 max_body_bytes: r.max_body_bytes,
                 require_client_cert: r.require_client_cert,
+                https_redirect: r.https_redirect,
             };
             (r.rule.clone(), Arc::new(route))
         });

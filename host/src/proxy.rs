@@ -54,6 +54,11 @@ async fn serve(
     body: Incoming,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let Arrived { request, route, watch } = arrive_and_route(gw, ctx, parts, body)?;
+    if let Some(port) = route.https_redirect
+        && ctx.conn.tls.is_none()
+    {
+        return redirect_https(&request.parts, port);
+    }
     if route.chain.is_empty() {
         let (_, resp) = send::upstream(ctx, &route, request, false, watch.as_deref()).await?;
         return Ok(resp.into_http());
@@ -75,6 +80,32 @@ async fn serve(
     let response = route.chain.run_response(phase.reached, request, response).await?;
     ctx.timings.response_phases = Some(started.elapsed());
     Ok(response.into_http())
+}
+
+/// `308 Permanent Redirect` to the same host, path and query over HTTPS on `port`; no
+/// plugin runs and nothing goes upstream.
+fn redirect_https(
+    parts: &http::request::Parts,
+    port: u16,
+) -> Result<Response<BoxBody>, ProxyError> {
+    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let host = host.map(crate::router::strip_port).unwrap_or_default();
+    let authority = match port {
+        443 => host.to_owned(),
+        p => format!("{host}:{p}"),
+    };
+    let target = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTPS)
+        .authority(authority)
+        .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| ProxyError::Refused(crate::proxy::normalize::Refused::BadHost))?;
+    let location = http::HeaderValue::try_from(target.to_string())
+        .map_err(|_| ProxyError::Refused(crate::proxy::normalize::Refused::BadHost))?;
+    let mut resp = Response::new(BoxBody::default());
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(http::header::LOCATION, location);
+    Ok(resp)
 }
 
 /// Arrival and routing: the request is normalised and its client headers cleaned, once,

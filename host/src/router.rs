@@ -285,7 +285,7 @@ impl<'a> RequestView<'a> {
 }
 
 /// `example.com:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }

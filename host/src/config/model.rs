@@ -362,6 +362,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Requests on a connection without a verified client certificate get 403.
     pub require_client_cert: bool,
+    /// Plain-HTTP requests get a 308 to `https://HOST[:port]/path`.
+    pub https_redirect: Option<u16>,
 }
 
 /// The name of the listener `server.listen` opens.

@@ -63,6 +63,16 @@ pub fn validate_routes(
             }
         }
         let rewrite = rule.as_ref().and_then(|rule| validate_rewrite(r, rule, &at, errors));
+        let https_redirect = match r.https_redirect {
+            None => None,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    errors.push(at("https_redirect"), format!("a port, 1-65535, got {p}"));
+                    None
+                }
+            },
+        };
         if let Some(rule) = rule.filter(|_| errors.0.len() == before) {
             indices.push(i);
             routes.push(Route {
@@ -74,6 +84,7 @@ pub fn validate_routes(
                 plugins: r.plugins.clone(),
                 max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
                 require_client_cert: r.require_client_cert.unwrap_or(false),
+                https_redirect,
             });
         }
     }

@@ -317,6 +317,8 @@ pub struct Route {
     #[serde(default)]
     pub listeners: Vec<String>,
     pub require_client_cert: Option<bool>,
+    /// On a plain-HTTP connection, answer 308 to `https://` on this port instead.
+    pub https_redirect: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
