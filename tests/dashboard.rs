@@ -248,7 +248,15 @@ upstream = "pool"
         assert_eq!(get(p.addr, &format!("/api/{i}"), &[]).await.status, 200);
     }
     assert_eq!(a.hits(), hits, "drained from the dashboard");
-    let state = browser.text(&format!("tr[data-endpoint=\"{}\"] .state", a.addr)).await;
+    // The page rebuilds its tables on every poll: read until the drain shows (an element
+    // read as it is replaced reads empty).
+    let css = format!("tr[data-endpoint=\"{}\"] .state", a.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut state = browser.text(&css).await;
+    while state != "drain (override)" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        state = browser.text(&css).await;
+    }
     assert_eq!(state, "drain (override)");
     let log = p.log(Duration::from_millis(100));
     assert!(
@@ -276,9 +284,17 @@ upstream = "pool"
     assert!(!diff.contains(TOKEN), "{diff}");
     // The events list the reload and the drain, newest first.
     browser.wait_for("#events tr[data-event]").await;
-    let events = browser.text("#events tbody").await;
-    let (reload, drain) = (events.find("config version 2 applied"), events.find(": drain"));
-    assert!(matches!((reload, drain), (Some(r), Some(d)) if r < d), "{events}");
+    let in_order = |events: &str| {
+        let (reload, drain) = (events.find("config version 2 applied"), events.find(": drain"));
+        matches!((reload, drain), (Some(r), Some(d)) if r < d)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut events = browser.text("#events tbody").await;
+    while !in_order(&events) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        events = browser.text("#events tbody").await;
+    }
+    assert!(in_order(&events), "{events}");
     let second = browser.screenshot("dashboard-drained.png").await;
     // Readable in dark mode too: the page follows prefers-color-scheme.
     let dark = json!({ "cmd": "Emulation.setEmulatedMedia", "params": {
