@@ -27,3 +27,4 @@ mod security;
 mod shipped_plugins;
 mod tls;
 mod traffic;
+mod websocket;

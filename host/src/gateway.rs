@@ -23,6 +23,7 @@ pub struct Route {
     pub max_body_bytes: u64,
     pub require_client_cert: bool,
     pub https_redirect: Option<u16>,
+    pub websocket: Option<crate::config::WebSocketSettings>,
 }
 
 pub struct Gateway {
@@ -220,6 +221,7 @@ impl Gateway {
                 max_body_bytes: r.max_body_bytes,
                 require_client_cert: r.require_client_cert,
                 https_redirect: r.https_redirect,
+                websocket: r.websocket,
             };
             (r.rule.clone(), Arc::new(route))
         });

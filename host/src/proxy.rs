@@ -15,6 +15,7 @@ pub mod normalize;
 mod record;
 mod request_id;
 mod send;
+pub mod tunnel;
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ use request_id::X_REQUEST_ID;
 use crate::config::Rewrite;
 use crate::gateway::{Gateway, Route};
 use crate::message::ConnInfo;
-use crate::message::{Body, BodyWatch, BoxBody, ClientBody, RequestMeta, RequestMsg};
+use crate::message::{Body, BodyWatch, BoxBody, ClientBody, RequestMeta, RequestMsg, ResponseMsg};
 use crate::router::RequestView;
 
 /// Serves one request. Never fails: every error becomes a response.
@@ -61,7 +62,7 @@ async fn serve(
     }
     if route.chain.is_empty() {
         let (_, resp) = send::upstream(ctx, &route, request, false, watch.as_deref()).await?;
-        return Ok(resp.into_http());
+        return Ok(switch_or(ctx, &route, resp));
     }
     // Request phases.
     let phase = route.chain.run_request(request).await?;
@@ -74,12 +75,31 @@ async fn serve(
         }
         None => send::upstream(ctx, &route, phase.request, keep, watch.as_deref()).await?,
     };
+    if ctx.switched.is_some() {
+        // A 101 has no body and ends the HTTP exchange: no response phase runs on it.
+        return Ok(switch_or(ctx, &route, response));
+    }
     // Response phases.
     let Some(request) = request else { return Ok(response.into_http()) };
     let started = tokio::time::Instant::now();
     let response = route.chain.run_response(phase.reached, request, response).await?;
     ctx.timings.response_phases = Some(started.elapsed());
     Ok(response.into_http())
+}
+
+/// The response as it is, unless the upstream switched to a WebSocket: then the client
+/// gets the 101 with the upstream's `Upgrade`, and the tunnel starts once both sides have
+/// switched.
+fn switch_or(ctx: &mut RequestCtx, route: &Route, response: ResponseMsg) -> Response<BoxBody> {
+    let mut response = response.into_http();
+    let (Some(upstream), Some(client)) = (ctx.switched.take(), ctx.upgrade.take()) else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    headers.insert(http::header::UPGRADE, upstream.protocol.clone());
+    tunnel::spawn(client, upstream, route.name.clone(), ctx.conn.clone());
+    response
 }
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS on `port`; no
@@ -119,6 +139,8 @@ fn arrive_and_route(
 ) -> Result<Arrived, ProxyError> {
     let server = &gw.config.server;
     let peer = ctx.conn.peer.ip();
+    // Read before the hop-by-hop headers (Connection, Upgrade) are dropped.
+    let websocket = tunnel::wants_websocket(&parts);
     let trusted = server.trusts(peer);
     normalize::request(&mut parts, server.paths)
         .and_then(|()| forward::from_client(&mut parts.headers, trusted, server.underscores))
@@ -142,6 +164,12 @@ fn arrive_and_route(
     }
     if let Some(rewrite) = &route.rewrite {
         rewrite_prefix(&mut parts, rewrite);
+    }
+    if websocket
+        && let Some(settings) = route.websocket
+        && let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    {
+        ctx.upgrade = Some(tunnel::ClientUpgrade { on, settings });
     }
     let meta = Arc::new(RequestMeta {
         id_header: ctx.id.clone(),

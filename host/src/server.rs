@@ -29,7 +29,7 @@ use crate::proxy;
 use crate::throttle::{Throttle, Verdict, suppressed_note};
 pub use accept::{Acceptor, PlainTcp};
 use conn::Activity;
-pub(crate) use conn::Limits;
+pub(crate) use conn::{Limits, Slot};
 
 /// The live gateway: swapped whole on reload, read per request without locking.
 pub type Shared = Arc<ArcSwap<Gateway>>;
@@ -88,6 +88,8 @@ pub async fn serve<A: Acceptor>(
         let name = name.clone();
         tokio::spawn(async move {
             let mut info = ConnInfo::new(peer, local, name);
+            // Held by the connection and whatever outlives it (a WebSocket tunnel).
+            info.slot = Some(slot);
             let handshake =
                 tokio::time::timeout(header_timeout, acceptor.handshake(stream, &mut info));
             let stream = match handshake.await {
@@ -104,17 +106,19 @@ pub async fn serve<A: Acceptor>(
                 idle_timeout,
             )
             .await;
-            drop(slot);
         });
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(shutdown_timeout) => {
+        () = tokio::time::sleep_until(deadline) => {
             tracing::warn!("shutdown timeout ({shutdown_timeout:?}) reached; closing remaining connections")
         }
     }
+    // WebSockets have left their HTTP connections; they get what is left of the time.
+    proxy::tunnel::drain(deadline).await;
 }
 
 /// Serves HTTP on one connection until it ends or goes quiet.
@@ -144,7 +148,7 @@ async fn serve_connection<S>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let io = TokioIo::new(activity.watch(stream));
-    let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
     tokio::select! {
         ended = conn => if let Err(e) = ended {
             tracing::debug!(%peer, "connection ended with an error: {e}");

@@ -364,7 +364,29 @@ pub struct Route {
     pub require_client_cert: bool,
     /// Plain-HTTP requests get a 308 to `https://HOST[:port]/path`.
     pub https_redirect: Option<u16>,
+    /// How WebSocket upgrades are proxied; `None`: they are not (the upstream sees a
+    /// plain GET without `Upgrade`).
+    pub websocket: Option<WebSocketSettings>,
 }
+
+/// A route's `websocket` table: the limits of one proxied socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketSettings {
+    /// Closed after this long without a byte either way.
+    pub idle_timeout: std::time::Duration,
+    /// Closed after this long whatever it does.
+    pub max_lifetime: std::time::Duration,
+    /// A client frame declaring a larger payload closes the socket (1009).
+    pub max_frame_bytes: u64,
+}
+
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const DEFAULT_WEBSOCKET_MAX_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_WEBSOCKET_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+/// Control frames carry at most 125 bytes (RFC 6455 5.5), so no smaller limit makes sense.
+pub const MIN_WEBSOCKET_FRAME_BYTES: u64 = 125;
+pub const MAX_WEBSOCKET_FRAME_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// The name of the listener `server.listen` opens.
 pub const DEFAULT_LISTENER: &str = "default";

@@ -73,6 +73,7 @@ pub fn validate_routes(
                 }
             },
         };
+        let websocket = validate_websocket(r.websocket.as_ref(), &at, errors);
         if let Some(rule) = rule.filter(|_| errors.0.len() == before) {
             indices.push(i);
             routes.push(Route {
@@ -85,11 +86,45 @@ pub fn validate_routes(
                 max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
                 require_client_cert: r.require_client_cert.unwrap_or(false),
                 https_redirect,
+                websocket,
             });
         }
     }
     analyze(&routes, &indices, errors, warnings);
     routes
+}
+
+/// A route's `websocket` table; on by default with the default limits.
+fn validate_websocket(
+    w: Option<&schema::WebSocket>,
+    at: &impl Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<WebSocketSettings> {
+    let Some(w) = w else {
+        return Some(WebSocketSettings {
+            idle_timeout: DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
+            max_lifetime: DEFAULT_WEBSOCKET_MAX_LIFETIME,
+            max_frame_bytes: DEFAULT_WEBSOCKET_MAX_FRAME_BYTES,
+        });
+    };
+    let idle = duration(errors, &at("websocket.idle_timeout"), &w.idle_timeout);
+    let lifetime = duration(errors, &at("websocket.max_lifetime"), &w.max_lifetime);
+    let frame = w.max_frame_bytes.unwrap_or(DEFAULT_WEBSOCKET_MAX_FRAME_BYTES);
+    if !(MIN_WEBSOCKET_FRAME_BYTES..=MAX_WEBSOCKET_FRAME_BYTES).contains(&frame) {
+        errors.push(
+            at("websocket.max_frame_bytes"),
+            format!(
+                "must be between {MIN_WEBSOCKET_FRAME_BYTES} and {MAX_WEBSOCKET_FRAME_BYTES}, \
+                 got {frame}"
+            ),
+        );
+    }
+    let settings = WebSocketSettings {
+        idle_timeout: idle?.unwrap_or(DEFAULT_WEBSOCKET_IDLE_TIMEOUT),
+        max_lifetime: lifetime?.unwrap_or(DEFAULT_WEBSOCKET_MAX_LIFETIME),
+        max_frame_bytes: frame,
+    };
+    w.enabled.unwrap_or(true).then_some(settings)
 }
 
 pub(super) fn validate_rule(

@@ -319,6 +319,17 @@ pub struct Route {
     pub require_client_cert: Option<bool>,
     /// On a plain-HTTP connection, answer 308 to `https://` on this port instead.
     pub https_redirect: Option<u32>,
+    /// WebSocket upgrades on this route (proxied by default).
+    pub websocket: Option<WebSocket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocket {
+    pub enabled: Option<bool>,
+    pub idle_timeout: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub max_frame_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,9 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// `peer`'s IP as the header value it is forwarded as, written once per connection.
     pub peer_header: http::HeaderValue,
+    /// The connection's place under `server.max_connections`, freed when the last holder
+    /// of this info (the connection, or a WebSocket tunnel that outlives it) is gone.
+    pub(crate) slot: Option<crate::server::Slot>,
 }
 
 /// What a TLS handshake settled.
@@ -45,7 +48,7 @@ pub struct ClientCert {
 impl ConnInfo {
     pub fn new(peer: SocketAddr, local: SocketAddr, listener: Arc<str>) -> Self {
         let peer_header = crate::message::ip_header(peer.ip());
-        Self { peer, local, listener, tls: None, peer_header }
+        Self { peer, local, listener, tls: None, peer_header, slot: None }
     }
 
     /// The verified client certificate, if the client sent one.

@@ -51,6 +51,10 @@ pub struct RequestCtx {
     /// Response body bytes sent, and how the body ended.
     pub bytes_out: u64,
     pub body_end: BodyEnd,
+    /// The client asked for a WebSocket and its route proxies them.
+    pub upgrade: Option<super::tunnel::ClientUpgrade>,
+    /// The upstream answered the upgrade with 101.
+    pub switched: Option<super::tunnel::UpstreamUpgrade>,
 }
 
 /// How the response body ended.
@@ -111,6 +115,8 @@ impl RequestCtx {
             access_log: None,
             bytes_out: 0,
             body_end: BodyEnd::Pending,
+            upgrade: None,
+            switched: None,
             scheme: conn.scheme(),
             conn,
             id,

@@ -6,6 +6,7 @@ use hyper::body::Incoming;
 
 use super::forward::{set_forwarded, strip_hop_by_hop};
 use super::request_id::X_REQUEST_ID;
+use super::tunnel::UpstreamUpgrade;
 use super::{ProxyError, RequestCtx};
 use crate::gateway::Route;
 use crate::message::{Body, BodyWatch, BoxBody, RequestMsg, ResponseMsg};
@@ -32,21 +33,53 @@ pub async fn upstream(
     }
     let trace = ctx.traced.then_some(ctx.trace);
     let outgoing = Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch, trace };
-    let (scheme, id) = (&ctx.scheme, &meta.id_header);
+    let (scheme, id, upgrade) = (&ctx.scheme, &meta.id_header, ctx.upgrade.is_some());
     let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {
         prepare(req, endpoint, scheme, id);
+        if upgrade {
+            let headers = req.headers_mut();
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
     };
     let sent = route.targets.send(&mut ctx.upstream, outgoing, prepare).await?;
     let (mut resp_parts, resp_body) = sent.response.into_parts();
+    let mut in_flight = sent.in_flight;
+    if resp_parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        ctx.switched = Some(switched(ctx, &mut resp_parts, in_flight.take())?);
+    }
     strip_hop_by_hop(&mut resp_parts.headers);
     // An upstream that stops sending its body part way is cut by the client connection's
     // idle watchdog (`server.idle_timeout`): no timer per response.
-    let body = match sent.in_flight {
+    let body = match in_flight {
         None => Body::stream(resp_body),
         Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
     };
     let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta, context });
     Ok((request, ResponseMsg { parts: resp_parts, body }))
+}
+
+/// The upstream's side of a 101: only an answer to a WebSocket upgrade the client asked
+/// for is one; any other is a broken upstream (502).
+fn switched(
+    ctx: &RequestCtx,
+    parts: &mut http::response::Parts,
+    in_flight: Option<InFlight>,
+) -> Result<UpstreamUpgrade, ProxyError> {
+    let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let protocol = parts.headers.get(http::header::UPGRADE).cloned();
+    match (ctx.upgrade.is_some(), on, protocol) {
+        (true, Some(on), Some(protocol)) => Ok(UpstreamUpgrade { on, protocol, in_flight }),
+        _ => {
+            let endpoint = ctx.upstream.attempts.last().map(|a| a.endpoint.to_string());
+            Err(ProxyError::Upstream(crate::upstream::UpstreamError::Broken {
+                endpoint: endpoint.unwrap_or_default(),
+                source: "answered 101 Switching Protocols to a request that did not ask to \
+                         upgrade, or without an Upgrade header"
+                    .into(),
+            }))
+        }
+    }
 }
 
 /// The upstream request for `endpoint`: its URI, Host, hop-by-hop headers dropped, and the

@@ -68,6 +68,12 @@ impl Limits {
     }
 }
 
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("ip", &self.ip).finish()
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.counts.metered {

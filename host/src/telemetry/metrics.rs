@@ -43,6 +43,8 @@ pub struct Metrics {
     pub active_requests: IntGauge,
     pub active_connections: IntGauge,
     pub connections_refused: IntCounter,
+    pub websockets_active: IntGaugeVec,
+    pub websocket_closes: IntCounterVec,
     // Upstreams.
     pub attempts: IntCounterVec,
     pub attempt_duration: HistogramVec,
@@ -192,6 +194,19 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("registered once");
                 c
             },
+            websockets_active: gauge(
+                &r,
+                "sluice_websockets_active",
+                "WebSocket connections open, by route",
+                &["http_route"],
+            ),
+            websocket_closes: counter(
+                &r,
+                "sluice_websocket_closes_total",
+                "WebSocket connections ended, by route and reason: closed, idle_timeout, \
+                 max_lifetime, shutdown, frame_too_large, error",
+                &["http_route", "reason"],
+            ),
             attempts: counter(
                 &r,
                 "sluice_upstream_attempts_total",
