@@ -12,6 +12,7 @@ mod config_ui;
 mod cors;
 mod dashboard;
 mod extism;
+mod h2;
 mod host_state;
 mod observability;
 mod plugin_chain;

@@ -352,6 +352,16 @@ async fn shutdown_signal() {
 /// reports each one already (plugin, route, request id, cause), so its copy is left out.
 const DEFAULT_LOG_FILTER: &str = "info,extism=off";
 
+/// h2 warns once per connection a client makes it refuse (rapid reset and the like): a
+/// line any client could print at will. The gateway logs those itself, throttled, so h2's
+/// own lines show only when a filter names h2.
+fn quiet_deps(filter: &str) -> String {
+    match filter.contains("h2=") {
+        true => filter.to_owned(),
+        false => format!("{filter},h2=error"),
+    }
+}
+
 /// Colour in logs only for a person at a terminal, and never with `NO_COLOR` (no-color.org).
 fn colour() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -364,6 +374,7 @@ fn init_logging(format: LogFormat) {
         .ok()
         .filter(|f| EnvFilter::try_new(f).is_ok())
         .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
+    let text = quiet_deps(&text);
     // The admin API changes the filter at run time through this switch.
     macro_rules! init_with_switch {
         ($builder:expr) => {{
@@ -375,7 +386,8 @@ fn init_logging(format: LogFormat) {
             let handle = builder.reload_handle();
             builder.init();
             sluice::admin::log_level::install(&text, move |f| {
-                let filter = EnvFilter::try_new(f).map_err(|e| format!("invalid filter: {e}"))?;
+                let filter = EnvFilter::try_new(quiet_deps(f))
+                    .map_err(|e| format!("invalid filter: {e}"))?;
                 handle.reload(filter).map_err(|e| e.to_string())
             });
         }};

@@ -28,7 +28,7 @@ use crate::message::ConnInfo;
 use crate::proxy;
 use crate::throttle::{Throttle, Verdict, suppressed_note};
 pub use accept::{Acceptor, PlainTcp};
-use conn::Activity;
+use conn::{Activity, Resets};
 pub(crate) use conn::{Limits, Slot};
 
 /// The live gateway: swapped whole on reload, read per request without locking.
@@ -65,10 +65,15 @@ pub async fn serve<A: Acceptor>(
             () = &mut shutdown => break,
         };
         // Settings are read per connection, so a reload applies to new connections.
-        let (max, max_per_ip, header_timeout, idle_timeout) = {
+        let (max, max_per_ip, settings) = {
             let gw = gateway.load();
             let s = &gw.config.server;
-            (s.max_connections, s.max_connections_per_ip, s.header_timeout, s.idle_timeout)
+            let settings = ConnSettings {
+                header_timeout: s.header_timeout,
+                idle_timeout: s.idle_timeout,
+                http2: s.http2,
+            };
+            (s.max_connections, s.max_connections_per_ip, settings)
         };
         let Some(slot) = limits.admit(peer.ip(), max, max_per_ip) else {
             crate::telemetry::metrics().connections_refused.inc();
@@ -90,22 +95,16 @@ pub async fn serve<A: Acceptor>(
             let mut info = ConnInfo::new(peer, local, name);
             // Held by the connection and whatever outlives it (a WebSocket tunnel).
             info.slot = Some(slot);
-            let handshake =
-                tokio::time::timeout(header_timeout, acceptor.handshake(stream, &mut info));
+            let handshake = tokio::time::timeout(
+                settings.header_timeout,
+                acceptor.handshake(stream, &mut info),
+            );
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return tracing::debug!(%peer, "handshake failed: {e}"),
                 Err(_) => return tracing::debug!(%peer, "handshake timed out"),
             };
-            serve_connection(
-                stream,
-                Arc::new(info),
-                gateway,
-                watcher,
-                header_timeout,
-                idle_timeout,
-            )
-            .await;
+            serve_connection(stream, Arc::new(info), gateway, watcher, settings).await;
         });
     }
     drop(listener);
@@ -121,41 +120,93 @@ pub async fn serve<A: Acceptor>(
     proxy::tunnel::drain(deadline).await;
 }
 
-/// Serves HTTP on one connection until it ends or goes quiet.
+/// What a connection is allowed, read from the config when it is accepted.
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    http2: crate::config::Http2Settings,
+}
+
+/// Serves HTTP on one connection until it ends, goes quiet, or (HTTP/2) resets more
+/// streams than it lets finish.
 async fn serve_connection<S>(
     stream: S,
     conn: Arc<ConnInfo>,
     gateway: Shared,
     watcher: Watcher,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    settings: ConnSettings,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let activity = Activity::new();
     let in_flight = activity.clone();
-    let service = service_fn(move |req| {
+    let resets = Resets::new(settings.http2.max_client_resets);
+    let counted = resets.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gateway.load_full();
         let conn = conn.clone();
         let busy = in_flight.busy();
+        // HTTP/2 streams that the client resets before their response are counted.
+        let stream = (req.version() == http::Version::HTTP_2).then(|| counted.stream());
         async move {
             let resp = proxy::handle(gw, req, conn).await;
+            if let Some(stream) = stream {
+                stream.answered();
+            }
             drop(busy);
             Ok::<_, Infallible>(resp)
         }
     });
+    let h2 = settings.http2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.max_header_list_bytes)
+        .initial_stream_window_size(h2.stream_window_bytes)
+        .initial_connection_window_size(h2.connection_window_bytes);
     let io = TokioIo::new(activity.watch(stream));
     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
     tokio::select! {
         ended = conn => if let Err(e) = ended {
+            if calmed(&*e) {
+                flood(peer, "h2 refused it (ENHANCE_YOUR_CALM: streams reset before they \
+                             were accepted, or similar abuse)");
+            }
             tracing::debug!(%peer, "connection ended with an error: {e}");
         },
-        () = activity.idle(header_timeout, idle_timeout) => {
+        () = activity.idle(settings.header_timeout, settings.idle_timeout) => {
             tracing::debug!(%peer, "closing a connection that went quiet");
         }
+        () = resets.flooded() => flood(
+            peer,
+            &format!(
+                "it reset more streams than it let finish (server.http2.max_client_resets = {})",
+                h2.max_client_resets
+            ),
+        ),
+    }
+}
+
+/// Whether h2 closed the connection with ENHANCE_YOUR_CALM: its own defences (streams
+/// reset before they were accepted, too many local error resets) fired.
+fn calmed(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<h2::Error>())
+        .any(|e| e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+}
+
+/// An HTTP/2 connection closed for flooding: counted, and logged a few times a second.
+fn flood(peer: SocketAddr, why: &str) {
+    static THROTTLE: std::sync::LazyLock<Throttle> = std::sync::LazyLock::new(Throttle::default);
+    crate::telemetry::metrics().http2_floods.inc();
+    if let Verdict::Write { suppressed } = THROTTLE.check("h2 flood") {
+        let note = suppressed_note(suppressed);
+        tracing::warn!(%peer, "closed an HTTP/2 connection: {why}{note}");
     }
 }
 

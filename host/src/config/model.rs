@@ -53,6 +53,34 @@ pub struct Server {
     /// Connections open at once, in all and from one client address.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub http2: Http2Settings,
+}
+
+/// `[server.http2]`: what one HTTP/2 client connection may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// The largest header block a request may have, decoded (SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_list_bytes: u32,
+    /// Flow-control windows: what a client may send before the gateway reads it.
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    /// Streams a client may reset before their responses on one connection; past it (and
+    /// past half of the connection's streams) the connection is closed: rapid reset.
+    pub max_client_resets: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            max_header_list_bytes: 64 * 1024,
+            stream_window_bytes: 1024 * 1024,
+            connection_window_bytes: 2 * 1024 * 1024,
+            max_client_resets: 100,
+        }
+    }
 }
 
 impl Server {

@@ -126,6 +126,17 @@ pub struct Server {
     pub idle_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
+    pub http2: Option<Http2>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2 {
+    pub max_concurrent_streams: Option<u64>,
+    pub max_header_list_bytes: Option<u64>,
+    pub stream_window_bytes: Option<u64>,
+    pub connection_window_bytes: Option<u64>,
+    pub max_client_resets: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,6 +63,7 @@ pub(super) fn validate_server(s: &schema::Server, errors: &mut Errors) -> Option
         errors.push("server.max_connections_per_ip", msg);
     }
     let max_body = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let http2 = validate_http2(s.http2.as_ref(), errors);
     let server = Server {
         listen: listen?,
         workers: s.workers,
@@ -80,6 +81,61 @@ pub(super) fn validate_server(s: &schema::Server, errors: &mut Errors) -> Option
         idle_timeout: idle?.unwrap_or(DEFAULT_CONNECTION_IDLE_TIMEOUT),
         max_connections: max_connections as usize,
         max_connections_per_ip: per_ip.clamp(1, max_connections) as usize,
+        http2,
     };
     Some((server, max_body))
+}
+
+/// `[server.http2]`, each number within what the protocol and a sane gateway allow.
+fn validate_http2(h: Option<&schema::Http2>, errors: &mut Errors) -> Http2Settings {
+    let d = Http2Settings::default();
+    let Some(h) = h else { return d };
+    let mut within = |key: &str, v: Option<u64>, default: u32, min: u64, max: u64| {
+        let n = v.unwrap_or(u64::from(default));
+        if !(min..=max).contains(&n) {
+            errors.push(
+                format!("server.http2.{key}"),
+                format!("must be between {min} and {max}, got {n}"),
+            );
+        }
+        n.clamp(min, max) as u32
+    };
+    Http2Settings {
+        max_concurrent_streams: within(
+            "max_concurrent_streams",
+            h.max_concurrent_streams,
+            d.max_concurrent_streams,
+            1,
+            10_000,
+        ),
+        max_header_list_bytes: within(
+            "max_header_list_bytes",
+            h.max_header_list_bytes,
+            d.max_header_list_bytes,
+            1024,
+            1024 * 1024,
+        ),
+        // 65535 is the protocol's initial window; 2^31-1 its largest.
+        stream_window_bytes: within(
+            "stream_window_bytes",
+            h.stream_window_bytes,
+            d.stream_window_bytes,
+            65_535,
+            16 * 1024 * 1024,
+        ),
+        connection_window_bytes: within(
+            "connection_window_bytes",
+            h.connection_window_bytes,
+            d.connection_window_bytes,
+            65_535,
+            64 * 1024 * 1024,
+        ),
+        max_client_resets: within(
+            "max_client_resets",
+            h.max_client_resets,
+            d.max_client_resets,
+            1,
+            100_000,
+        ),
+    }
 }

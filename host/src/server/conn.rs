@@ -261,6 +261,67 @@ impl<S: AsyncWrite> AsyncWrite for Watched<S> {
     }
 }
 
+/// HTTP/2 streams on one connection, and how many the client reset before their
+/// response: the rapid-reset attack (CVE-2023-44487) opens and cancels streams as fast as it
+/// can, so that the gateway starts work it never gets to answer. h2 itself refuses streams
+/// reset before they are handed to the gateway; this counts the ones reset after.
+#[derive(Clone)]
+pub struct Resets {
+    inner: Arc<ResetCounts>,
+}
+
+struct ResetCounts {
+    max: u64,
+    streams: AtomicU64,
+    reset: AtomicU64,
+    flooded: tokio::sync::Notify,
+}
+
+/// One stream; dropped before [`Stream::answered`], it was reset by the client.
+pub struct Stream {
+    counts: Option<Arc<ResetCounts>>,
+}
+
+impl Resets {
+    pub fn new(max: u32) -> Self {
+        Self {
+            inner: Arc::new(ResetCounts {
+                max: u64::from(max),
+                streams: AtomicU64::new(0),
+                reset: AtomicU64::new(0),
+                flooded: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    pub fn stream(&self) -> Stream {
+        self.inner.streams.fetch_add(1, Ordering::Relaxed);
+        Stream { counts: Some(self.inner.clone()) }
+    }
+
+    /// Resolves once the client has reset more than `max` streams and more than half of
+    /// all its streams.
+    pub async fn flooded(&self) {
+        self.inner.flooded.notified().await;
+    }
+}
+
+impl Stream {
+    pub fn answered(mut self) {
+        self.counts = None;
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let Some(c) = self.counts.take() else { return };
+        let reset = c.reset.fetch_add(1, Ordering::Relaxed) + 1;
+        if reset > c.max && reset * 2 > c.streams.load(Ordering::Relaxed) {
+            c.flooded.notify_one();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +341,33 @@ mod tests {
     }
 
     use tokio::time::Instant;
+
+    #[tokio::test]
+    async fn a_connection_that_resets_most_of_its_streams_is_flooded() {
+        let resets = Resets::new(3);
+        // Many answered streams: resets past the count alone do not trip it.
+        for _ in 0..10 {
+            resets.stream().answered();
+        }
+        for _ in 0..5 {
+            drop(resets.stream());
+        }
+        let flooded = resets.flooded();
+        tokio::pin!(flooded);
+        assert!(futures_poll(&mut flooded).is_none(), "5 of 15 reset");
+        for _ in 0..6 {
+            drop(resets.stream());
+        }
+        assert!(futures_poll(&mut flooded).is_some(), "11 of 21 reset");
+    }
+
+    fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        match std::pin::Pin::new(f).poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_quiet_after_the_first_byte_timeout() {

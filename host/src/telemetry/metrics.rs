@@ -43,6 +43,7 @@ pub struct Metrics {
     pub active_requests: IntGauge,
     pub active_connections: IntGauge,
     pub connections_refused: IntCounter,
+    pub http2_floods: IntCounter,
     pub websockets_active: IntGaugeVec,
     pub websocket_closes: IntCounterVec,
     // Upstreams.
@@ -189,6 +190,17 @@ impl Metrics {
                     "sluice_connections_refused_total",
                     "Connections closed at once: server.max_connections or \
                      max_connections_per_ip reached",
+                )
+                .expect("a valid metric");
+                r.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
+            http2_floods: {
+                let c = IntCounter::new(
+                    "sluice_http2_floods_total",
+                    "HTTP/2 connections closed for flooding: resetting more streams than they \
+                     let finish (server.http2.max_client_resets), or refused by h2 itself \
+                     (ENHANCE_YOUR_CALM)",
                 )
                 .expect("a valid metric");
                 r.register(Box::new(c.clone())).expect("registered once");
