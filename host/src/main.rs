@@ -374,12 +374,11 @@ fn init_logging(format: LogFormat) {
         .ok()
         .filter(|f| EnvFilter::try_new(f).is_ok())
         .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
-    let text = quiet_deps(&text);
     // The admin API changes the filter at run time through this switch.
     macro_rules! init_with_switch {
         ($builder:expr) => {{
             let builder = $builder
-                .with_env_filter(EnvFilter::new(&text))
+                .with_env_filter(EnvFilter::new(quiet_deps(&text)))
                 .with_writer(std::io::stderr)
                 .with_ansi(colour())
                 .with_filter_reloading();
