@@ -11,6 +11,8 @@
 #                                        # access log, and with the log and 1% tracing
 #   TLS=1 benches/load.sh                # adds HTTPS (TLS 1.3, keep-alive, one P-256
 #                                        # certificate) on nginx and on Sluice
+#   COMPRESS=1 benches/load.sh           # adds a 16 KB JSON body, plain and gzip-compressed
+#                                        # (level 5) by nginx and by Sluice
 #
 # Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
 # sluice + the chain jwt -> rate-limit (limit never reached) -> cors -> transform. Every
@@ -52,6 +54,28 @@ if [ -n "${TLS:-}" ]; then
 fi
 
 BODY=$(printf 'x%.0s' $(seq 1 99))  # 99 bytes + newline = 100
+# 16 KB of JSON for COMPRESS: an array of small records, as APIs answer.
+python3 -c 'import json; print(json.dumps([{"id": i, "name": f"item {i}", "tags": ["alpha", "beta"], "price": i * 1.25} for i in range(240)]))' >"$work/big.json"
+chmod a+rx "$work" && chmod a+r "$work/big.json"  # nginx's workers may run as nobody
+NGINX_GZ=$(free_port)
+if [ -n "${COMPRESS:-}" ]; then
+    NGINX_GZ_SERVER="
+    server {
+        listen 127.0.0.1:$NGINX_GZ;
+        keepalive_requests 1000000;
+        gzip on;
+        gzip_comp_level 5;
+        gzip_types application/json;
+        gzip_min_length 1024;
+        gzip_proxied any;
+        gzip_vary on;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+fi
 # nginx_conf NAME HTTP-BLOCK: a one-worker, foreground nginx config in $work/NAME.conf.
 nginx_conf() {
     cat >"$work/$1.conf" <<CONF
@@ -71,6 +95,7 @@ nginx_conf backend "
         listen 127.0.0.1:$BACKEND;
         keepalive_requests 1000000;
         location / { return 200 \"$BODY\\n\"; }
+        location = /big { default_type application/json; alias $work/big.json; }
     }"
 nginx_conf proxy "
     upstream backend {
@@ -86,11 +111,11 @@ nginx_conf proxy "
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
         }
-    }${NGINX_TLS_SERVER:-}"
+    }${NGINX_TLS_SERVER:-}${NGINX_GZ_SERVER:-}"
 taskset -c "$LOAD_CPU" nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
 
-# sluice_config NAME PLUGINS-TOML ROUTE-PLUGINS
+# sluice_config NAME PLUGINS-TOML ROUTE-PLUGINS [MORE-ROUTE-TOML]
 sluice_config() {
     local port
     port=$(free_port)
@@ -109,6 +134,7 @@ $2
 prefix = "/"
 upstream = "backend"
 plugins = [$3]
+${4:-}
 CONF
     echo "$port"
 }
@@ -116,7 +142,7 @@ TRANSFORM='[plugins.t1]
 module = "header-transform"
 config = { request = { set = { "x-env" = "bench" } } }
 '
-declare -A PORT SCHEME
+declare -A PORT SCHEME URLPATH
 PORT[nginx]=$NGINX
 PORT[sluice]=$(sluice_config plain "" "")
 PORT[sluice+transform]=$(sluice_config transform "$TRANSFORM" '"t1"')
@@ -154,13 +180,23 @@ tls = { certs = [{ cert = \"$work/tls.pem\", key = \"$work/tls.key\" }], min_ver
     BIN[sluice-tls]=$SLUICE
     TARGETS+=(nginx-tls sluice-tls)
 fi
+if [ -n "${COMPRESS:-}" ]; then
+    PORT[sluice-gzip]=$(sluice_config gzip "" "" 'compression = { encodings = ["gzip"] }')
+    PORT[nginx-big]=$NGINX
+    PORT[sluice-big]=${PORT[sluice]}
+    PORT[nginx-gzip]=$NGINX_GZ
+    for name in nginx-big sluice-big nginx-gzip sluice-gzip; do URLPATH[$name]=/big; done
+    FILE[sluice-gzip]=gzip
+    BIN[sluice-gzip]=$SLUICE
+    TARGETS+=(nginx-big nginx-gzip sluice-big sluice-gzip)
+fi
 if [ -n "${COMPARE:-}" ]; then
     PORT[compare]=$(sluice_config compare "" "")
     BIN[compare]=$COMPARE
     TARGETS+=(compare)
 fi
 for name in "${TARGETS[@]:1}"; do
-    [ "$name" = nginx-tls ] && continue
+    case $name in nginx-* | sluice-big) continue ;; esac
     RUST_LOG=warn taskset -c "$PROXY_CPU" "${BIN[$name]}" run --no-watch --config "$work/${FILE[$name]}.toml" &
     pids+=($!)
     PID[$name]=$!
@@ -169,7 +205,7 @@ sleep 2
 # Every target must answer the benchmark's request with a 200 (the chain lets it through).
 for name in "${TARGETS[@]}"; do
     code=$(curl -sk -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
-        -H "origin: $ORIGIN" "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}/")
+        -H "origin: $ORIGIN" "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}${URLPATH[$name]:-/}")
     if [ "$code" != 200 ]; then
         echo "$name answered $code to the benchmark request, not 200" >&2
         exit 1
@@ -178,6 +214,9 @@ done
 # nginx's worker is the child of the master whose pid file we read.
 PID[nginx]=$(pgrep -P "${PID[nginx]}" | head -1)
 PID[nginx-tls]=${PID[nginx]}
+PID[nginx-big]=${PID[nginx]}
+PID[nginx-gzip]=${PID[nginx]}
+PID[sluice-big]=${PID[sluice]}
 
 rss_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
@@ -186,8 +225,8 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in $CONNS; do
         for name in "${TARGETS[@]}"; do
             out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency \
-                -H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN" \
-                "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}/")
+                -H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN" -H "accept-encoding: gzip" \
+                "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}${URLPATH[$name]:-/}")
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$name" "$(rss_kb "${PID[$name]}")" \
                 "$(tr '\n' '|' <<<"$out")" >>"$results"
             echo "round $round c$c $name done" >&2
@@ -227,7 +266,7 @@ for rnd, c, name, rss, out in rows:
     errors = sum(int(n) for l in lines if "Non-2xx" in l or "Socket errors" in l for n in re.findall(r"\d+", l.split(":")[1]))
     data[(rnd, c, name)] = (rps, lat["50%"], lat["99%"], int(rss), errors)
 names = ["nginx", "sluice", "sluice+transform", "sluice+chain4"]
-names += [n for n in ["nometrics", "log", "log+trace1", "nginx-tls", "sluice-tls", "compare"] if any(k[2] == n for k in data)]
+names += [n for n in ["nometrics", "log", "log+trace1", "nginx-tls", "sluice-tls", "nginx-big", "nginx-gzip", "sluice-big", "sluice-gzip", "compare"] if any(k[2] == n for k in data)]
 print("| conns | proxy | req/s (median of rounds) | vs nginx, same round (median) | p50 ms | p99 ms | p99 vs nginx | peak RSS MB | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for c in sorted({k[1] for k in data}, key=int):
@@ -245,5 +284,12 @@ if any(k[2] == "sluice-tls" for k in data):
         r = [data[(x, c, "sluice-tls")][0] / data[(x, c, "nginx-tls")][0] for x in rounds]
         p = [data[(x, c, "sluice-tls")][2] / data[(x, c, "nginx-tls")][2] for x in rounds]
         print(f"HTTPS c{c}: Sluice {statistics.median(r):.2f}x nginx's HTTPS req/s (same round, median), p99 {statistics.median(p):.2f}x")
+if any(k[2] == "sluice-gzip" for k in data):
+    print()
+    for c in sorted({k[1] for k in data}, key=int):
+        rounds = sorted({k[0] for k in data if k[1] == c})
+        ratio = lambda a, b: statistics.median(data[(x, c, a)][0] / data[(x, c, b)][0] for x in rounds)
+        print(f"16 KB JSON, gzip level 5, c{c}: nginx keeps {ratio('nginx-gzip', 'nginx-big'):.2f}x of its uncompressed req/s, "
+              f"Sluice {ratio('sluice-gzip', 'sluice-big'):.2f}x; Sluice gzip {ratio('sluice-gzip', 'nginx-gzip'):.2f}x nginx gzip")
 print(f"\nidle RSS, 10 routes x 4 plugins (40 plugin instances): {idle_kb/1024:.1f} MB")
 PY

@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod auth;
 mod cli;
+mod compression;
 mod config_fuzz;
 mod config_ui;
 mod cors;

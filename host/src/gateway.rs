@@ -24,6 +24,7 @@ pub struct Route {
     pub require_client_cert: bool,
     pub https_redirect: Option<u16>,
     pub websocket: Option<crate::config::WebSocketSettings>,
+    pub compression: Option<Arc<crate::config::CompressionSettings>>,
 }
 
 pub struct Gateway {
@@ -222,6 +223,7 @@ impl Gateway {
                 require_client_cert: r.require_client_cert,
                 https_redirect: r.https_redirect,
                 websocket: r.websocket,
+                compression: r.compression.clone(),
             };
             (r.rule.clone(), Arc::new(route))
         });

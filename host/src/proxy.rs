@@ -8,6 +8,7 @@
 //! one place where a result becomes a status and where the request is recorded. Bodies
 //! stay streams unless a plugin reads or replaces them.
 
+mod compress;
 mod ctx;
 mod error;
 mod forward;
@@ -62,7 +63,10 @@ async fn serve(
     }
     if route.chain.is_empty() {
         let (_, resp) = send::upstream(ctx, &route, request, false, watch.as_deref()).await?;
-        return Ok(switch_or(ctx, &route, resp));
+        if ctx.switched.is_some() {
+            return Ok(switch_or(ctx, &route, resp));
+        }
+        return Ok(compressed(ctx, &route, resp.into_http()));
     }
     // Request phases.
     let phase = route.chain.run_request(request).await?;
@@ -80,11 +84,19 @@ async fn serve(
         return Ok(switch_or(ctx, &route, response));
     }
     // Response phases.
-    let Some(request) = request else { return Ok(response.into_http()) };
+    let Some(request) = request else { return Ok(compressed(ctx, &route, response.into_http())) };
     let started = tokio::time::Instant::now();
     let response = route.chain.run_response(phase.reached, request, response).await?;
     ctx.timings.response_phases = Some(started.elapsed());
-    Ok(response.into_http())
+    Ok(compressed(ctx, &route, response.into_http()))
+}
+
+/// The response compressed for the client, if its route compresses (`proxy/compress.rs`).
+fn compressed(ctx: &RequestCtx, route: &Route, response: Response<BoxBody>) -> Response<BoxBody> {
+    match &route.compression {
+        Some(settings) => compress::response(settings, &ctx.method, &ctx.accept_encoding, response),
+        None => response,
+    }
 }
 
 /// The response as it is, unless the upstream switched to a WebSocket: then the client
@@ -164,6 +176,10 @@ fn arrive_and_route(
     }
     if let Some(rewrite) = &route.rewrite {
         rewrite_prefix(&mut parts, rewrite);
+    }
+    if route.compression.is_some() {
+        let accept = parts.headers.get_all(http::header::ACCEPT_ENCODING);
+        ctx.accept_encoding = accept.iter().cloned().collect();
     }
     if websocket
         && let Some(settings) = route.websocket

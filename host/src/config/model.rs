@@ -395,7 +395,48 @@ pub struct Route {
     /// How WebSocket upgrades are proxied; `None`: they are not (the upstream sees a
     /// plain GET without `Upgrade`).
     pub websocket: Option<WebSocketSettings>,
+    /// Response compression; `None`: responses pass as the upstream sent them.
+    pub compression: Option<Arc<CompressionSettings>>,
 }
+
+/// A route's `compression` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionSettings {
+    /// In the order of preference among those a client accepts equally.
+    pub encodings: Vec<Encoding>,
+    /// Bodies known to be smaller pass uncompressed.
+    pub min_bytes: u64,
+    /// Media types (`application/json`) or whole top-level types (`text/*`), lower case.
+    pub content_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Zstd,
+    Br,
+    Gzip,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+}
+
+pub const DEFAULT_COMPRESSION_MIN_BYTES: u64 = 1024;
+pub const DEFAULT_COMPRESSION_TYPES: &[&str] = &[
+    "text/*",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "application/problem+json",
+    "application/x-ndjson",
+    "image/svg+xml",
+];
 
 /// A route's `websocket` table: the limits of one proxied socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! unreachable and ambiguous routes.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use super::check::*;
 use super::error::Errors;
@@ -74,6 +75,7 @@ pub fn validate_routes(
             },
         };
         let websocket = validate_websocket(r.websocket.as_ref(), &at, errors);
+        let compression = validate_compression(r.compression.as_ref(), &at, errors);
         if let Some(rule) = rule.filter(|_| errors.0.len() == before) {
             indices.push(i);
             routes.push(Route {
@@ -87,6 +89,7 @@ pub fn validate_routes(
                 require_client_cert: r.require_client_cert.unwrap_or(false),
                 https_redirect,
                 websocket,
+                compression,
             });
         }
     }
@@ -125,6 +128,65 @@ fn validate_websocket(
         max_frame_bytes: frame,
     };
     w.enabled.unwrap_or(true).then_some(settings)
+}
+
+/// A route's `compression` table; off when absent.
+fn validate_compression(
+    c: Option<&schema::Compression>,
+    at: &impl Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<Arc<CompressionSettings>> {
+    let c = c.filter(|c| c.enabled.unwrap_or(true))?;
+    let mut encodings = Vec::new();
+    let names =
+        c.encodings.clone().unwrap_or_else(|| vec!["zstd".into(), "br".into(), "gzip".into()]);
+    if names.is_empty() {
+        errors
+            .push(at("compression.encodings"), "needs at least one of \"zstd\", \"br\", \"gzip\"");
+    }
+    for (j, name) in names.iter().enumerate() {
+        let e = match name.as_str() {
+            "zstd" => Encoding::Zstd,
+            "br" => Encoding::Br,
+            "gzip" => Encoding::Gzip,
+            other => {
+                let msg = format!("expected \"zstd\", \"br\" or \"gzip\", got {other:?}");
+                errors.push(at(&format!("compression.encodings[{j}]")), msg);
+                continue;
+            }
+        };
+        if !encodings.contains(&e) {
+            encodings.push(e);
+        }
+    }
+    let min_bytes = c.min_bytes.unwrap_or(DEFAULT_COMPRESSION_MIN_BYTES);
+    if min_bytes > 1 << 30 {
+        errors.push(
+            at("compression.min_bytes"),
+            format!("must be at most 1073741824, got {min_bytes}"),
+        );
+    }
+    let types = c
+        .content_types
+        .clone()
+        .unwrap_or_else(|| DEFAULT_COMPRESSION_TYPES.iter().map(|t| (*t).to_owned()).collect());
+    let mut content_types = Vec::with_capacity(types.len());
+    for (j, t) in types.iter().enumerate() {
+        let t = t.trim().to_ascii_lowercase();
+        let valid = t.split_once('/').is_some_and(|(a, b)| {
+            !a.is_empty() && a != "*" && !b.is_empty() && !t.contains([';', ' ', ','])
+        });
+        if !valid {
+            errors.push(
+                at(&format!("compression.content_types[{j}]")),
+                format!(
+                    "expected a media type such as \"application/json\" or \"text/*\", got {t:?}"
+                ),
+            );
+        }
+        content_types.push(t);
+    }
+    Some(Arc::new(CompressionSettings { encodings, min_bytes, content_types }))
 }
 
 pub(super) fn validate_rule(

@@ -332,6 +332,17 @@ pub struct Route {
     pub https_redirect: Option<u32>,
     /// WebSocket upgrades on this route (proxied by default).
     pub websocket: Option<WebSocket>,
+    /// Response compression (off unless the table is present).
+    pub compression: Option<Compression>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    pub enabled: Option<bool>,
+    pub encodings: Option<Vec<String>>,
+    pub min_bytes: Option<u64>,
+    pub content_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub upgrade: Option<super::tunnel::ClientUpgrade>,
     /// The upstream answered the upgrade with 101.
     pub switched: Option<super::tunnel::UpstreamUpgrade>,
+    /// The client's `Accept-Encoding`, kept when its route compresses responses.
+    pub accept_encoding: Vec<HeaderValue>,
 }
 
 /// How the response body ended.
@@ -117,6 +119,7 @@ impl RequestCtx {
             body_end: BodyEnd::Pending,
             upgrade: None,
             switched: None,
+            accept_encoding: Vec::new(),
             scheme: conn.scheme(),
             conn,
             id,

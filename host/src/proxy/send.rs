@@ -34,8 +34,13 @@ pub async fn upstream(
     let trace = ctx.traced.then_some(ctx.trace);
     let outgoing = Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch, trace };
     let (scheme, id, upgrade) = (&ctx.scheme, &meta.id_header, ctx.upgrade.is_some());
+    let compresses = route.compression.is_some();
     let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {
         prepare(req, endpoint, scheme, id);
+        if compresses {
+            // The gateway compresses: plugins and it get the body plain.
+            req.headers_mut().remove(http::header::ACCEPT_ENCODING);
+        }
         if upgrade {
             let headers = req.headers_mut();
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
