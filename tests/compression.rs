@@ -30,6 +30,11 @@ compression = { encodings = ["gzip", "br"] }
 [[routes]]
 prefix = "/plain"
 upstream = "echo"
+
+[[routes]]
+prefix = "/upload"
+upstream = "echo"
+request_decompression = { max_bytes = 1048576 }
 "#
     .to_owned()
 }
@@ -99,5 +104,58 @@ async fn responses_are_compressed_by_accept_encoding_after_the_plugins() {
     assert!(!h.contains("content-encoding") && !h.contains("vary"), "{h}");
     let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echoed["headers"]["accept-encoding"], "gzip");
+    gw.shutdown().await;
+}
+
+/// POSTs `body` with `Content-Encoding: coding`: (status, the echo's JSON when 200).
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    coding: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-encoding", coding)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let r = send(&client(), req).await;
+    let json = serde_json::from_slice(&r.body).unwrap_or_default();
+    (r.status.as_u16(), json)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_are_decoded_within_their_limit() {
+    use std::io::Write;
+    let gw = gateway(echo().await, &config()).await;
+    let text = b"a request body that compresses well. ".repeat(10_000);
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&text).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let mut br = Vec::new();
+    brotli::CompressorWriter::new(&mut br, 4096, 5, 22).write_all(&text).unwrap();
+    let zstd = zstd::encode_all(&text[..], 3).unwrap();
+    for (coding, body) in [("gzip", gzip.clone()), ("br", br), ("zstd", zstd)] {
+        let (status, echoed) = post(gw.addr, "/upload", coding, body).await;
+        assert_eq!(status, 200, "{coding}");
+        assert_eq!(echoed["body_bytes"], text.len(), "{coding}: the upstream got it decoded");
+        assert_eq!(echoed["body_sha256"], sha256_hex(&text));
+        assert!(echoed["headers"].get("content-encoding").is_none(), "{echoed}");
+    }
+    // A bomb: 64 MiB of zeros in about 64 KB, over the route's 1 MiB: 413, the client's.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    bomb.write_all(&vec![0u8; 64 << 20]).unwrap();
+    let bomb = bomb.finish().unwrap();
+    assert_eq!(post(gw.addr, "/upload", "gzip", bomb).await.0, 413);
+    assert_eq!(post(gw.addr, "/upload", "gzip", b"not gzip".to_vec()).await.0, 400);
+    // Codings it does not decode, and routes without decompression, pass the bytes as sent.
+    let (status, echoed) = post(gw.addr, "/upload", "deflate", b"raw".to_vec()).await;
+    assert_eq!((status, echoed["headers"]["content-encoding"].as_str()), (200, Some("deflate")));
+    let (_, echoed) = post(gw.addr, "/plain", "gzip", gzip.clone()).await;
+    assert_eq!(echoed["body_bytes"], gzip.len());
     gw.shutdown().await;
 }

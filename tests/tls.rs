@@ -65,7 +65,11 @@ impl Pki {
         self.openssl(&args);
         let san: Vec<String> = sans
             .iter()
-            .map(|s| if s.contains('@') { format!("email:{s}") } else { format!("DNS:{s}") })
+            .map(|s| match s {
+                s if s.contains('@') => format!("email:{s}"),
+                s if s.parse::<std::net::IpAddr>().is_ok() => format!("IP:{s}"),
+                s => format!("DNS:{s}"),
+            })
             .collect();
         let usage = if client { "clientAuth" } else { "serverAuth" };
         std::fs::write(
@@ -489,4 +493,67 @@ async fn upstream_tls_is_verified_named_and_can_present_a_client_certificate() {
     assert_eq!(get(p.addr, "/checked-wrong-ca/x", &[]).await.status, 503);
     let log = p.log(Duration::from_millis(100));
     assert!(!log.contains("upstream=checked endpoint"), "{log}");
+}
+
+/// `sluice ctl status` against an https:// admin URL with `flags` (--cacert, --cert, --key).
+fn ctl_https(admin: SocketAddr, flags: &[&str]) -> (bool, String) {
+    let out = Command::new(sluice_bin())
+        .args(["ctl", "--admin", &format!("https://{admin}")])
+        .args(flags)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_speaks_https_and_requires_client_certificates() {
+    let pki = Pki::new();
+    pki.leaf("ca", "admin", "admin", &["127.0.0.1"], false);
+    pki.leaf("ca", "ops", "ops", &["ops@example.com"], true);
+    pki.ca("other", "Another CA");
+    pki.leaf("other", "mallory", "mallory", &["mallory@example.com"], true);
+    let port = crate::common::services::free_port();
+    let d = pki.dir.path().display();
+    let admin_section = format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\n\
+         tls = {{ certs = [{{ cert = \"{d}/admin.pem\", key = \"{d}/admin.key\" }}], client_ca = \"{d}/ca.pem\" }}\n"
+    );
+    let routes = "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(&write_config(dir.path(), echo().await, &admin_section, routes));
+    let line = p.wait_for("admin listener on https://");
+    assert!(line.contains("client certificates required"), "{line}");
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let curl_admin = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+            .args(["--cacert", &format!("{d}/ca.pem")])
+            .args(extra)
+            .arg(format!("https://{admin}/api/v1/server"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ops =
+        ["--cert", &format!("{d}/ops.pem"), "--key", &format!("{d}/ops.key")].map(String::from);
+    let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
+    assert_eq!(curl_admin(&ops), "200");
+    assert_eq!(curl_admin(&[]), "000", "no client certificate: no handshake");
+    let mallory = ["--cert", &format!("{d}/mallory.pem"), "--key", &format!("{d}/mallory.key")]
+        .map(String::from);
+    let mallory: Vec<&str> = mallory.iter().map(String::as_str).collect();
+    assert_eq!(curl_admin(&mallory), "000", "a certificate from another CA");
+
+    // sluice ctl over HTTPS, with the CA and a client certificate.
+    let ca = format!("{d}/ca.pem");
+    let (ok, out) = ctl_https(admin, &[&["--cacert", &ca][..], &ops].concat());
+    assert!(ok && out.contains("config        version 1"), "{out}");
+    let (ok, out) = ctl_https(admin, &["--cacert", &ca]);
+    assert!(!ok && out.contains("CertificateRequired"), "{out}");
+    let (ok, out) = ctl_https(admin, &ops);
+    assert!(!ok, "the system's roots do not know the test CA: {out}");
 }

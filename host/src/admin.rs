@@ -96,6 +96,17 @@ impl AdminHandle {
     /// on: `/live` at once, `/ready` and the API once [`AdminState::serving`] is called.
     pub async fn start(config: &crate::config::Admin) -> Result<Self, StartFailure> {
         let auth = auth::Auth::load(config).map_err(StartFailure::Token)?;
+        let tls = match &config.tls {
+            None => None,
+            Some(settings) => {
+                let loaded = crate::tls::load(settings, "admin.tls").map_err(StartFailure::Tls)?;
+                crate::tls::log_certs("admin", &loaded);
+                // The admin listener speaks HTTP/1.1 only.
+                let mut config = (*loaded.config).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            }
+        };
         let listener = TcpListener::bind(config.listen).await.map_err(StartFailure::Listen)?;
         let addr = listener.local_addr().map_err(StartFailure::Listen)?;
         let protected = match auth.required() {
@@ -103,7 +114,13 @@ impl AdminHandle {
             false => "no tokens: loopback only",
         };
         let state = Arc::new(AdminState::new(auth));
-        let task = tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_certs = match config.tls.as_ref().map(|t| t.client_auth) {
+            Some(crate::config::ClientAuth::Required) => ", client certificates required",
+            Some(crate::config::ClientAuth::Optional) => ", client certificates optional",
+            _ => "",
+        };
+        let task = tokio::spawn(serve(listener, tls, state.clone(), std::future::pending()));
         let sampler = tokio::spawn({
             let state = state.clone();
             async move {
@@ -116,7 +133,8 @@ impl AdminHandle {
             }
         });
         tracing::info!(
-            "admin listener on http://{addr} (/metrics, /live, /ready, /api/v1: {protected})"
+            "admin listener on {scheme}://{addr} (/metrics, /live, /ready, /api/v1: \
+             {protected}{client_certs})"
         );
         Ok(Self { addr, state, task, sampler })
     }
@@ -127,6 +145,8 @@ impl AdminHandle {
 pub enum StartFailure {
     Token(std::io::Error),
     Listen(std::io::Error),
+    /// `admin.tls`'s files did not load, with their TOML paths.
+    Tls(Vec<crate::config::ConfigError>),
 }
 
 impl Drop for AdminHandle {
@@ -145,6 +165,7 @@ const MAX_CONNECTIONS_PER_IP: usize = 16;
 /// Serves the admin endpoints on `listener` until `stop` resolves.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AdminState>,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -174,26 +195,45 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let state = state.clone();
+        let (state, tls) = (state.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move {
-                    Ok::<_, Infallible>(match req.uri().path().starts_with("/api/") {
-                        true => api::answer(&state, peer, req).await,
-                        false => answer(&state, &req),
-                    })
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            // A scraper keeps its connection; one that goes quiet is closed.
-            let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
+            match tls {
+                None => serve_connection(stream, peer, state).await,
+                // The handshake counts against the header timeout's 10 s.
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, state).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                },
+            }
         });
     }
+}
+
+/// The longest an admin connection may take to send its request head (and its TLS
+/// handshake); a connection is closed after 300 s whatever it does.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_connection<S>(stream: S, peer: std::net::SocketAddr, state: Arc<AdminState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            Ok::<_, Infallible>(match req.uri().path().starts_with("/api/") {
+                true => api::answer(&state, peer, req).await,
+                false => answer(&state, &req),
+            })
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    // A scraper keeps its connection; one that goes quiet is closed.
+    let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
 }
 
 /// The dashboard's files, built into the binary: no build step, no network.

@@ -23,6 +23,16 @@ pub struct Ctl {
     /// Read the token from this file (e.g. the admin.token_file the gateway generated).
     #[arg(long, conflicts_with = "token")]
     token_file: Option<std::path::PathBuf>,
+    /// For an https:// admin URL: the CA bundle that signed its certificate (default: the
+    /// system's roots).
+    #[arg(long, env = "SLUICE_ADMIN_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM chain) for an admin listener that asks for one.
+    #[arg(long, env = "SLUICE_ADMIN_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SLUICE_ADMIN_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -127,7 +137,22 @@ impl Ctl {
             ),
             (None, None) => None,
         };
-        let client = Client { base: self.admin.trim_end_matches('/').to_owned(), token };
+        let tls = match self.admin.starts_with("https://") {
+            false => None,
+            true => {
+                let settings = sluice::config::UpstreamTls {
+                    ca: self.cacert.clone(),
+                    server_name: None,
+                    client: self.cert.clone().zip(self.key.clone()),
+                };
+                let loaded = sluice::tls::load_client(&settings, "ctl").map_err(|errors| {
+                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    anyhow!("{}", text.join("; ").replace("ctl.ca", "--cacert"))
+                })?;
+                Some(loaded.connector)
+            }
+        };
+        let client = Client { base: self.admin.trim_end_matches('/').to_owned(), token, tls };
         let endpoint_path = |u: &str, e: &str, what: &str| {
             format!("/api/v1/upstreams/{}/endpoints/{}/{what}", encode(u), encode(e))
         };
@@ -239,9 +264,24 @@ fn encode(segment: &str) -> String {
         .collect()
 }
 
+/// HTTP/1.1 on `stream`, its connection driven in the background.
+async fn handshake<S>(
+    stream: S,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 struct Client {
     base: String,
     token: Option<String>,
+    /// For an https:// admin URL.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Client {
@@ -263,9 +303,11 @@ impl Client {
             .parse()
             .with_context(|| format!("not a URL: {}{path}", self.base))?;
         let authority = url.authority().ok_or_else(|| anyhow!("no host in {}", self.base))?;
-        if url.scheme_str() != Some("http") {
-            return Err(anyhow!("only http:// admin URLs are supported, got {}", self.base));
-        }
+        let default_port = match (url.scheme_str(), &self.tls) {
+            (Some("http"), _) => 80,
+            (Some("https"), Some(_)) => 443,
+            _ => return Err(anyhow!("an http:// or https:// admin URL, got {}", self.base)),
+        };
         let unreachable = |e: &dyn std::fmt::Display| {
             anyhow!(
                 "admin API not reachable at {}: {e}; is `[admin]` configured in the gateway's \
@@ -273,7 +315,7 @@ impl Client {
                 self.base
             )
         };
-        let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+        let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(default_port));
         let stream = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             tokio::net::TcpStream::connect(&addr),
@@ -281,9 +323,19 @@ impl Client {
         .await
         .map_err(|_| unreachable(&"timed out connecting"))?
         .map_err(|e| unreachable(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let mut sender = match &self.tls {
+            None => handshake(stream).await?,
+            Some(tls) => {
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .with_context(|| format!("not a server name: {host}"))?;
+                let stream = tls
+                    .connect(name, stream)
+                    .await
+                    .with_context(|| format!("TLS with the admin listener at {}", self.base))?;
+                handshake(stream).await?
+            }
+        };
         let mut req = http::Request::builder()
             .method(method)
             .uri(url.path_and_query().map_or("/", |p| p.as_str()))

@@ -25,6 +25,7 @@ pub struct Route {
     pub https_redirect: Option<u16>,
     pub websocket: Option<crate::config::WebSocketSettings>,
     pub compression: Option<Arc<crate::config::CompressionSettings>>,
+    pub request_decompression: Option<u64>,
 }
 
 pub struct Gateway {
@@ -224,6 +225,7 @@ impl Gateway {
                 https_redirect: r.https_redirect,
                 websocket: r.websocket,
                 compression: r.compression.clone(),
+                request_decompression: r.request_decompression,
             };
             (r.rule.clone(), Arc::new(route))
         });

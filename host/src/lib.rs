@@ -92,6 +92,10 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
             admin::StartFailure::Listen(source) => {
                 StartError::AdminListen { addr: a.listen, source }
             }
+            admin::StartFailure::Tls(errors) => StartError::Config(config::ConfigErrors {
+                source_name: config.source_name.clone(),
+                errors,
+            }),
         })?),
         None => None,
     };

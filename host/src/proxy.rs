@@ -206,7 +206,17 @@ fn arrive_and_route(
             let watch = Arc::new(BodyWatch::default());
             let body = ClientBody::new(body, watch.clone(), server.body_timeout);
             ctx.body_in = Some(watch.clone());
-            (Body::stream(body), Some(watch))
+            let decode = route.request_decompression.zip(compress::decode::coding(&parts.headers));
+            let body = match decode {
+                None => Body::stream(body),
+                Some((max, coding)) => {
+                    parts.headers.remove(http::header::CONTENT_ENCODING);
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    let body = BoxBody::new(http_body_util::BodyExt::map_err(body, Into::into));
+                    Body::stream(compress::decode::decoded(body, coding, max, Some(watch.clone())))
+                }
+            };
+            (body, Some(watch))
         }
     };
     let request = RequestMsg { parts, body, meta, context: Default::default() };

@@ -190,6 +190,7 @@ mod tests {
             source: TokenSource::Inline(t.into()),
         };
         let admin = Admin {
+            tls: None,
             listen: "127.0.0.1:0".parse().unwrap(),
             tokens: vec![
                 token("admin", true, "admin-token-0123456789"),

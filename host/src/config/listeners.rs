@@ -71,7 +71,7 @@ fn valid_name(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn validate_tls(
+pub(super) fn validate_tls(
     t: &schema::Tls,
     at: &str,
     base: &Path,

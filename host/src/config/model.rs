@@ -397,7 +397,11 @@ pub struct Route {
     pub websocket: Option<WebSocketSettings>,
     /// Response compression; `None`: responses pass as the upstream sent them.
     pub compression: Option<Arc<CompressionSettings>>,
+    /// The most a compressed request body may decode to; `None`: bodies are not decoded.
+    pub request_decompression: Option<u64>,
 }
+
+pub const DEFAULT_DECOMPRESSED_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A route's `compression` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -515,6 +519,8 @@ pub struct Admin {
     /// Every token the API accepts: `admin.token` (named `admin`), `admin.read_token`
     /// (named `read`) and each `[admin.tokens.NAME]`.
     pub tokens: Vec<AdminToken>,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
 }
 
 /// One bearer token of the admin API and who holds it.

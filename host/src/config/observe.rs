@@ -78,7 +78,11 @@ pub(super) fn validate_admin(
         errors.push("admin.listen", msg);
         return None;
     }
-    ok.then_some(Admin { listen, tokens })
+    let tls = match &a.tls {
+        None => Some(None),
+        Some(t) => super::listeners::validate_tls(t, "admin.tls", base, errors).map(Some),
+    };
+    (ok && tls.is_some()).then(|| Admin { listen, tokens, tls: tls.flatten() })
 }
 
 /// The shortest inline token accepted: guessing one must not be practical.

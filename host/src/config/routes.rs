@@ -76,6 +76,19 @@ pub fn validate_routes(
         };
         let websocket = validate_websocket(r.websocket.as_ref(), &at, errors);
         let compression = validate_compression(r.compression.as_ref(), &at, errors);
+        let request_decompression = r
+            .request_decompression
+            .as_ref()
+            .filter(|d| d.enabled.unwrap_or(true))
+            .map(|d| d.max_bytes.unwrap_or(DEFAULT_DECOMPRESSED_MAX_BYTES));
+        if let Some(max) = request_decompression
+            && !(1024..=1 << 30).contains(&max)
+        {
+            errors.push(
+                at("request_decompression.max_bytes"),
+                format!("must be between 1024 and 1073741824, got {max}"),
+            );
+        }
         if let Some(rule) = rule.filter(|_| errors.0.len() == before) {
             indices.push(i);
             routes.push(Route {
@@ -90,6 +103,7 @@ pub fn validate_routes(
                 https_redirect,
                 websocket,
                 compression,
+                request_decompression,
             });
         }
     }

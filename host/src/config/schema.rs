@@ -75,6 +75,8 @@ pub struct Admin {
     /// `[admin.tokens.NAME]`: one token per person or system, named in the audit log.
     #[serde(default)]
     pub tokens: BTreeMap<String, AdminToken>,
+    /// HTTPS on the admin listener, with client certificates if `client_ca` is set.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +336,15 @@ pub struct Route {
     pub websocket: Option<WebSocket>,
     /// Response compression (off unless the table is present).
     pub compression: Option<Compression>,
+    /// Request bodies decoded (off unless the table is present).
+    pub request_decompression: Option<RequestDecompression>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestDecompression {
+    pub enabled: Option<bool>,
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,14 +36,18 @@ pub enum ClientBodyError {
     /// No byte for `body_timeout`, or not whole within the time allowed to buffer it.
     #[error("the client's body timed out after {0:?}")]
     TimedOut(Duration),
+    /// Decompressed (`request_decompression`), it grew past the route's limit.
+    #[error("the client's body decompresses to more than {0} bytes")]
+    TooLarge(u64),
 }
 
 impl ClientBodyError {
-    /// 400 for a broken body, 408 for a slow one.
+    /// 400 for a broken body, 408 for a slow one, 413 for one that decompresses too large.
     pub fn status(&self) -> http::StatusCode {
         match self {
             ClientBodyError::Broken(_) => http::StatusCode::BAD_REQUEST,
             ClientBodyError::TimedOut(_) => http::StatusCode::REQUEST_TIMEOUT,
+            ClientBodyError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }

@@ -149,9 +149,7 @@ pub fn response(
             h.insert(header::ETAG, weak);
         }
     }
-    resp.map(|body| {
-        BoxBody::new(Encoded { body, encoder: Some(Encoder::new(encoding)), fed: false })
-    })
+    resp.map(|body| BoxBody::new(Coded::new(body, Encoder::new(encoding))))
 }
 
 /// One of the encoders, writing into a buffer that is drained after every chunk.
@@ -208,16 +206,48 @@ impl Encoder {
     }
 }
 
-/// A body compressed as it streams. Trailers are dropped (none of the compressible media
-/// types carries them).
-struct Encoded {
+impl Coder for Encoder {
+    fn feed(&mut self, input: &[u8]) -> Result<Bytes, BoxError> {
+        self.writer().write_all(input)?;
+        Ok(self.take())
+    }
+
+    fn pause(&mut self) -> Result<Bytes, BoxError> {
+        self.writer().flush()?;
+        Ok(self.take())
+    }
+
+    fn finish(self) -> Result<Bytes, BoxError> {
+        Ok(Encoder::finish(self)?)
+    }
+}
+
+/// Something bytes go through as a body streams: an encoder or a decoder.
+trait Coder: Send + 'static {
+    /// Takes the next input; returns the output it has for now.
+    fn feed(&mut self, input: &[u8]) -> Result<Bytes, BoxError>;
+    /// The input paused: whatever can be sent now.
+    fn pause(&mut self) -> Result<Bytes, BoxError>;
+    /// The input ended: the rest.
+    fn finish(self) -> Result<Bytes, BoxError>;
+}
+
+/// A body passed through a [`Coder`] as it streams. Trailers are dropped (none of the
+/// compressible media types carries them, and a compressed request body has none).
+struct Coded<C> {
     body: BoxBody,
-    encoder: Option<Encoder>,
-    /// Input went in since the encoder's output was last flushed.
+    coder: Option<C>,
+    /// Input went in since the coder's output was last taken.
     fed: bool,
 }
 
-impl http_body::Body for Encoded {
+impl<C> Coded<C> {
+    fn new(body: BoxBody, coder: C) -> Self {
+        Self { body, coder: Some(coder), fed: false }
+    }
+}
+
+impl<C: Coder + Unpin> http_body::Body for Coded<C> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -226,45 +256,50 @@ impl http_body::Body for Encoded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let data = |out: Bytes| Poll::Ready(Some(Ok(Frame::data(out))));
         loop {
-            let Some(encoder) = this.encoder.as_mut() else { return Poll::Ready(None) };
-            match Pin::new(&mut this.body).poll_frame(cx) {
+            let Some(coder) = this.coder.as_mut() else { return Poll::Ready(None) };
+            let out = match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    encoder.writer().write_all(&data)?;
+                    let Ok(input) = frame.into_data() else { continue };
                     this.fed = true;
-                    let out = encoder.take();
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
+                    coder.feed(&input)
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Err(e))) => Err(e),
                 Poll::Ready(None) => {
-                    let encoder = this.encoder.take().expect("checked above");
-                    return Poll::Ready(Some(
-                        encoder.finish().map(Frame::data).map_err(Into::into),
-                    ));
+                    let coder = this.coder.take().expect("checked above");
+                    return match coder.finish() {
+                        Ok(out) if out.is_empty() => Poll::Ready(None),
+                        Ok(out) => data(out),
+                        Err(e) => Poll::Ready(Some(Err(e))),
+                    };
                 }
-                Poll::Pending => {
-                    // The upstream paused: send what is compressed so far.
-                    if this.fed {
-                        this.fed = false;
-                        encoder.writer().flush()?;
-                        let out = encoder.take();
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
+                // The input paused: send what is ready so far.
+                Poll::Pending if this.fed => {
+                    this.fed = false;
+                    match coder.pause() {
+                        Ok(out) if out.is_empty() => return Poll::Pending,
+                        out => out,
                     }
-                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            match out {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return data(out),
+                Err(e) => {
+                    this.coder = None;
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.encoder.is_none()
+        self.coder.is_none()
     }
 }
 
+pub mod decode;
 #[cfg(test)]
 mod tests;

@@ -97,6 +97,9 @@ impl ProxyError {
             ProxyError::ClientBody(_) if status == http::StatusCode::REQUEST_TIMEOUT => {
                 "request body timed out"
             }
+            ProxyError::ClientBody(_) if status == http::StatusCode::PAYLOAD_TOO_LARGE => {
+                "request body too large"
+            }
             ProxyError::ClientBody(_) => "bad request body",
             ProxyError::NoRoute => "no route",
             ProxyError::ClientCertRequired => "a client certificate is required",
