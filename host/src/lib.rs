@@ -70,6 +70,15 @@ pub enum StartError {
 /// Builds the gateway for `config`, reporting every problem, without serving anything.
 /// This is what `sluice check` runs.
 pub async fn build(config: Config) -> Result<(Arc<Runtime>, Gateway), StartError> {
+    // The admin listener's certificates are read when it starts; checked here too.
+    if let Some(tls) = config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        tls::load(tls, "admin.tls").map_err(|errors| {
+            StartError::Config(config::ConfigErrors {
+                source_name: config.source_name.clone(),
+                errors,
+            })
+        })?;
+    }
     let runtime = Runtime::new(&config.runtime)?;
     let gateway = Gateway::build(config, &runtime).await?;
     Ok((runtime, gateway))
