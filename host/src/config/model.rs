@@ -401,7 +401,9 @@ pub struct Route {
     pub request_decompression: Option<u64>,
 }
 
-pub const DEFAULT_DECOMPRESSED_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Also what one request may hold in memory at once while its body is decoded (a bomb's
+/// expansion within one read of input), so the default is small.
+pub const DEFAULT_DECOMPRESSED_MAX_BYTES: u64 = 1024 * 1024;
 
 /// A route's `compression` table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,10 @@
 //!
 //! Decoded bytes are counted against the route's `max_bytes` as the decoder writes them
 //! (its input fed 4 KiB at a time), so a small body that inflates to gigabytes (a
-//! decompression bomb) is stopped at the limit, holding at most that much: 413, the
-//! client's fault. A body that does not decode is 400.
+//! decompression bomb) is stopped at the limit: 413, the client's fault. A body that does
+//! not decode is 400. Output is handed on after each read of input; one read can expand to
+//! the whole limit first, so a request holds at most `max_bytes` at once (hence the small
+//! default). Bounding that per step needs a decoder that can pause mid-input.
 
 use std::io::Write;
 use std::sync::Arc;
