@@ -3,6 +3,7 @@
 #   build_sluice                           ./dev build; sets SLUICE to the binary
 #   work, pids, cleanup                    a scratch folder and the processes to stop
 #   free_port                              prints an unused loopback port
+#   nginx_conf NAME HTTP-BLOCK             a one-worker, foreground nginx config in $work
 #   CHAIN_PLUGINS, CHAIN_ROUTE             the 4-plugin chain: [plugins.*] tables, route list
 #   TOKEN, ORIGIN                          what every request carries for that chain
 #   OBSERVE_OFF, access_log NAME, TRACE1   config tables: metrics off; a JSON access log
@@ -37,6 +38,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# nginx_conf NAME HTTP-BLOCK: a one-worker, foreground nginx config in $work/NAME.conf.
+nginx_conf() {
+    cat >"$work/$1.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err;
+events { worker_connections 4096; }
+http {
+    access_log off;
+$2
+}
+CONF
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The chain of the performance issue: jwt -> rate-limit (limit never reached) -> cors ->

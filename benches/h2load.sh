@@ -25,14 +25,7 @@ NGINX=$(free_port)
 SLUICE_PORT=$(free_port)
 BODY=$(printf 'x%.0s' $(seq 1 99))
 
-cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
+nginx_conf nginx "
     upstream backend {
         server 127.0.0.1:$BACKEND;
         keepalive 512;
@@ -45,26 +38,15 @@ http {
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-CONF
-cat >"$work/backend.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/backend.pid;
-error_log $work/backend.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
+    }"
+nginx_conf backend "
     server {
         listen 127.0.0.1:$BACKEND;
         keepalive_requests 1000000;
-        location / { return 200 "$BODY\n"; }
-    }
-}
-CONF
+        location / { return 200 \"$BODY\\n\"; }
+    }"
 cat >"$work/sluice.toml" <<CONF
 [server]
 listen = "127.0.0.1:$SLUICE_PORT"

@@ -52,21 +52,12 @@ need_tools "nginx valgrind curl" nginx valgrind callgrind_annotate python3 curl
 build_sluice
 BACKEND=$(free_port)
 BODY=$(printf 'x%.0s' $(seq 1 99))
-cat >"$work/backend.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/backend.pid;
-error_log $work/backend.err;
-events { worker_connections 1024; }
-http {
-    access_log off;
+nginx_conf backend "
     server {
         listen 127.0.0.1:$BACKEND;
         keepalive_requests 1000000;
-        location / { return 200 "$BODY\n"; }
-    }
-}
-CONF
+        location / { return 200 \"$BODY\\n\"; }
+    }"
 nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 
 proxy_config() { # NAME PORT -> the command line that runs that proxy on PORT

@@ -76,20 +76,6 @@ if [ -n "${COMPRESS:-}" ]; then
         }
     }"
 fi
-# nginx_conf NAME HTTP-BLOCK: a one-worker, foreground nginx config in $work/NAME.conf.
-nginx_conf() {
-    cat >"$work/$1.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/$1.pid;
-error_log $work/$1.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-$2
-}
-CONF
-}
 nginx_conf backend "
     server {
         listen 127.0.0.1:$BACKEND;
