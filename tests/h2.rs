@@ -40,6 +40,14 @@ fn curl(addr: SocketAddr, flags: &[&str]) -> (String, String) {
     (v.to_owned(), s.to_owned())
 }
 
+/// A series' value from the admin listener on `admin_port`.
+async fn metric(admin_port: u16, series: &str) -> f64 {
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let metrics = get(admin, "/metrics", &[]).await.text();
+    let line = metrics.lines().find(|l| l.starts_with(series));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("{metrics}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_clients_are_served_with_the_configured_limits() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,13 +139,54 @@ async fn reset_and_continuation_floods_close_the_attacker_while_others_are_serve
     assert!(served > 20, "{served} requests served meanwhile");
     assert!(slowest < Duration::from_secs(2), "the slowest took {slowest:?}");
 
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let metrics = get(admin, "/metrics", &[]).await.text();
-    let floods: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("sluice_http2_floods_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap();
+    let floods = metric(admin_port, "sluice_http2_floods_total ").await;
     assert!(floods >= 2.0, "{floods}");
     p.wait_for("closed an HTTP/2 connection: it reset more streams than it let finish");
+}
+
+/// A gateway whose upstream is another gateway spoken to over h2c: the inner one allows 4
+/// streams per connection, so 16 requests at once need 4 connections, not one queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_upstreams_get_more_connections_at_the_peers_stream_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner_admin = free_port();
+    let inner_dir = dir.path().join("inner");
+    std::fs::create_dir(&inner_dir).unwrap();
+    let inner = Proc::start(&write_config(
+        &inner_dir,
+        echo().await,
+        inner_admin,
+        "max_concurrent_streams = 4",
+    ));
+    let outer_text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.inner]\nendpoints = [\"{}\"]\nprotocol = \"h2\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"inner\"\n",
+        inner.addr
+    );
+    let outer_config = dir.path().join("outer.toml");
+    std::fs::write(&outer_config, outer_text).unwrap();
+    let outer = Proc::start(&outer_config);
+
+    // The client's Host reaches the inner gateway as :authority, and from there the echo
+    // upstream; TE: trailers (gRPC's) survives the hop.
+    let reply = get(outer.addr, "/", &[("host", "api.example"), ("te", "trailers")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.echoed_header("host").as_deref(), Some("api.example"));
+    assert_eq!(reply.echoed_header("te").as_deref(), Some("trailers"));
+
+    let started = Instant::now();
+    let calls: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(async move { get(outer.addr, "/delay/500", &[]).await }))
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().status, 200);
+    }
+    // One connection queueing at 4 streams would take 4 rounds: 2 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "16 requests took {took:?}");
+
+    let open = metric(inner_admin, "sluice_connections_active ").await;
+    // 16 at 4 a connection, plus the first request's (at most 4 streams' worth spare).
+    assert!((4.0..=5.0).contains(&open), "{open} connections to the inner gateway");
 }

@@ -557,3 +557,48 @@ async fn the_admin_listener_speaks_https_and_requires_client_certificates() {
     let (ok, out) = ctl_https(admin, &ops);
     assert!(!ok, "the system's roots do not know the test CA: {out}");
 }
+
+/// `protocol = "h2"` over TLS: ALPN h2 to another Sluice's TLS listener, verified, with
+/// health checks over h2; an upstream that only speaks HTTP/1.1 is refused, not misread.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_upstreams_over_tls_agree_on_h2_by_alpn() {
+    let pki = Pki::new();
+    pki.leaf("ca", "svc", "svc", &["svc.internal"], false);
+    let d = pki.dir.path().display();
+    let inner_dir = tempfile::tempdir().unwrap();
+    let listeners = format!(
+        "[[listeners]]\nname = \"https\"\nlisten = \"127.0.0.1:0\"\n\
+         tls = {{ certs = [{{ cert = \"{d}/svc.pem\", key = \"{d}/svc.key\" }}] }}\n"
+    );
+    let routes = "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n";
+    let mut inner = Proc::start(&write_config(inner_dir.path(), echo().await, &listeners, routes));
+    let inner_https = listener(&mut inner, "https");
+    let h1_only = HttpsUpstream::start(&pki, "svc", None);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"5s\"\n\
+         [upstreams.h2]\nendpoints = [\"{inner_https}\"]\nprotocol = \"h2\"\n\
+         tls = {{ ca = \"{d}/ca.pem\", server_name = \"svc.internal\" }}\n\
+         health_check = {{ path = \"/health\", interval = \"100ms\" }}\n\
+         [upstreams.h1-only]\nendpoints = [\"{h1}\"]\nprotocol = \"h2\"\n\
+         tls = {{ ca = \"{d}/ca.pem\", server_name = \"svc.internal\" }}\n\
+         [[routes]]\nprefix = \"/h2\"\nupstream = \"h2\"\n\
+         [[routes]]\nprefix = \"/h1-only\"\nupstream = \"h1-only\"\n",
+        h1 = h1_only.addr,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut p = Proc::start(&path);
+
+    let reply = get(p.addr, "/h2/x", &[("host", "api.example")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // Through the inner gateway's TLS listener, which hands the upstream its scheme.
+    assert_eq!(reply.echoed_header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(reply.echoed_header("host").as_deref(), Some("api.example"));
+    assert_eq!(get(p.addr, "/h1-only/x", &[]).await.status, 502);
+    p.wait_for("the upstream did not agree to h2 (TLS ALPN)");
+    // Health probes go over h2 too: they pass, so the endpoint stays in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!p.log(Duration::from_millis(100)).contains("unhealthy"));
+    assert_eq!(get(p.addr, "/h2/y", &[]).await.status, 200);
+}

@@ -145,10 +145,11 @@ impl Ctl {
                     server_name: None,
                     client: self.cert.clone().zip(self.key.clone()),
                 };
-                let loaded = sluice::tls::load_client(&settings, "ctl").map_err(|errors| {
-                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    anyhow!("{}", text.join("; ").replace("ctl.ca", "--cacert"))
-                })?;
+                let loaded =
+                    sluice::tls::load_client(&settings, "ctl", false).map_err(|errors| {
+                        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                        anyhow!("{}", text.join("; ").replace("ctl.ca", "--cacert"))
+                    })?;
                 Some(loaded.connector)
             }
         };

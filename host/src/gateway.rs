@@ -178,7 +178,8 @@ impl Gateway {
         let mut upstream_tls = HashMap::new();
         for (name, u) in &config.upstreams {
             let Some(t) = &u.tls else { continue };
-            match crate::tls::load_client(t, &format!("upstreams.{name}.tls")) {
+            let h2 = matches!(u.protocol, crate::config::UpstreamProtocol::H2 { .. });
+            match crate::tls::load_client(t, &format!("upstreams.{name}.tls"), h2) {
                 Ok(client) => {
                     upstream_tls.insert(name.as_str(), Arc::new(client));
                 }

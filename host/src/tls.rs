@@ -250,9 +250,11 @@ pub struct UpstreamClient {
 }
 
 /// Reads `settings`' files (errors name the TOML path under `at`, `upstreams.NAME.tls`).
+/// `h2`: ALPN offers `h2` alone (an upstream spoken to over HTTP/2), else `http/1.1`.
 pub fn load_client(
     settings: &crate::config::UpstreamTls,
     at: &str,
+    h2: bool,
 ) -> Result<UpstreamClient, Vec<ConfigError>> {
     let provider = provider();
     let mut digest = Sha256::new();
@@ -288,7 +290,7 @@ pub fn load_client(
                 .map_err(|e| vec![ConfigError::new(format!("{at}.key"), e.to_string())])?
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     let server_name = settings
         .server_name
         .as_ref()

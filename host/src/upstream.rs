@@ -11,6 +11,7 @@ mod balance;
 pub mod breaker;
 mod connector;
 mod error;
+mod h2pool;
 mod health;
 pub mod retry;
 mod send;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 
 use balance::{Balancer, View};
 use breaker::{Admit, Breaker};
-use connector::{Connector, Http};
+use connector::{Connections, Connector, Http};
 pub use error::{SendError, UpstreamError};
 use health::Passive;
 pub use send::{AttemptRecord, Outgoing, Sent, Targets, Trace};
@@ -39,25 +40,85 @@ use crate::message::BoxBody;
 /// The pooled HTTP/1.1 client of one upstream.
 type Client = HyperClient<Connector, BoxBody>;
 
-/// The client, and its connector (which can close a connection for good).
-fn client(
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+/// The upstream's connections: a pooled client for HTTP/1.1, or the HTTP/2 pool, over a
+/// connector (which can close a connection for good).
+fn connections(
+    config: &config::Upstream,
     tls: Option<Arc<crate::tls::UpstreamClient>>,
-) -> Http {
+) -> Connections {
     let mut http = HttpConnector::new();
     // `https://` URIs reach this connector, which speaks TLS itself.
     http.enforce_http(tls.is_none());
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(config.connect_timeout));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = tls.is_some();
     let connector = Connector::new(http, tls);
-    let client = HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector.clone());
-    Http { client, connector }
+    match config.protocol {
+        config::UpstreamProtocol::Http1 => {
+            let client = HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(config.idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector.clone());
+            Connections::Http1(Http { client, connector })
+        }
+        config::UpstreamProtocol::H2 { max_concurrent_streams } => {
+            Connections::H2(h2pool::H2::new(
+                connector,
+                https,
+                max_concurrent_streams,
+                config.connect_timeout,
+                config.idle_timeout,
+            ))
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response's body. Over HTTP/2 it holds its stream on the connection,
+    /// and with a balancer that counts load its endpoint's in-flight count, until dropped.
+    pub struct ResponseBody {
+        #[pin]
+        body: hyper::body::Incoming,
+        stream: Option<h2pool::Stream>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl ResponseBody {
+    fn plain(body: hyper::body::Incoming) -> Self {
+        ResponseBody { body, stream: None, in_flight: None }
+    }
+
+    fn held(body: hyper::body::Incoming, stream: h2pool::Stream) -> Self {
+        ResponseBody { body, stream: Some(stream), in_flight: None }
+    }
+
+    /// Keeps the endpoint's in-flight count up as long as the body lives.
+    pub fn hold_load(&mut self, in_flight: Option<InFlight>) {
+        self.in_flight = in_flight;
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 pub struct Endpoint {
@@ -185,7 +246,7 @@ pub struct Upstream {
     config: config::Upstream,
     /// Its TLS settings, loaded (`None`: plain HTTP).
     tls: Option<Arc<crate::tls::UpstreamClient>>,
-    transport: Http,
+    transport: Connections,
     endpoints: Vec<Endpoint>,
     balancer: Balancer,
     budget: retry::Budget,
@@ -236,7 +297,7 @@ impl Upstream {
             })
             .collect();
         Upstream {
-            transport: client(config.connect_timeout, config.idle_timeout, tls.clone()),
+            transport: connections(&config, tls.clone()),
             tls,
             balancer: Balancer::new(&config.strategy, &ids),
             budget: retry::Budget::new(
@@ -538,6 +599,7 @@ fn test_config(retry: config::RetryPolicy) -> config::Upstream {
         circuit_breaker: None,
         retry,
         tls: None,
+        protocol: config::UpstreamProtocol::Http1,
     }
 }
 

@@ -198,7 +198,24 @@ pub struct Upstream {
     pub retry: RetryPolicy,
     /// HTTPS to the endpoints; `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// What the gateway speaks to the endpoints.
+    pub protocol: UpstreamProtocol,
 }
+
+/// `upstreams.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 (h2 by ALPN over TLS, else h2c by prior knowledge), each connection carrying
+    /// at most `max_concurrent_streams` requests at once; more connections open past it.
+    H2 {
+        max_concurrent_streams: u32,
+    },
+}
+
+/// The streams one upstream HTTP/2 connection carries at once unless configured: the
+/// common servers' advertised limit (nginx 128, Go 250, h2 crates 100+) rounded down.
+pub const DEFAULT_UPSTREAM_H2_STREAMS: u32 = 100;
 
 /// How Sluice verifies an upstream's certificate and who it is to it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -179,6 +179,15 @@ pub struct Upstream {
     pub circuit_breaker: Option<CircuitBreaker>,
     pub retry: Option<Retry>,
     pub tls: Option<UpstreamTls>,
+    pub protocol: Option<String>,
+    pub http2: Option<UpstreamHttp2>,
+}
+
+/// `http2 = { max_concurrent_streams = 100 }` for an upstream spoken to over HTTP/2.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHttp2 {
+    pub max_concurrent_streams: Option<u64>,
 }
 
 /// `tls = {}` (the system's roots) or with a CA bundle, a name and a client certificate.

@@ -101,6 +101,7 @@ pub fn validate_upstream(
         Some(b) => validate_breaker(b, &at, errors).map(Some),
     };
     let retry = validate_retry(u.retry.as_ref(), &at, errors);
+    let protocol = validate_protocol(u, &at, errors);
     if errors.0.len() > before {
         return None;
     }
@@ -120,7 +121,33 @@ pub fn validate_upstream(
             None => None,
             Some(t) => Some(validate_tls(t, &at, inherited.base, errors)?),
         },
+        protocol: protocol?,
     })
+}
+
+/// `protocol = "http1" | "h2"`, and `http2 = { max_concurrent_streams }` for h2 only.
+fn validate_protocol(
+    u: &schema::Upstream,
+    at: &impl Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Option<UpstreamProtocol> {
+    let h2 = one_of(errors, &at("protocol"), &u.protocol, &[("http1", false), ("h2", true)])?;
+    let streams = u.http2.as_ref().and_then(|h| h.max_concurrent_streams);
+    match (h2, &u.http2) {
+        (false, Some(_)) => {
+            errors.push(at("http2"), "only used with protocol = \"h2\"");
+            None
+        }
+        (false, None) => Some(UpstreamProtocol::Http1),
+        (true, _) => match streams.unwrap_or(u64::from(DEFAULT_UPSTREAM_H2_STREAMS)) {
+            n @ 1..=10_000 => Some(UpstreamProtocol::H2 { max_concurrent_streams: n as u32 }),
+            n => {
+                let msg = format!("must be between 1 and 10000, got {n}");
+                errors.push(at("http2.max_concurrent_streams"), msg);
+                None
+            }
+        },
+    }
 }
 
 fn validate_tls(

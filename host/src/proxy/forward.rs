@@ -65,7 +65,7 @@ pub fn from_client(
                 }
             }
         }
-        strip_hop_by_hop(headers);
+        strip_hop_by_hop_but_trailers(headers);
     }
     if underscored && underscores != Underscores::Allow {
         if underscores == Underscores::Reject {
@@ -135,6 +135,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
     for name in doomed {
         headers.remove(name);
+    }
+}
+
+/// [`strip_hop_by_hop`], but `TE: trailers` stays when the client sent it: it says the
+/// client takes trailers, which the gateway passes through, and gRPC servers refuse a call
+/// without it (a proxy that drops it breaks gRPC). Any other TE value goes.
+pub fn strip_hop_by_hop_but_trailers(headers: &mut HeaderMap) {
+    let trailers = headers.get_all(header::TE).iter().any(|te| {
+        te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

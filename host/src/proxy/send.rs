@@ -2,9 +2,8 @@
 //! attempts, retries), and the response head comes back cleaned for the client.
 
 use http::{HeaderValue, Request};
-use hyper::body::Incoming;
 
-use super::forward::{set_forwarded, strip_hop_by_hop};
+use super::forward::{set_forwarded, strip_hop_by_hop, strip_hop_by_hop_but_trailers};
 use super::request_id::X_REQUEST_ID;
 use super::tunnel::UpstreamUpgrade;
 use super::{ProxyError, RequestCtx};
@@ -48,7 +47,7 @@ pub async fn upstream(
         }
     };
     let sent = route.targets.send(&mut ctx.upstream, outgoing, prepare).await?;
-    let (mut resp_parts, resp_body) = sent.response.into_parts();
+    let (mut resp_parts, mut resp_body) = sent.response.into_parts();
     let mut in_flight = sent.in_flight;
     if resp_parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
         ctx.switched = Some(switched(ctx, &mut resp_parts, in_flight.take())?);
@@ -56,10 +55,8 @@ pub async fn upstream(
     strip_hop_by_hop(&mut resp_parts.headers);
     // An upstream that stops sending its body part way is cut by the client connection's
     // idle watchdog (`server.idle_timeout`): no timer per response.
-    let body = match in_flight {
-        None => Body::stream(resp_body),
-        Some(guard) => Body::stream(Guarded { body: resp_body, _guard: guard }),
-    };
+    resp_body.hold_load(in_flight);
+    let body = Body::stream(resp_body);
     let request = keep.then(|| RequestMsg { parts, body: Body::empty(), meta, context });
     Ok((request, ResponseMsg { parts: resp_parts, body }))
 }
@@ -108,43 +105,13 @@ fn prepare(
     if let Ok(u) = http::Uri::from_parts(uri) {
         *req.uri_mut() = u;
     }
-    // The upstream client speaks HTTP/1.1 whatever the client spoke (the edge issue
-    // makes this per upstream).
+    // HTTP/1.1 whatever the client spoke; an HTTP/2 upstream's pool sets its own.
     *req.version_mut() = http::Version::HTTP_11;
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop_but_trailers(headers);
     if let Some(h) = &authority_host {
         headers.insert(http::header::HOST, h.clone());
     }
     set_forwarded(headers, client_host.or(authority_host), scheme);
     headers.insert(X_REQUEST_ID.clone(), id.clone());
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its endpoint's in-flight count until it ends.
-    struct Guarded {
-        #[pin]
-        body: Incoming,
-        _guard: InFlight,
-    }
-}
-
-impl http_body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }

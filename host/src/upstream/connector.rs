@@ -19,14 +19,21 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector, 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// hyper-util's pooled client over this connector: how attempts reach an upstream.
+/// hyper-util's pooled HTTP/1.1 client over this connector.
 pub(crate) struct Http {
     pub client: super::Client,
     pub connector: Connector,
 }
 
-impl super::send::Transport for Http {
-    type Body = hyper::body::Incoming;
+/// How an upstream's attempts are carried: HTTP/1.1 through hyper-util's pool, or HTTP/2
+/// through the gateway's own ([`super::h2pool`]).
+pub(crate) enum Connections {
+    Http1(Http),
+    H2(super::h2pool::H2),
+}
+
+impl super::send::Transport for Connections {
+    type Body = super::ResponseBody;
 
     fn request(
         &self,
@@ -34,17 +41,23 @@ impl super::send::Transport for Http {
     ) -> impl Future<Output = Result<http::Response<Self::Body>, super::send::TransportError>> + Send
     {
         use super::send::TransportError;
-        let sent = self.client.request(req);
         async move {
-            sent.await.map_err(|e| match e.is_connect() {
-                true => TransportError::Connect(Box::new(e)),
-                false => TransportError::Broken(Box::new(e)),
-            })
+            match self {
+                Connections::Http1(http) => match http.client.request(req).await {
+                    Ok(response) => Ok(response.map(super::ResponseBody::plain)),
+                    Err(e) if e.is_connect() => Err(TransportError::Connect(Box::new(e))),
+                    Err(e) => Err(TransportError::Broken(Box::new(e))),
+                },
+                Connections::H2(pool) => pool.request(req).await,
+            }
         }
     }
 
     fn close_connection_of(&self, response: &http::Response<Self::Body>) {
-        self.connector.close_connection_of(response);
+        // HTTP/2 frames its bodies itself: there is no second reading of one.
+        if let Connections::Http1(http) = self {
+            http.connector.close_connection_of(response);
+        }
     }
 }
 
@@ -135,6 +148,17 @@ pub struct Conn {
     fd: RawFd,
     local: Option<SocketAddr>,
     open: Registry,
+}
+
+impl Conn {
+    /// Whether HTTP/2 may be spoken on it: over TLS only if ALPN chose h2 (a plain
+    /// connection is h2c by prior knowledge, as configured).
+    pub fn speaks_h2(&self) -> bool {
+        match &self.io {
+            Io::Plain(_) => true,
+            Io::Tls(io) => io.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
 }
 
 impl Drop for Conn {

@@ -50,12 +50,14 @@ impl Counter {
     }
 }
 
-/// One probe of `address`: a TCP connect, or an HTTP request whose status must be one of
-/// the expected. Bounded by the check's timeout. `Err` says why it failed.
+/// One probe of `address`: a TCP connect, or an HTTP request (over HTTP/2 with `h2`, as
+/// the upstream's traffic goes) whose status must be one of the expected. Bounded by the
+/// check's timeout. `Err` says why it failed.
 pub async fn probe(
     address: &str,
     check: &HealthCheck,
     tls: Option<&crate::tls::UpstreamClient>,
+    h2: bool,
 ) -> Result<(), String> {
     let run = async {
         let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
@@ -63,7 +65,7 @@ pub async fn probe(
             return Ok(());
         };
         let (mut sender, conn) = match tls {
-            None => http1(stream).await?,
+            None => connect(stream, h2).await?,
             Some(tls) => {
                 let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
                 let name = match &tls.server_name {
@@ -75,17 +77,30 @@ pub async fn probe(
                 };
                 let stream =
                     tls.connector.connect(name, stream).await.map_err(|e| format!("tls: {e}"))?;
-                http1(stream).await?
+                if h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err("the upstream did not agree to h2 (TLS ALPN)".to_owned());
+                }
+                connect(stream, h2).await?
             }
         };
-        let req = http::Request::builder()
+        let request = http::Request::builder()
             .method(method.clone())
-            .uri(path.as_str())
-            .header(http::header::HOST, address)
-            .header(http::header::USER_AGENT, "sluice-health-check")
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let status = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?.status();
+            .header(http::header::USER_AGENT, "sluice-health-check");
+        // HTTP/2 names the host in `:authority`, from an absolute URI.
+        let request = match &sender {
+            Probe::H1(_) => request.uri(path.as_str()).header(http::header::HOST, address),
+            Probe::H2(_) => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                request.uri(format!("{scheme}://{address}{path}"))
+            }
+        };
+        let req =
+            request.body(Empty::<bytes::Bytes>::new()).map_err(|e| format!("request: {e}"))?;
+        let sent = match &mut sender {
+            Probe::H1(s) => s.send_request(req).await,
+            Probe::H2(s) => s.send_request(req).await,
+        };
+        let status = sent.map_err(|e| format!("request: {e}"))?.status();
         conn.abort();
         match expected_statuses.contains(&status.as_u16()) {
             true => Ok(()),
@@ -98,17 +113,26 @@ pub async fn probe(
     }
 }
 
-type Probe = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
+enum Probe {
+    H1(hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>),
+}
 
-/// An HTTP/1.1 connection over `stream` for one probe, its task running.
-async fn http1<S>(stream: S) -> Result<(Probe, tokio::task::JoinHandle<()>), String>
+/// An HTTP/1.1 or HTTP/2 connection over `stream` for one probe, its task running.
+async fn connect<S>(stream: S, h2: bool) -> Result<(Probe, tokio::task::JoinHandle<()>), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = hyper_util::rt::TokioIo::new(stream);
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
-    Ok((sender, tokio::spawn(async move { drop(conn.await) })))
+    let failed = |e: hyper::Error| format!("handshake: {e}");
+    if h2 {
+        let exec = hyper_util::rt::TokioExecutor::new();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(exec, io).await.map_err(failed)?;
+        return Ok((Probe::H2(sender), tokio::spawn(async move { drop(conn.await) })));
+    }
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(failed)?;
+    Ok((Probe::H1(sender), tokio::spawn(async move { drop(conn.await) })))
 }
 
 /// Passive health of one endpoint. The request path touches only atomics unless an
@@ -181,10 +205,11 @@ pub fn ejection_length(previous: u32, config: &PassiveHealth) -> Duration {
 /// Probes every endpoint each interval and publishes the result. Holds the upstream only
 /// while publishing, so a replaced upstream is freed (and this task ends) promptly.
 pub(super) async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
-    let (addresses, name, tls) = match upstream.upgrade() {
+    let (addresses, name, tls, h2) = match upstream.upgrade() {
         Some(up) => {
             let addrs: Vec<String> = up.endpoints.iter().map(|e| e.address.to_string()).collect();
-            (addrs, up.name.clone(), up.tls.clone())
+            let h2 = matches!(up.config.protocol, crate::config::UpstreamProtocol::H2 { .. });
+            (addrs, up.name.clone(), up.tls.clone(), h2)
         }
         None => return,
     };
@@ -196,7 +221,7 @@ pub(super) async fn check_loop(upstream: Weak<Upstream>, check: HealthCheck) {
         let mut probes = tokio::task::JoinSet::new();
         for (i, address) in addresses.iter().enumerate() {
             let (address, check, tls) = (address.clone(), check.clone(), tls.clone());
-            probes.spawn(async move { (i, probe(&address, &check, tls.as_deref()).await) });
+            probes.spawn(async move { (i, probe(&address, &check, tls.as_deref(), h2).await) });
         }
         let results = probes.join_all().await;
         let Some(up) = upstream.upgrade() else { return };

@@ -106,7 +106,7 @@ pub struct Outgoing<'a> {
 
 /// What came back: the response, and the in-flight guard that must live as long as its
 /// body when the balancer counts load.
-pub struct Sent<B = hyper::body::Incoming> {
+pub struct Sent<B = super::ResponseBody> {
     pub response: Response<B>,
     pub in_flight: Option<InFlight>,
 }
