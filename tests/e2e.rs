@@ -13,6 +13,7 @@ mod config_ui;
 mod cors;
 mod dashboard;
 mod extism;
+mod grpc;
 mod h2;
 mod host_state;
 mod observability;

@@ -26,6 +26,7 @@ pub struct Route {
     pub websocket: Option<crate::config::WebSocketSettings>,
     pub compression: Option<Arc<crate::config::CompressionSettings>>,
     pub request_decompression: Option<u64>,
+    pub grpc_max_message_bytes: u64,
 }
 
 pub struct Gateway {
@@ -227,6 +228,7 @@ impl Gateway {
                 websocket: r.websocket,
                 compression: r.compression.clone(),
                 request_decompression: r.request_decompression,
+                grpc_max_message_bytes: r.grpc_max_message_bytes,
             };
             (r.rule.clone(), Arc::new(route))
         });

@@ -12,6 +12,7 @@ mod compress;
 mod ctx;
 mod error;
 mod forward;
+mod grpc;
 pub mod normalize;
 mod record;
 mod request_id;
@@ -208,6 +209,11 @@ fn arrive_and_route(
             ctx.body_in = Some(watch.clone());
             let decode = route.request_decompression.zip(compress::decode::coding(&parts.headers));
             let body = match decode {
+                None if ctx.grpc => {
+                    let max = route.grpc_max_message_bytes;
+                    let body = http_body_util::BodyExt::map_err(body, Into::into);
+                    Body::stream(grpc::Limited::new(body, max, Some(watch.clone())))
+                }
                 None => Body::stream(body),
                 Some((max, coding)) => {
                     parts.headers.remove(http::header::CONTENT_ENCODING);
@@ -239,13 +245,22 @@ fn finish(
     ctx.timings.total = ctx.timings.arrived.elapsed();
     let (response, error) = match result {
         Ok(mut resp) => {
+            if ctx.grpc
+                && let Some(plugin) = &ctx.answered_by
+            {
+                resp = grpc::from_local_reply(resp, plugin);
+            }
             resp.headers_mut().insert(X_REQUEST_ID.clone(), ctx.id.clone());
             (resp, None)
         }
         Err(e) => {
             log_failure(ctx, &e);
             let origin = e.origin();
-            (e.into_response(ctx.id.clone()), Some(origin))
+            let resp = match ctx.grpc {
+                true => grpc::error_response(&e, ctx.id.clone()),
+                false => e.into_response(ctx.id.clone()),
+            };
+            (resp, Some(origin))
         }
     };
     let answered_by = ctx.answered_by.take();

@@ -416,7 +416,12 @@ pub struct Route {
     pub compression: Option<Arc<CompressionSettings>>,
     /// The most a compressed request body may decode to; `None`: bodies are not decoded.
     pub request_decompression: Option<u64>,
+    /// The largest message a gRPC call on this route may send.
+    pub grpc_max_message_bytes: u64,
 }
+
+/// gRPC's own default limit on a received message.
+pub const DEFAULT_GRPC_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Also what one request may hold in memory at once while its body is decoded (a bomb's
 /// expansion within one read of input), so the default is small.

@@ -89,6 +89,17 @@ pub fn validate_routes(
                 format!("must be between 1024 and 1073741824, got {max}"),
             );
         }
+        let grpc_max_message_bytes = r
+            .grpc
+            .as_ref()
+            .and_then(|g| g.max_message_bytes)
+            .unwrap_or(DEFAULT_GRPC_MAX_MESSAGE_BYTES);
+        if !(1024..=1 << 30).contains(&grpc_max_message_bytes) {
+            errors.push(
+                at("grpc.max_message_bytes"),
+                format!("must be between 1024 and 1073741824, got {grpc_max_message_bytes}"),
+            );
+        }
         if let Some(rule) = rule.filter(|_| errors.0.len() == before) {
             indices.push(i);
             routes.push(Route {
@@ -104,6 +115,7 @@ pub fn validate_routes(
                 websocket,
                 compression,
                 request_decompression,
+                grpc_max_message_bytes,
             });
         }
     }

@@ -347,6 +347,7 @@ pub struct Route {
     pub compression: Option<Compression>,
     /// Request bodies decoded (off unless the table is present).
     pub request_decompression: Option<RequestDecompression>,
+    pub grpc: Option<RouteGrpc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,6 +355,13 @@ pub struct Route {
 pub struct RequestDecompression {
     pub enabled: Option<bool>,
     pub max_bytes: Option<u64>,
+}
+
+/// `grpc = { max_message_bytes = 4194304 }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteGrpc {
+    pub max_message_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

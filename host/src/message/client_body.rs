@@ -39,15 +39,26 @@ pub enum ClientBodyError {
     /// Decompressed (`request_decompression`), it grew past the route's limit.
     #[error("the client's body decompresses to more than {0} bytes")]
     TooLarge(u64),
+    /// The deadline the client set (gRPC's `grpc-timeout`) passed before the upstream
+    /// answered: the client chose it, so it is not held against the upstream.
+    #[error("the client's deadline (grpc-timeout) passed {0:?} into the attempt")]
+    Deadline(Duration),
+    /// A gRPC message larger than the route allows (`grpc.max_message_bytes`).
+    #[error("a gRPC message of {0} bytes is larger than the route allows")]
+    MessageTooLarge(u64),
 }
 
 impl ClientBodyError {
-    /// 400 for a broken body, 408 for a slow one, 413 for one that decompresses too large.
+    /// 400 for a broken body, 408 for a slow one, 413 for one that decompresses too large
+    /// or a gRPC message too large, 504 for a client's deadline.
     pub fn status(&self) -> http::StatusCode {
         match self {
             ClientBodyError::Broken(_) => http::StatusCode::BAD_REQUEST,
             ClientBodyError::TimedOut(_) => http::StatusCode::REQUEST_TIMEOUT,
-            ClientBodyError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            ClientBodyError::TooLarge(_) | ClientBodyError::MessageTooLarge(_) => {
+                http::StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ClientBodyError::Deadline(_) => http::StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
@@ -115,15 +126,20 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(e) = this.watch.failure() {
             return Poll::Ready(Some(Err(e.clone().into())));
         }
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.waiting = false;
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 this.watch.bytes.fetch_add(n, Ordering::Relaxed);
+                if this.inner.is_end_stream() {
+                    // The last frame: a sender that knows (HTTP/2 sets END_STREAM on it)
+                    // never polls again, so the end is noted now.
+                    this.watch.end();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

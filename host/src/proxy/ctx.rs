@@ -57,6 +57,10 @@ pub struct RequestCtx {
     pub switched: Option<super::tunnel::UpstreamUpgrade>,
     /// The client's `Accept-Encoding`, kept when its route compresses responses.
     pub accept_encoding: Vec<HeaderValue>,
+    /// The request is a gRPC call: the gateway's own failures are answered as statuses.
+    pub grpc: bool,
+    /// The call's deadline, from its `grpc-timeout`.
+    pub deadline: Option<Instant>,
 }
 
 /// How the response body ended.
@@ -106,7 +110,12 @@ impl RequestCtx {
             }
             None => false,
         };
+        let grpc = super::grpc::is_call(&parts.headers);
+        let arrived = Instant::now();
+        let deadline = grpc.then(|| super::grpc::timeout(&parts.headers)).flatten();
         Self {
+            grpc,
+            deadline: deadline.and_then(|t| arrived.checked_add(t)),
             traced,
             arrived_at: std::time::SystemTime::now(),
             path: parts.uri.path_and_query().cloned(),
@@ -128,7 +137,7 @@ impl RequestCtx {
             meta: None,
             upstream: Trace::default(),
             timings: Timings {
-                arrived: Instant::now(),
+                arrived,
                 request_phases: None,
                 response_phases: None,
                 total: Duration::ZERO,

@@ -89,11 +89,15 @@ impl ProxyError {
         }
     }
 
-    /// The client sees a short plain-text reason; details go to the log, not to the client.
-    pub fn into_response(self, request_id: http::HeaderValue) -> http::Response<BoxBody> {
+    /// The short reason the client is told; details go to the log, not to the client.
+    pub fn client_text(&self) -> &str {
         let status = self.status();
-        let text = match &self {
+        match self {
             ProxyError::Refused(_) => "bad request",
+            ProxyError::ClientBody(ClientBodyError::Deadline(_)) => "deadline exceeded",
+            ProxyError::ClientBody(ClientBodyError::MessageTooLarge(_)) => {
+                "message larger than the route allows"
+            }
             ProxyError::ClientBody(_) if status == http::StatusCode::REQUEST_TIMEOUT => {
                 "request body timed out"
             }
@@ -109,7 +113,13 @@ impl ProxyError {
             ProxyError::Plugin(_) => "plugin failed",
             ProxyError::Upstream(e) => e.client_text(),
             ProxyError::Internal(_) => "internal error",
-        };
+        }
+    }
+
+    /// The client sees a short plain-text reason; details go to the log, not to the client.
+    pub fn into_response(self, request_id: http::HeaderValue) -> http::Response<BoxBody> {
+        let status = self.status();
+        let text = self.client_text();
         let retry_after = match &self {
             ProxyError::Upstream(e) => e.retry_after().map(retry_after_secs),
             _ => None,

@@ -31,7 +31,9 @@ pub async fn upstream(
         })));
     }
     let trace = ctx.traced.then_some(ctx.trace);
-    let outgoing = Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch, trace };
+    let deadline = ctx.deadline;
+    let outgoing =
+        Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch, trace, deadline };
     let (scheme, id, upgrade) = (&ctx.scheme, &meta.id_header, ctx.upgrade.is_some());
     let compresses = route.compression.is_some();
     let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {

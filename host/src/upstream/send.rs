@@ -102,6 +102,8 @@ pub struct Outgoing<'a> {
     /// Set when the request is traced: each attempt is a span of its own, named as the
     /// upstream's parent in its `traceparent`.
     pub trace: Option<TraceContext>,
+    /// The client's own deadline (gRPC's `grpc-timeout`): no attempt outlives it.
+    pub deadline: Option<Instant>,
 }
 
 /// What came back: the response, and the in-flight guard that must live as long as its
@@ -161,7 +163,7 @@ impl Upstream {
         key: Option<u64>,
         prepare: impl Fn(&mut Request<BoxBody>, &Authority),
     ) -> Result<Sent<T::Body>, SendError> {
-        let Outgoing { parts, body, watch, trace: traced, .. } = request;
+        let Outgoing { parts, body, watch, trace: traced, deadline: client_deadline, .. } = request;
         let policy = &self.config.retry;
         trace.upstream = Some(self.name.clone());
         let idempotent = matches!(
@@ -173,7 +175,11 @@ impl Upstream {
                 | http::Method::PUT
                 | http::Method::DELETE
         );
-        let deadline = self.config.total_timeout.map(|t| Instant::now() + t);
+        let deadline =
+            match (self.config.total_timeout.map(|t| Instant::now() + t), client_deadline) {
+                (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+                (ours, theirs) => ours.or(theirs),
+            };
         let hold_load = self.tracks_load().then_some(this);
         if policy.attempts > 1 {
             self.budget.deposit();
@@ -214,8 +220,9 @@ impl Upstream {
                     && policy.statuses.contains(&status.as_u16())
                     && self.may_retry(attempt_no, &body, deadline)
             };
+            let client = ClientSide { watch, deadline: client_deadline };
             let (outcome, settled) =
-                settle(transport, attempt, sent, timeout, watch, hold_load, retry_status);
+                settle(transport, attempt, sent, timeout, client, hold_load, retry_status);
             let took = started.elapsed();
             let series = &self.endpoints()[index].series;
             record_attempt(&self.name, series, outcome, took, attempt_no);
@@ -278,6 +285,13 @@ enum Settled<B> {
     Failed(UpstreamError),
 }
 
+/// What an attempt's failure may be blamed on the client for: its body, and its deadline.
+#[derive(Clone, Copy)]
+struct ClientSide<'a> {
+    watch: Option<&'a BodyWatch>,
+    deadline: Option<Instant>,
+}
+
 /// Reports how an attempt went to its endpoint (health, breaker, load), and says what it
 /// means for the request. `retry_status` says whether a response with this status should
 /// be tried again (it takes a retry from the budget when it says yes).
@@ -286,12 +300,12 @@ fn settle<T: Transport>(
     attempt: super::Attempt<'_>,
     sent: Result<Result<Response<T::Body>, TransportError>, tokio::time::error::Elapsed>,
     timeout: Duration,
-    watch: Option<&BodyWatch>,
+    client: ClientSide<'_>,
     hold_load: Option<&Arc<Upstream>>,
     retry_status: impl FnOnce(http::StatusCode) -> bool,
 ) -> (Option<Outcome>, Settled<T::Body>) {
     if !sent.as_ref().is_ok_and(Result::is_ok)
-        && let Some(fault) = client_fault(watch, sent.is_err(), timeout)
+        && let Some(fault) = client_fault(client, sent.is_err(), timeout)
     {
         // Dropped unfinished, the attempt records nothing against the endpoint.
         drop(attempt);
@@ -336,19 +350,22 @@ fn badly_framed<B>(response: &Response<B>) -> bool {
     h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH)
 }
 
-/// Whether a failed attempt was the client's doing: its body broke, or the attempt timed
-/// out while the client was still sending it (an upstream cannot answer a request it has
-/// not been given whole).
+/// Whether a failed attempt was the client's doing: its body broke, the attempt timed out
+/// while the client was still sending it (an upstream cannot answer a request it has not
+/// been given whole), or it timed out at the deadline the client set.
 fn client_fault(
-    watch: Option<&BodyWatch>,
+    client: ClientSide<'_>,
     timed_out: bool,
     timeout: Duration,
 ) -> Option<ClientBodyError> {
-    let watch = watch?;
-    if let Some(e) = watch.failure() {
+    if let Some(e) = client.watch.and_then(BodyWatch::failure) {
         return Some(e.clone());
     }
-    (timed_out && !watch.ended()).then_some(ClientBodyError::TimedOut(timeout))
+    if timed_out && client.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Some(ClientBodyError::Deadline(timeout));
+    }
+    let sending = client.watch.is_some_and(|w| !w.ended());
+    (timed_out && sending).then_some(ClientBodyError::TimedOut(timeout))
 }
 
 /// One endpoint's attempt series, by outcome, each resolved the first time it is needed

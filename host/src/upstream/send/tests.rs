@@ -72,6 +72,16 @@ async fn send(
     method: http::Method,
     script: &Script,
 ) -> (Result<Sent<()>, SendError>, Trace) {
+    send_by(up, method, script, None).await
+}
+
+/// [`send`], with the client's own deadline.
+async fn send_by(
+    up: &Arc<Upstream>,
+    method: http::Method,
+    script: &Script,
+    deadline: Option<Instant>,
+) -> (Result<Sent<()>, SendError>, Trace) {
     let (parts, ()) = Request::builder().method(method).uri("/x").body(()).unwrap().into_parts();
     let mut trace = Trace::default();
     let out = Outgoing {
@@ -80,6 +90,7 @@ async fn send(
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         watch: None,
         trace: None,
+        deadline,
     };
     let prepare = |req: &mut Request<BoxBody>, endpoint: &Authority| {
         *req.uri_mut() = format!("http://{endpoint}/x").parse().unwrap();
@@ -141,6 +152,27 @@ async fn attempts_time_out_and_the_total_timeout_bounds_them_all() {
     assert_eq!(trace.attempts[0].took, Duration::from_secs(1), "the attempt's own timeout");
     assert!(trace.attempts[1].took <= Duration::from_millis(500), "what the total left");
     assert!(started.elapsed() <= Duration::from_millis(1500), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clients_deadline_bounds_the_attempts_and_is_not_held_against_the_endpoint() {
+    let up = upstream(policy(3, &[], 10), None);
+    let script = Script::new([Step::Hang, Step::Hang, Step::Hang]);
+    let started = Instant::now();
+    let deadline = Some(started + Duration::from_millis(300));
+    let (sent, trace) = send_by(&up, http::Method::GET, &script, deadline).await;
+    let err = sent.err().unwrap();
+    assert!(matches!(err, SendError::Client(ClientBodyError::Deadline(_))), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    // Abandoned for the client: nothing recorded against the endpoint, no retry.
+    assert_eq!(outcomes(&trace), [None]);
+
+    // A deadline further away than the upstream's timeout leaves the timeout in charge.
+    let script = Script::new([Step::Hang, Step::Hang, Step::Hang]);
+    let deadline = Some(Instant::now() + Duration::from_secs(60));
+    let (sent, trace) = send_by(&up, http::Method::GET, &script, deadline).await;
+    assert!(matches!(sent.err().unwrap(), SendError::Upstream(UpstreamError::Timeout { .. })));
+    assert_eq!(outcomes(&trace), [Some(Outcome::TimedOut); 3]);
 }
 
 #[tokio::test(start_paused = true)]
