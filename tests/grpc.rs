@@ -1,5 +1,5 @@
 //! gRPC through the gateway with a real gRPC server and client (PyPI grpcio, driven by
-//! tests/py/grpc_peer.py): every call kind behind the jwt plugin, the gateway's own
+//! tests/py/grpc_peer.py): every call kind behind the jwt plugin, gRPC-Web, the gateway's own
 //! failures as gRPC statuses, the client's deadline, the message size limit, and an
 //! upstream killed mid-stream.
 
@@ -105,6 +105,22 @@ async fn grpc_calls_of_every_kind_behind_jwt_with_the_gateways_failures_as_statu
     assert_eq!(calls["bidi_many"], 1000);
     assert_eq!(calls["no_token"]["code"], "UNAUTHENTICATED");
     assert_eq!(calls["no_token"]["details"], "401 Unauthorized (plugin auth)");
+
+    // gRPC-Web over HTTP/1.1, binary and text, translated to gRPC for the same upstream
+    // (behind the same plugin): trailers come back as the last message.
+    let web = peer(&["web", &addr, token]);
+    let binary = &web["binary"];
+    assert_eq!(binary["content_type"], "application/grpc-web+proto", "{web}");
+    assert_eq!(binary["messages"], serde_json::json!(["hello"]));
+    assert_eq!(binary["trailers"]["grpc-status"], "0");
+    assert_eq!(binary["trailers"]["x-served-by"], "grpc-peer");
+    let text = &web["text"];
+    assert_eq!(text["content_type"], "application/grpc-web-text+proto", "{web}");
+    assert_eq!(text["messages"], serde_json::json!(["0", "1", "2"]));
+    assert_eq!(text["trailers"]["grpc-status"], "0");
+    let refused = &web["no_token"];
+    assert_eq!((refused["status"].as_u64(), &refused["grpc_status"]), (Some(200), &"16".into()));
+    assert_eq!(refused["content_type"], "application/grpc-web+proto");
 
     // The gateway's own failures, as statuses: no route, an upstream that is down.
     let none = peer(&["call", &addr, "/other.Service/Method", "5", "1"]);

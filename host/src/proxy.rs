@@ -155,6 +155,10 @@ fn arrive_and_route(
     // Read before the hop-by-hop headers (Connection, Upgrade) are dropped.
     let websocket = tunnel::wants_websocket(&parts);
     let trusted = server.trusts(peer);
+    if let Some(web) = ctx.web {
+        // From here on it is a gRPC call: plugins and the upstream see gRPC.
+        web.to_grpc(&mut parts.headers);
+    }
     normalize::request(&mut parts, server.paths)
         .and_then(|()| forward::from_client(&mut parts.headers, trusted, server.underscores))
         .map_err(ProxyError::Refused)?;
@@ -210,8 +214,12 @@ fn arrive_and_route(
             let decode = route.request_decompression.zip(compress::decode::coding(&parts.headers));
             let body = match decode {
                 None if ctx.grpc => {
+                    let body = BoxBody::new(http_body_util::BodyExt::map_err(body, Into::into));
+                    let body = match ctx.web {
+                        Some(web) => web.request_body(body, Some(watch.clone())),
+                        None => body,
+                    };
                     let max = route.grpc_max_message_bytes;
-                    let body = http_body_util::BodyExt::map_err(body, Into::into);
                     Body::stream(grpc::Limited::new(body, max, Some(watch.clone())))
                 }
                 None => Body::stream(body),
@@ -250,15 +258,19 @@ fn finish(
             {
                 resp = grpc::from_local_reply(resp, plugin);
             }
+            if let Some(web) = ctx.web {
+                resp = web.response(resp);
+            }
             resp.headers_mut().insert(X_REQUEST_ID.clone(), ctx.id.clone());
             (resp, None)
         }
         Err(e) => {
             log_failure(ctx, &e);
             let origin = e.origin();
-            let resp = match ctx.grpc {
-                true => grpc::error_response(&e, ctx.id.clone()),
-                false => e.into_response(ctx.id.clone()),
+            let resp = match (ctx.grpc, ctx.web) {
+                (true, Some(web)) => web.response(grpc::error_response(&e, ctx.id.clone())),
+                (true, None) => grpc::error_response(&e, ctx.id.clone()),
+                (false, _) => e.into_response(ctx.id.clone()),
             };
             (resp, Some(origin))
         }

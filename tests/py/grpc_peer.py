@@ -8,6 +8,8 @@ messages are raw bytes, so no .proto is needed.
                                  one unary call sending SIZE bytes: {"code": ..., "details": ...};
                                  METHOD is a name in sluice.test.Echo or a whole /pkg.Svc/Method
   grpc_peer.py stream ADDR       reads Forever until the stream fails: {"got": N, "code": ...}
+  grpc_peer.py web ADDR TOKEN    gRPC-Web calls over HTTP/1.1 (as a browser's client library
+                                 makes them, written out by hand), printed as one JSON object
 
 The service (each method's path is /sluice.test.Echo/NAME):
   Unary   returns the request, with trailing metadata x-served-by: grpc-peer and the
@@ -20,7 +22,10 @@ The service (each method's path is /sluice.test.Echo/NAME):
   Forever server streaming: a message every 100 ms until cancelled
 """
 
+import base64
+import http.client
 import json
+import struct
 import sys
 import time
 from concurrent import futures
@@ -168,6 +173,47 @@ def read_forever(addr):
         return {"got": got, **failure(e)}
 
 
+def web_call(addr, path, payload, text, token):
+    host, port = addr.rsplit(":", 1)
+    body = b"\x00" + struct.pack(">I", len(payload)) + payload
+    kind = "application/grpc-web-text" if text else "application/grpc-web+proto"
+    headers = {"content-type": kind, "x-grpc-web": "1", "accept": kind}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", path, base64.b64encode(body) if text else body, headers)
+    resp = conn.getresponse()
+    raw = resp.read()
+    if text:
+        raw = base64.b64decode(raw)
+    messages, trailers = [], {}
+    while raw:
+        flag, length = raw[0], struct.unpack(">I", raw[1:5])[0]
+        chunk, raw = raw[5:5 + length], raw[5 + length:]
+        if flag & 0x80:
+            for line in chunk.decode().split("\r\n"):
+                if line:
+                    k, v = line.split(":", 1)
+                    trailers[k.strip()] = v.strip()
+        else:
+            messages.append(chunk.decode())
+    return {
+        "status": resp.status,
+        "content_type": resp.getheader("content-type"),
+        "grpc_status": resp.getheader("grpc-status"),
+        "messages": messages,
+        "trailers": trailers,
+    }
+
+
+def web(addr, token):
+    return {
+        "binary": web_call(addr, f"/{SERVICE}/Unary", b"hello", False, token),
+        "text": web_call(addr, f"/{SERVICE}/Count", b"3", True, token),
+        "no_token": web_call(addr, f"/{SERVICE}/Unary", b"hello", False, None),
+    }
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
@@ -178,5 +224,7 @@ if __name__ == "__main__":
         token = sys.argv[6] if len(sys.argv) > 6 else None
         payload = b"x" * int(sys.argv[5])
         print(json.dumps(call(sys.argv[2], sys.argv[3], float(sys.argv[4]), payload, token)))
+    elif mode == "web":
+        print(json.dumps(web(sys.argv[2], sys.argv[3])))
     elif mode == "stream":
         print(json.dumps(read_forever(sys.argv[2])), flush=True)

@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub accept_encoding: Vec<HeaderValue>,
     /// The request is a gRPC call: the gateway's own failures are answered as statuses.
     pub grpc: bool,
+    /// It came as gRPC-Web, to be answered so.
+    pub web: Option<super::grpc::web::Web>,
     /// The call's deadline, from its `grpc-timeout`.
     pub deadline: Option<Instant>,
 }
@@ -110,11 +112,12 @@ impl RequestCtx {
             }
             None => false,
         };
-        let grpc = super::grpc::is_call(&parts.headers);
+        let (grpc, web) = super::grpc::kind(&parts.headers);
         let arrived = Instant::now();
         let deadline = grpc.then(|| super::grpc::timeout(&parts.headers)).flatten();
         Self {
             grpc,
+            web,
             deadline: deadline.and_then(|t| arrived.checked_add(t)),
             traced,
             arrived_at: std::time::SystemTime::now(),

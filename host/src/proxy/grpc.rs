@@ -8,7 +8,10 @@
 //!   streams (the 5-byte length prefix is read; nothing is buffered);
 //! - failures the gateway or a plugin answers itself (no route, a denial, an upstream that
 //!   is down or late) go out as gRPC statuses in a trailers-only response, as gRPC clients
-//!   expect, instead of HTTP error pages.
+//!   expect, instead of HTTP error pages;
+//! - gRPC-Web from browsers is translated to and from gRPC ([`web`]).
+
+pub mod web;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,12 +39,28 @@ pub enum Code {
     Unauthenticated = 16,
 }
 
-/// Whether the request is a gRPC call: `application/grpc`, alone or with a `+codec`.
+/// Whether the message is gRPC: `application/grpc`, alone or with a `+codec`.
 pub fn is_call(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(http::header::CONTENT_TYPE) else { return false };
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| is_type(ct.as_bytes(), b"application/grpc"))
+}
+
+/// Whether `content_type` is `kind`, alone or with a `+codec` or parameters.
+fn is_type(content_type: &[u8], kind: &[u8]) -> bool {
+    content_type.get(..kind.len()).is_some_and(|p| p.eq_ignore_ascii_case(kind))
+        && matches!(content_type.get(kind.len()), None | Some(b'+' | b';'))
+}
+
+/// What a request is, by its content type (one lookup; most requests are neither).
+pub fn kind(headers: &HeaderMap) -> (bool, Option<web::Web>) {
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE) else { return (false, None) };
     let ct = ct.as_bytes();
-    ct.get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-        && matches!(ct.get(16), None | Some(b'+' | b';'))
+    if !ct.get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")) {
+        return (false, None);
+    }
+    let web = web::Web::of(ct);
+    (web.is_some() || is_type(ct, b"application/grpc"), web)
 }
 
 /// The call's `grpc-timeout`: 1 to 8 digits and a unit (H, M, S, m, u, n). A malformed
