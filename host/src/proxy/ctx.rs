@@ -112,7 +112,11 @@ impl RequestCtx {
             }
             None => false,
         };
-        let (grpc, web) = super::grpc::kind(&parts.headers);
+        // Calls are POSTs: other requests skip the header lookup.
+        let (grpc, web) = match parts.method == http::Method::POST {
+            true => super::grpc::kind(&parts.headers),
+            false => (false, None),
+        };
         let arrived = Instant::now();
         let deadline = grpc.then(|| super::grpc::timeout(&parts.headers)).flatten();
         Self {
