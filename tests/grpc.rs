@@ -134,6 +134,18 @@ async fn grpc_calls_of_every_kind_behind_jwt_with_the_gateways_failures_as_statu
     let big = peer(&["call", &addr, "Unary", "5", "100000", token]);
     assert_eq!(big["code"], "RESOURCE_EXHAUSTED", "{big}");
     assert_eq!(big["details"], "message larger than the route allows");
+    // While a client keeps sending 4 MB messages, another's calls are served.
+    let flood = std::thread::spawn({
+        let (addr, token) = (addr.clone(), token.to_owned());
+        move || {
+            let call = || peer(&["call", &addr, "Unary", "5", "4000000", &token])["code"].clone();
+            (0..4).map(|_| call()).collect::<Vec<_>>()
+        }
+    });
+    for _ in 0..4 {
+        assert_eq!(peer(&["call", &addr, "Unary", "5", "1000", token])["code"], "OK");
+    }
+    assert!(flood.join().unwrap().iter().all(|c| c == "RESOURCE_EXHAUSTED"));
 
     // The client's deadline: the gateway answers DEADLINE_EXCEEDED itself when it passes
     // (curl sets grpc-timeout and waits far longer), and the upstream is not blamed.

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::client::conn::http2;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -262,7 +262,7 @@ impl H2 {
         headers.remove("keep-alive");
         headers.remove("proxy-connection");
         if headers.get(http::header::TE).is_some_and(|te| te != "trailers") {
-            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            headers.remove(http::header::TE);
         }
     }
 
