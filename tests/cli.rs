@@ -196,3 +196,46 @@ fn version_names_the_commit_and_the_plugin_world_and_completions_print() {
     assert!(run(&["completions", "zsh"]).starts_with("#compdef sluice"));
     assert!(run(&["completions", "fish"]).contains("complete -c sluice"));
 }
+
+/// Adding to the world is a patch bump within 0.2: a plugin built for 0.2.0 (against a
+/// frozen copy of that WIT, tests/plugins/world-0.2.0) loads and runs next to current ones,
+/// and the gateway says which world it was built for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_for_an_earlier_0_2_world_still_loads_and_runs() {
+    assert_ne!(sluice_bindings::WORLD_VERSION, "0.2.0", "this test needs a newer world");
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo().await;
+    let config = write_config(
+        &dir,
+        upstream,
+        &format!(
+            r#"
+[plugins.old]
+module = "{}"
+
+[plugins.stamp]
+module = "header-transform"
+config = {{ request_headers = {{ "x-new" = "${{route}}" }} }}
+
+[[routes]]
+name = "both"
+prefix = "/"
+upstream = "echo"
+plugins = ["old", "stamp"]
+"#,
+            plugin("sluice_test_world_0_2_0")
+        ),
+    );
+    let mut p = Proc::start(&config);
+    let line = p.wait_for("plugin \"old\"");
+    assert!(line.contains("built for sluice:plugin@0.2.0"), "{line}");
+    let line = p.wait_for("plugin \"stamp\"");
+    assert!(!line.contains("built for"), "current plugins need no note: {line}");
+    for _ in 0..3 {
+        let r = get(p.addr, "/x", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-world"), Some("0.2.0"));
+        assert_eq!(r.echoed_header("x-world-0-2-0").as_deref(), Some("both 127.0.0.1"));
+        assert_eq!(r.echoed_header("x-new").as_deref(), Some("both"));
+    }
+}

@@ -132,7 +132,8 @@ async fn extism_plugin_serves_concurrent_requests_from_a_bounded_pool() {
 }
 
 /// The author's loop works for Extism plugins too: `sluice plugin test` replays the
-/// example's cases.toml, and the plugin's log line carries the plugin name and request id.
+/// example's cases.toml (one with a client certificate), and the plugin's log line carries
+/// the plugin name and request id.
 #[test]
 fn extism_example_cases_pass_under_sluice_plugin_test() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,7 +149,7 @@ fn extism_example_cases_pass_under_sluice_plugin_test() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains(
             "call(s) on this instance; path /login plugin=sluice_extism_example \

@@ -248,6 +248,107 @@ config = {{ set = {{ "meta.source" = "gateway" }}, remove = ["password"] }}
     again.shutdown().await;
 }
 
+/// Runs `sluice plugin test` on `cases` (a cases.toml body) for `module`, expecting all of
+/// its `count` cases to pass.
+fn plugin_test(module: &str, config: &str, cases: &str, count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!("[plugin]\nmodule = \"{module}\"\nconfig = {config}\n{cases}");
+    std::fs::write(dir.path().join("cases.toml"), file).unwrap();
+    let run = sluice(&["plugin", "test"], dir.path());
+    let out = text(&run);
+    assert!(run.status.success(), "{out}");
+    assert!(out.contains(&format!("{count} passed, 0 failed")), "{out}");
+}
+
+/// The Go and JS SDKs read the verified client certificate (`request.client-cert`, world
+/// 0.2.1), replayed with `sluice plugin test` cases that carry one (tests/tls.rs shows the
+/// same host function fed by a real mTLS handshake).
+#[test]
+fn go_and_js_plugins_read_the_client_certificate() {
+    let alice = r#"client_cert = { subject = "CN=alice, O=Example", issuer = "CN=Example CA", sans = ["URI:spiffe://example.org/alice"], fingerprint = "ab12" }"#;
+    let mallory = r#"client_cert = { subject = "CN=mallory" }"#;
+    let go = build("plugin-sdk/go/examples/auth-check", "go-auth-check");
+    let config = r#"{ header = "x-api-token", tokens = { "s3cret-token-1" = "bob" }, subjects = { "CN=alice, O=Example" = "alice" } }"#;
+    let cases = format!(
+        r#"
+[[case]]
+name = "a listed certificate subject is enough"
+{alice}
+[case.expect]
+action = "continue"
+request_headers = {{ x-consumer = "alice" }}
+
+[[case]]
+name = "an unlisted one is not"
+{mallory}
+[case.expect]
+action = "respond"
+status = 401
+
+[[case]]
+name = "nor is no certificate"
+[case.expect]
+action = "respond"
+status = 401
+
+[[case]]
+name = "a token still works"
+headers = {{ x-api-token = "s3cret-token-1" }}
+[case.expect]
+action = "continue"
+request_headers = {{ x-consumer = "bob" }}
+"#
+    );
+    plugin_test(&go, config, &cases, 4);
+
+    let js = build("plugin-sdk/js/examples/header-transform", "js-header-transform");
+    let config = r#"{ client_cert_header = "x-client-subject" }"#;
+    let cases = format!(
+        r#"
+[[case]]
+name = "the certificate's subject goes upstream"
+headers = {{ x-client-subject = "CN=admin" }}
+{alice}
+[case.expect]
+action = "continue"
+request_headers = {{ x-client-subject = "CN=alice, O=Example" }}
+
+[[case]]
+name = "without one, a claimed subject is removed"
+headers = {{ x-client-subject = "CN=admin" }}
+[case.expect]
+action = "continue"
+request_headers_absent = ["x-client-subject"]
+"#
+    );
+    plugin_test(&js, config, &cases, 2);
+
+    // A JS source written for 0.2.0 (its imports say so) builds against this SDK's world.
+    let old = tempfile::tempdir().unwrap();
+    let example = workspace().join("plugin-sdk/js/examples/header-transform");
+    let source = std::fs::read_to_string(example.join("plugin.js")).unwrap();
+    let current = format!("sluice:plugin/log@{}", sluice_bindings::WORLD_VERSION);
+    assert!(source.contains(&current), "the example imports the current world");
+    std::fs::write(
+        old.path().join("plugin.js"),
+        source.replace(&current, "sluice:plugin/log@0.2.0"),
+    )
+    .unwrap();
+    let build_mjs = workspace().join("plugin-sdk/js/build.mjs");
+    let package = serde_json::json!({
+        "name": "old-imports", "private": true, "type": "module", "main": "plugin.js",
+        "sluice": { "build": build_mjs },
+    });
+    std::fs::write(old.path().join("package.json"), package.to_string()).unwrap();
+    let out = out_dir().join("js-old-imports.wasm");
+    let run = sluice(
+        &["plugin", "build", old.path().to_str().unwrap(), "-o", out.to_str().unwrap()],
+        &workspace(),
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    plugin_test(out.to_str().unwrap(), config, &cases, 2);
+}
+
 /// `sluice plugin new` for each language, then `build` and `test` on the new project; and
 /// `test` fails (exit 1, FAILED) when an expectation does not hold.
 #[test]

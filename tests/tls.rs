@@ -66,6 +66,7 @@ impl Pki {
         let san: Vec<String> = sans
             .iter()
             .map(|s| match s {
+                s if s.contains("://") => format!("URI:{s}"),
                 s if s.contains('@') => format!("email:{s}"),
                 s if s.parse::<std::net::IpAddr>().is_ok() => format!("IP:{s}"),
                 s => format!("DNS:{s}"),
@@ -361,6 +362,71 @@ async fn client_certificates_required_optional_and_per_route() {
     assert_eq!(curl(optional, "api.test", "/", &mallory), None, "a wrong one is still refused");
     // The plain listener has no client certificate either.
     assert_eq!(get(p.addr, "/admin", &[]).await.status, 403);
+}
+
+/// The verified client certificate reaches plugins (`request.client-cert`, world 0.2.1):
+/// header-transform's `${client_cert.*}` forwards who it names, and a client without one
+/// cannot claim an identity by sending the header itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_see_the_verified_client_certificate_and_can_forward_it() {
+    let pki = Pki::new();
+    pki.leaf("ca", "site", "api.test", &["api.test"], false);
+    let sans = ["spiffe://example.org/ns/prod/sa/alice", "alice@example.com", "10.0.0.7"];
+    pki.leaf("ca", "alice", "alice", &sans, true);
+    let d = pki.dir.path().display();
+    let listeners = format!(
+        "[[listeners]]\nname = \"optional\"\nlisten = \"127.0.0.1:0\"\n\
+         tls = {{ certs = [{{ cert = \"{d}/site.pem\", key = \"{d}/site.key\" }}], client_ca = \"{d}/ca.pem\", client_auth = \"optional\" }}\n\
+         [plugins.identity]\nmodule = \"header-transform\"\n\
+         config = {{ request_headers = {{ \"x-client-subject\" = \"${{client_cert.subject}}\", \
+         \"x-client-issuer\" = \"${{client_cert.issuer}}\", \"x-client-sans\" = \"${{client_cert.sans}}\", \
+         \"x-client-fingerprint\" = \"${{client_cert.fingerprint}}\" }} }}\n"
+    );
+    let routes = "[[routes]]\nname = \"api\"\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [\"identity\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(&write_config(dir.path(), echo().await, &listeners, routes));
+    let optional = listener(&mut p, "optional");
+    let ca = pki.path("ca.pem").display().to_string();
+    let (cert, key) = (pki.path("alice.pem"), pki.path("alice.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let spoof = ["-H", "x-client-subject: CN=admin"];
+    let echoed = |extra: &[&str]| {
+        let mut args = vec!["--cacert", &ca];
+        args.extend(spoof);
+        args.extend(extra);
+        let (status, _, body) = curl(optional, "api.test", "/", &args).expect("served");
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let header = |name: &str| body["headers"][name].as_str().unwrap().to_owned();
+        [
+            header("x-client-subject"),
+            header("x-client-issuer"),
+            header("x-client-sans"),
+            header("x-client-fingerprint"),
+        ]
+    };
+
+    // The fingerprint as openssl computes it: "sha256 Fingerprint=AB:CD:...".
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", cert])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let fingerprint = text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+    assert_eq!(fingerprint.len(), 64, "{text}");
+    let [subject, issuer, sans, fp] = echoed(&["--cert", cert, "--key", key]);
+    assert_eq!(subject, "CN=alice", "the certificate's, not the client's header");
+    assert_eq!(issuer, "CN=Sluice Test CA");
+    assert_eq!(
+        sans,
+        "URI:spiffe://example.org/ns/prod/sa/alice,email:alice@example.com,IP:10.0.0.7"
+    );
+    assert_eq!(fp, fingerprint);
+    // Without a certificate every field is empty, and the claimed subject is gone.
+    assert_eq!(echoed(&[]), ["", "", "", ""].map(String::from));
+    // Plain HTTP has no certificate either.
+    let r = get(p.addr, "/", &[("x-client-subject", "CN=admin")]).await;
+    assert_eq!(r.echoed_header("x-client-subject").as_deref(), Some(""));
 }
 
 #[tokio::test(flavor = "multi_thread")]

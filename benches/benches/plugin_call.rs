@@ -81,6 +81,7 @@ fn request() -> RequestMsg {
         max_body_bytes: 1 << 20,
         trace_id: 0,
         calls: None,
+        client_cert: None,
     });
     RequestMsg { parts, body: Body::empty(), meta, context: Default::default() }
 }

@@ -360,5 +360,10 @@ pub fn describe(m: &Module) -> String {
         CodeSource::Compiled => "compiled",
         CodeSource::DiskCache => "loaded from cache",
     };
-    format!("{} (sha256 {}) {how} in {:.1?}", m.path.display(), m.short_hash(), m.load_time)
+    let world = match m.world.as_deref() {
+        Some(w) if w != sluice_bindings::WORLD_VERSION => format!(", built for sluice:plugin@{w}"),
+        _ => String::new(),
+    };
+    let (path, hash) = (m.path.display(), m.short_hash());
+    format!("{path} (sha256 {hash}{world}) {how} in {:.1?}", m.load_time)
 }

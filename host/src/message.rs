@@ -51,6 +51,7 @@ impl RequestMsg {
             max_body_bytes: 1024,
             trace_id: 0,
             calls: None,
+            client_cert: None,
         };
         RequestMsg { parts, body: Body::empty(), meta: Arc::new(meta), context: Context::default() }
     }
@@ -104,6 +105,8 @@ pub struct RequestMeta {
     pub trace_id: u128,
     /// Each plugin call, when the request is traced (for its spans).
     pub calls: Option<std::sync::Mutex<Vec<CallRecord>>>,
+    /// The connection's verified client certificate (mTLS), for plugins.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 /// One plugin hook call, as a traced request keeps it for its span.

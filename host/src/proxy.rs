@@ -201,6 +201,7 @@ fn arrive_and_route(
         max_body_bytes: route.max_body_bytes,
         trace_id: ctx.trace.trace_id,
         calls: ctx.traced.then(Default::default),
+        client_cert: ctx.conn.client_cert().cloned(),
     });
     ctx.meta = Some(meta.clone());
     // A body still to come is watched, so that a client who breaks it or goes quiet is

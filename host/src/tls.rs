@@ -332,7 +332,7 @@ impl Acceptor for Terminator {
                 rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
                 _ => "other",
             }),
-            client: conn.peer_certificates().and_then(|c| c.first()).map(client_cert),
+            client: conn.peer_certificates().and_then(|c| c.first()).map(|c| client_cert(c).into()),
         });
         Ok(stream)
     }
@@ -342,7 +342,9 @@ impl Acceptor for Terminator {
 fn client_cert(der: &CertificateDer<'_>) -> ClientCert {
     let fingerprint = Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect();
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der) else {
-        return ClientCert { subject: String::new(), sans: Vec::new(), fingerprint };
+        // rustls verified it, so x509-parser should read it too; if not, the fingerprint
+        // still identifies it.
+        return ClientCert { fingerprint, ..ClientCert::default() };
     };
     let sans = match parsed.subject_alternative_name() {
         Ok(Some(san)) => san
@@ -355,13 +357,24 @@ fn client_cert(der: &CertificateDer<'_>) -> ClientCert {
                     G::DNSName(d) => Some(format!("DNS:{d}")),
                     G::RFC822Name(e) => Some(format!("email:{e}")),
                     G::URI(u) => Some(format!("URI:{u}")),
+                    G::IPAddress(ip) => ip_text(ip).map(|ip| format!("IP:{ip}")),
                     _ => None,
                 }
             })
             .collect(),
         _ => Vec::new(),
     };
-    ClientCert { subject: parsed.subject().to_string(), sans, fingerprint }
+    let (subject, issuer) = (parsed.subject().to_string(), parsed.issuer().to_string());
+    ClientCert { subject, issuer, sans, fingerprint }
+}
+
+/// An IP address SAN's 4 or 16 bytes as text (`10.0.0.7`, `::1`).
+fn ip_text(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => Some(<[u8; 4]>::try_from(bytes).ok()?.into()),
+        16 => Some(<[u8; 16]>::try_from(bytes).ok()?.into()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 # crate wit-bindgen-go carries as source). Run after any change to wit/; the output is
 # committed, so building a Go plugin needs only Go.
 #
-#   cargo install wit-bindgen-cli --version 0.63.0 --locked    # once, ~15 min
+#   cargo install wit-bindgen-cli --version 0.63.0 --locked --debug   # once, ~2 min
 #   plugin-sdk/go/regen.sh
 set -euo pipefail
 cd "$(dirname "$0")"

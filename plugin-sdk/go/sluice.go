@@ -1,5 +1,5 @@
 // Package sluice writes Sluice gateway plugins in Go (mainline Go 1.24 or newer, not
-// TinyGo), for the sluice:plugin@0.2.0 world in wit/.
+// TinyGo), for the sluice:plugin@0.2.1 world in wit/.
 //
 // A plugin is a type with a request and a response method, registered from an init
 // function with a constructor that receives the plugin's config:
@@ -268,6 +268,31 @@ func (r *Request) Route() string { return r.raw.Route() }
 
 // Param is route parameter name ({id} in path = "/users/{id}"), percent-decoded.
 func (r *Request) Param(name string) (value string, ok bool) { return option(r.raw.Param(name)) }
+
+// ClientCert is who the client's TLS certificate says it is.
+type ClientCert struct {
+	// Subject is the subject's distinguished name, e.g. "CN=alice, O=Example".
+	Subject string
+	// Issuer is the issuer's distinguished name.
+	Issuer string
+	// SANs are the subject alternative names with their kinds: "DNS:api.example.com",
+	// "URI:spiffe://example.org/web", "email:alice@example.com", "IP:10.0.0.7".
+	SANs []string
+	// Fingerprint is the SHA-256 of the certificate's DER bytes, in lower-case hex.
+	Fingerprint string
+}
+
+// ClientCert is the certificate the client presented on this request's connection,
+// verified against the listener's client_ca (mTLS); ok is false on plain HTTP and when the
+// client sent none. Since sluice:plugin@0.2.1.
+func (r *Request) ClientCert() (cert ClientCert, ok bool) {
+	o := r.raw.ClientCert()
+	if !o.IsSome() {
+		return ClientCert{}, false
+	}
+	c := o.Some()
+	return ClientCert{Subject: c.Subject, Issuer: c.Issuer, SANs: c.Sans, Fingerprint: c.Fingerprint}, true
+}
 
 // Context is what this plugin stored under key for this request with SetContext.
 func (r *Request) Context(key string) (value string, ok bool) { return option(r.raw.Context(key)) }

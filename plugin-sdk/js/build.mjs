@@ -6,9 +6,9 @@
 // The component embeds the StarlingMonkey engine (about 12 MB) and keeps only the WASI
 // features a plugin needs: `stdio` (console.* and uncaught errors go to the gateway's trap
 // reports) and `random` (Math.random, crypto.getRandomValues). `clocks` and `http` are
-// left out unless enabled: use the `clock` import (`sluice:plugin/clock@0.2.0`) for time.
+// left out unless enabled: use the `clock` import (`sluice:plugin/clock@0.2.1`) for time.
 import { componentize } from '@bytecodealliance/componentize-js';
-import { rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -85,10 +85,26 @@ for (let i = 0; i < args.length; i++) {
 if (!source) usage('no plugin source given');
 if (!out) out = source.replace(/\.[cm]?[jt]s$/, '') + '.wasm';
 
+// Imports name the world's version (`sluice:plugin/log@0.2.1`). Versions within 0.2 only
+// add, so a plugin written for an earlier 0.2.x builds unchanged: its imports are pointed
+// at this SDK's version, in a copy next to it (so its relative imports still resolve).
+const WORLD = (await readFile(join(resolve(wit), 'world.wit'), 'utf8')).match(/^package sluice:plugin@([0-9.]+);/m)[1];
+const text = await readFile(source, 'utf8');
+const older = new RegExp(`(['"]sluice:plugin/[a-z-]+@)(0\\.2\\.\\d+)(['"])`, 'g');
+const stale = [...new Set([...text.matchAll(older)].map((m) => m[2]).filter((v) => v !== WORLD))];
+let module = './' + basename(source);
+let copy;
+if (stale.length) {
+  console.error(`note: ${source} imports sluice:plugin@${stale.join(', @')}; building it against @${WORLD} (0.2 versions only add)`);
+  copy = join(dirname(resolve(source)), `.sluice-plugin-${process.pid}.mjs`);
+  await writeFile(copy, text.replace(older, `$1${WORLD}$3`));
+  module = './' + basename(copy);
+}
+
 // The component's entry is a small wrapper around the plugin module (see ENTRY below),
 // written next to it so its relative import resolves.
 const entry = join(dirname(resolve(source)), `.sluice-entry-${process.pid}.mjs`);
-await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify('./' + basename(source))));
+await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify(module)));
 const started = Date.now();
 try {
   const { component } = await componentize({
@@ -108,4 +124,5 @@ try {
   process.exitCode = 1;
 } finally {
   await rm(entry, { force: true });
+  if (copy) await rm(copy, { force: true });
 }

@@ -1,4 +1,4 @@
-// TypeScript declarations for the sluice:plugin@0.2.0 world (wit/), as componentize-js maps
+// TypeScript declarations for the sluice:plugin@0.2.1 world (wit/), as componentize-js maps
 // it to JavaScript. The WIT files are the reference; this mirrors them:
 //
 // - kebab-case names become camelCase (`set-header` -> `setHeader`);
@@ -10,7 +10,7 @@
 //
 // A plugin module exports `filter`:
 //
-//   import { log } from 'sluice:plugin/log@0.2.0';
+//   import { log } from 'sluice:plugin/log@0.2.1';
 //   export const filter = {
 //     init(config) { JSON.parse(config); },
 //     onRequest(req) {
@@ -19,7 +19,7 @@
 //     },
 //   };
 
-declare module 'sluice:plugin/http@0.2.0' {
+declare module 'sluice:plugin/http@0.2.1' {
   /** Why a method, path, query, status or header could not be changed. */
   export type FieldError =
     | { tag: 'invalid-name' }
@@ -30,6 +30,18 @@ declare module 'sluice:plugin/http@0.2.0' {
   export type BodyError =
     | { tag: 'too-large'; val: bigint }
     | { tag: 'read-failed'; val: string };
+
+  /** Who the client's verified TLS certificate (mTLS) says it is. Since 0.2.1. */
+  export interface ClientCert {
+    /** The subject's distinguished name, e.g. `CN=alice, O=Example`. */
+    subject: string;
+    /** The issuer's distinguished name. */
+    issuer: string;
+    /** `DNS:...`, `URI:...`, `email:...`, `IP:...` */
+    sans: string[];
+    /** SHA-256 of the certificate's DER bytes, 64 lower-case hex digits. */
+    fingerprint: string;
+  }
 
   /** The request as it will be sent upstream. Owned by the host; valid during the call. */
   export class Request {
@@ -60,6 +72,8 @@ declare module 'sluice:plugin/http@0.2.0' {
     route(): string;
     param(name: string): string | undefined;
     params(): [string, string][];
+    /** The verified client certificate, or undefined (plain HTTP, or none sent). Since 0.2.1. */
+    clientCert(): ClientCert | undefined;
     context(key: string): string | undefined;
     /** @throws {FieldError} past 32 keys or 16 KiB per plugin per request */
     setContext(key: string, value: string): void;
@@ -86,21 +100,21 @@ declare module 'sluice:plugin/http@0.2.0' {
   }
 }
 
-declare module 'sluice:plugin/log@0.2.0' {
+declare module 'sluice:plugin/log@0.2.1' {
   export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** Written to the gateway log, tagged with the plugin, route and request id. */
   export function log(level: Level, message: string): void;
   export function enabled(level: Level): boolean;
 }
 
-declare module 'sluice:plugin/clock@0.2.0' {
+declare module 'sluice:plugin/clock@0.2.1' {
   /** Wall-clock milliseconds since the Unix epoch. */
   export function nowMs(): bigint;
   /** Monotonic nanoseconds; only differences mean anything. */
   export function monotonicNs(): bigint;
 }
 
-declare module 'sluice:plugin/kv@0.2.0' {
+declare module 'sluice:plugin/kv@0.2.1' {
   export type KvError =
     | { tag: 'unavailable'; val: string }
     | { tag: 'not-a-number' }
@@ -123,13 +137,13 @@ declare module 'sluice:plugin/kv@0.2.0' {
   export { delete_ as delete };
 }
 
-declare module 'sluice:plugin/metrics@0.2.0' {
+declare module 'sluice:plugin/metrics@0.2.1' {
   export function counterAdd(name: string, value: bigint): void;
   export function observe(name: string, value: number): void;
 }
 
-declare module 'sluice:plugin/filter@0.2.0' {
-  import type { Request, Response } from 'sluice:plugin/http@0.2.0';
+declare module 'sluice:plugin/filter@0.2.1' {
+  import type { Request, Response } from 'sluice:plugin/http@0.2.1';
 
   /** The phases a plugin takes part in. */
   export interface Hooks {

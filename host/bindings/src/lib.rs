@@ -34,9 +34,13 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// The world's version this host implements; the component must export
-/// [`FILTER_INTERFACE`].
-pub const WORLD_VERSION: &str = "0.2.0";
+/// The world's version this host implements. Components built for an earlier 0.2.x load
+/// too: wasmtime matches their imports and their [`FILTER_INTERFACE`] export by semver
+/// (0.2.x versions are compatible with each other, and versions only add within 0.2).
+pub const WORLD_VERSION: &str = "0.2.1";
+
+/// The versions this host loads: `sluice:plugin@0.2.*`.
+pub const WORLD_COMPATIBLE: &str = "0.2.";
 
 /// The fully-qualified name of the interface every plugin exports.
-pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.2.0";
+pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.2.1";

@@ -600,6 +600,7 @@ fn plugin_view(
         "module": m.path.display().to_string(),
         "sha256": m.hash,
         "kind": format!("{:?}", m.kind()).to_lowercase(),
+        "world": m.world,
         "source": match m.source {
             crate::plugin::CodeSource::Compiled => "compiled",
             crate::plugin::CodeSource::DiskCache => "cache",

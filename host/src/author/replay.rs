@@ -54,6 +54,9 @@ struct Case {
     body: String,
     #[serde(default = "loopback")]
     client_ip: IpAddr,
+    /// The verified mTLS certificate the plugin sees (`subject`, `issuer`, `sans`,
+    /// `fingerprint`); none when absent.
+    client_cert: Option<sluice::message::ClientCert>,
     #[serde(default)]
     response: Upstream,
     #[serde(default)]
@@ -532,6 +535,7 @@ fn build_request(case: &Case, id: &str, max_body_bytes: u64) -> anyhow::Result<R
         max_body_bytes,
         trace_id: 0,
         calls: None,
+        client_cert: case.client_cert.clone().map(Arc::new),
     };
     let body = Body::Full(Bytes::from(case.body.clone()));
     Ok(RequestMsg { parts, body, meta: Arc::new(meta), context: Context::default() })

@@ -195,6 +195,19 @@ impl wit_http::HostRequest for HttpCtx {
         Ok(if stored { Ok(()) } else { Err(FieldError::InvalidValue) })
     }
 
+    fn client_cert(
+        &mut self,
+        _: Resource<RequestHandle>,
+    ) -> HostResult<Option<wit_http::ClientCert>> {
+        let cert = self.request()?.meta.client_cert.as_deref();
+        Ok(cert.map(|c| wit_http::ClientCert {
+            subject: c.subject.clone(),
+            issuer: c.issuer.clone(),
+            sans: c.sans.clone(),
+            fingerprint: c.fingerprint.clone(),
+        }))
+    }
+
     fn params(&mut self, _: Resource<RequestHandle>) -> HostResult<Vec<(String, String)>> {
         let params = &self.request()?.meta.params;
         Ok(params.iter().map(|(n, v)| (n.to_string(), v.clone())).collect())

@@ -30,16 +30,21 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     /// `TLSv1.3` or `TLSv1.2`.
     pub version: Option<&'static str>,
-    /// The client's certificate, verified against the listener's `client_ca`.
-    pub client: Option<ClientCert>,
+    /// The client's certificate, verified against the listener's `client_ca`; shared with
+    /// every request on the connection (plugins read it through `request.client-cert`).
+    pub client: Option<Arc<ClientCert>>,
 }
 
-/// Who a verified client certificate names.
-#[derive(Debug, Clone, Default)]
+/// Who a verified client certificate names (serialized as is for Extism plugins, and read
+/// from `sluice plugin test` cases).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClientCert {
     /// The subject's distinguished name (`CN=alice, O=Example`).
     pub subject: String,
-    /// Its subject alternative names: `DNS:...`, `email:...`, `URI:...`.
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// Its subject alternative names: `DNS:...`, `URI:...`, `email:...`, `IP:...`.
     pub sans: Vec<String>,
     /// The SHA-256 of its DER bytes, in lower-case hex.
     pub fingerprint: String,
@@ -52,7 +57,7 @@ impl ConnInfo {
     }
 
     /// The verified client certificate, if the client sent one.
-    pub fn client_cert(&self) -> Option<&ClientCert> {
+    pub fn client_cert(&self) -> Option<&Arc<ClientCert>> {
         self.tls.as_ref()?.client.as_ref()
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sluice_bindings::{FILTER_INTERFACE, PluginPre, WORLD_VERSION};
+use sluice_bindings::{FILTER_INTERFACE, PluginPre, WORLD_COMPATIBLE, WORLD_VERSION};
 use wasmtime::component::Component;
 
 use wasmtime::Engine;
@@ -36,10 +36,16 @@ pub enum ModuleError {
     #[error("not a Wasm module")]
     NotWasm,
     #[error(
-        "built for sluice:plugin@{found}, but this Sluice implements @{WORLD_VERSION}; \
-         rebuild the plugin against this release's wit/ and sluice-pdk"
+        "built for sluice:plugin@{found}, but this Sluice implements @{WORLD_VERSION} (and \
+         loads @{WORLD_COMPATIBLE}x); rebuild the plugin against this release's wit/ and SDK"
     )]
     WrongVersion { found: String },
+    #[error(
+        "built for sluice:plugin@{found}, newer than this Sluice's @{WORLD_VERSION}, and it \
+         uses what this Sluice lacks: {error}; upgrade Sluice or rebuild the plugin against \
+         this release's wit/"
+    )]
+    Newer { found: String, error: String },
     #[error(
         "not a Sluice plugin: it does not export `{FILTER_INTERFACE}` (it exports: {exports}); \
          build it against wit/ with a Sluice plugin SDK"
@@ -64,6 +70,8 @@ pub struct Module {
     pub source: CodeSource,
     /// Compiling, or loading from the cache, took this long.
     pub load_time: Duration,
+    /// The `sluice:plugin` version a component was built for (`0.2.0`); `None` for Extism.
+    pub world: Option<String>,
     pub(crate) code: Code,
 }
 
@@ -131,7 +139,7 @@ impl Module {
                 // `load_time` here only cover reading and checking the bytes.
                 let (source, load_time, code) =
                     (CodeSource::Compiled, started.elapsed(), Code::Extism(bytes.into()));
-                return Ok(Self { path, hash, source, load_time, code });
+                return Ok(Self { path, hash, source, load_time, world: None, code });
             }
             (PluginKind::Component, _) => {}
         }
@@ -156,11 +164,18 @@ impl Module {
                 (component, CodeSource::Compiled)
             }
         };
-        check_world(engine, &component)?;
-        let pre =
-            linker.instantiate_pre(&component).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| ModuleError::Link(format!("{e:#}")))?;
-        Ok(Self { path, hash, source, load_time: started.elapsed(), code: Code::Component(pre) })
+        let world = check_world(engine, &component)?;
+        let link_error = |e: wasmtime::Error| match newer(&world) {
+            true => ModuleError::Newer { found: world.clone(), error: format!("{e:#}") },
+            false => ModuleError::Link(format!("{e:#}")),
+        };
+        // A component built for an earlier 0.2.x imports `sluice:plugin/http@0.2.0` and
+        // exports `filter@0.2.0`: the linker and the bindings' export lookup both match
+        // those to this host's 0.2.1 by semver, and its types are a subset of ours.
+        let pre = linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = PluginPre::new(pre).map_err(link_error)?;
+        let (load_time, code) = (started.elapsed(), Code::Component(pre));
+        Ok(Self { path, hash, source, load_time, world: Some(world), code })
     }
 
     /// The first 12 hex digits of the hash, for logs.
@@ -209,6 +224,19 @@ fn store_cached(component: &Component, file: &Path) {
     }
 }
 
+/// Whether a component built for `world` may load here: `0.2.` and a patch number.
+fn compatible(world: &str) -> bool {
+    world
+        .strip_prefix(WORLD_COMPATIBLE)
+        .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `world` (a compatible `0.2.x`) is newer than the version this host implements.
+fn newer(world: &str) -> bool {
+    let patch = |v: &str| v.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    patch(world) > patch(WORLD_VERSION)
+}
+
 fn rand_suffix() -> u64 {
     let mut h = DefaultHasher::new();
     Instant::now().hash(&mut h);
@@ -216,18 +244,38 @@ fn rand_suffix() -> u64 {
     h.finish()
 }
 
-/// Gives a clear error for components built against another world version, or not for
-/// Sluice at all, instead of wasmtime's generic "missing export".
-fn check_world(engine: &Engine, component: &Component) -> Result<(), ModuleError> {
+/// The world version `component` was built for, if this host loads it; otherwise a clear
+/// error for components built against another minor version, or not for Sluice at all,
+/// instead of wasmtime's generic "missing export".
+fn check_world(engine: &Engine, component: &Component) -> Result<String, ModuleError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
-    if exports.iter().any(|e| e == FILTER_INTERFACE) {
-        return Ok(());
-    }
     let prefix = "sluice:plugin/filter@";
+    debug_assert!(FILTER_INTERFACE.starts_with(prefix));
     if let Some(found) = exports.iter().find_map(|e| e.strip_prefix(prefix)) {
-        return Err(ModuleError::WrongVersion { found: found.to_owned() });
+        return match compatible(found) {
+            true => Ok(found.to_owned()),
+            false => Err(ModuleError::WrongVersion { found: found.to_owned() }),
+        };
     }
     let exports = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
     Err(ModuleError::NotAPlugin { exports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_and_later_patches_of_0_2_load_other_versions_do_not() {
+        for ok in ["0.2.0", "0.2.1", "0.2.17"] {
+            assert!(compatible(ok), "{ok}");
+        }
+        for refused in ["0.1.0", "0.3.0", "1.2.0", "0.2", "0.2.", "0.2.1-rc1", "0.20.1"] {
+            assert!(!compatible(refused), "{refused}");
+        }
+        assert!(!newer("0.2.0") && !newer(WORLD_VERSION) && newer("0.2.99"));
+        assert!(compatible(WORLD_VERSION));
+        assert_eq!(FILTER_INTERFACE, format!("sluice:plugin/filter@{WORLD_VERSION}"));
+    }
 }

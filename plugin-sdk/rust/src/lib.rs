@@ -57,7 +57,7 @@ pub mod bindings {
 }
 
 pub use bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
-pub use bindings::sluice::plugin::http::{BodyError, FieldError, Request, Response};
+pub use bindings::sluice::plugin::http::{BodyError, ClientCert, FieldError, Request, Response};
 
 /// Time, from the host.
 pub mod clock {
@@ -213,7 +213,10 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 /// A config value with `${...}` variables taken from the request, parsed once at `init` and
 /// rendered per request: `${request_id}`, `${client_ip}`, `${route}`, `${param.NAME}` (a
-/// route parameter), and `${latency}` where the plugin measures it (see [`Latency`]).
+/// route parameter), the verified mTLS certificate's `${client_cert.subject}`,
+/// `${client_cert.issuer}`, `${client_cert.fingerprint}` and `${client_cert.sans}` (its
+/// SANs joined with `,`; all four empty without a certificate), and `${latency}` where the
+/// plugin measures it (see [`Latency`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template(Vec<TemplatePart>);
 
@@ -224,7 +227,16 @@ enum TemplatePart {
     ClientIp,
     Route,
     Param(String),
+    Cert(CertField),
     Latency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CertField {
+    Subject,
+    Issuer,
+    Fingerprint,
+    Sans,
 }
 
 /// Whether a template may use `${latency}` (the upstream's time, which only a plugin that
@@ -257,6 +269,10 @@ impl Template {
                 ("request_id", _) => TemplatePart::RequestId,
                 ("client_ip", _) => TemplatePart::ClientIp,
                 ("route", _) => TemplatePart::Route,
+                ("client_cert.subject", _) => TemplatePart::Cert(CertField::Subject),
+                ("client_cert.issuer", _) => TemplatePart::Cert(CertField::Issuer),
+                ("client_cert.fingerprint", _) => TemplatePart::Cert(CertField::Fingerprint),
+                ("client_cert.sans", _) => TemplatePart::Cert(CertField::Sans),
                 ("latency", Latency::Known) => TemplatePart::Latency,
                 ("latency", Latency::OnlyInResponse) => {
                     return Err("${latency} is only known in the response".into());
@@ -267,7 +283,9 @@ impl Template {
                         let extra = if latency == Latency::Unknown { "" } else { ", latency" };
                         return Err(format!(
                             "unknown variable ${{{var}}} in {value:?} (known: request_id, \
-                             client_ip, route, param.NAME{extra})"
+                             client_ip, route, param.NAME, client_cert.subject, \
+                             client_cert.issuer, client_cert.fingerprint, \
+                             client_cert.sans{extra})"
                         ));
                     }
                 },
@@ -296,6 +314,16 @@ impl Template {
                 TemplatePart::ClientIp => out.push_str(&req.client_ip()),
                 TemplatePart::Route => out.push_str(&req.route()),
                 TemplatePart::Param(n) => out.push_str(&req.param(n).unwrap_or_default()),
+                TemplatePart::Cert(field) => {
+                    if let Some(cert) = req.client_cert() {
+                        match field {
+                            CertField::Subject => out.push_str(&cert.subject),
+                            CertField::Issuer => out.push_str(&cert.issuer),
+                            CertField::Fingerprint => out.push_str(&cert.fingerprint),
+                            CertField::Sans => out.push_str(&cert.sans.join(",")),
+                        }
+                    }
+                }
                 TemplatePart::Latency => {
                     if let Some(ms) = latency_ms {
                         out.push_str(&ms.to_string());

@@ -29,6 +29,9 @@ struct RequestIn<'a> {
     id: &'a str,
     route: &'a str,
     client_ip: String,
+    /// The verified client certificate (mTLS), absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<&'a crate::message::ClientCert>,
     method: &'a str,
     path: &'a str,
     query: Option<&'a str>,
@@ -106,6 +109,7 @@ pub async fn input(phase: Phase, call: &mut Call) -> Result<Vec<u8>, FailureKind
         id: req.meta.id(),
         route: &req.meta.route,
         client_ip: req.meta.client_ip_text().to_owned(),
+        client_cert: req.meta.client_cert.as_deref(),
         method: req.parts.method.as_str(),
         path: req.parts.uri.path(),
         query: req.parts.uri.query(),

@@ -24,10 +24,17 @@ struct Input {
 
 #[derive(Deserialize)]
 struct Request {
+    /// The verified mTLS certificate; absent without one.
+    client_cert: Option<ClientCert>,
     path: String,
     query: Option<String>,
     headers: Vec<(String, String)>,
     body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ClientCert {
+    subject: String,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +87,9 @@ pub fn on_request(Json(input): Json<Input>) -> FnResult<Json<Output>> {
     }
     let mut out = Output::default();
     out.set_headers.insert("x-extism-calls".into(), calls.to_string());
+    if let Some(cert) = &req.client_cert {
+        out.set_headers.insert("x-client-subject".into(), cert.subject.clone());
+    }
     if let Some(required) = config::get("require_header")?
         && req.header(&required).is_none()
     {

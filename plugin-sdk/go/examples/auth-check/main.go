@@ -1,7 +1,9 @@
 // A small custom auth check in Go: a request must carry one of the configured tokens in a
-// header; the token's owner is passed upstream, and the token itself is not.
+// header, or come with a verified client certificate (mTLS) whose subject is listed; the
+// owner is passed upstream, and the token itself is not.
 //
-//	config = { header = "x-api-token", tokens = { "s3cret" = "alice" } }
+//	config = { header = "x-api-token", tokens = { "s3cret" = "alice" },
+//	           subjects = { "CN=billing, O=Example" = "billing" } }
 package main
 
 import (
@@ -15,6 +17,8 @@ import (
 type config struct {
 	Header string            `json:"header"`
 	Tokens map[string]string `json:"tokens"`
+	// Client certificate subjects (as ClientCert.Subject writes them) and their owners.
+	Subjects map[string]string `json:"subjects"`
 	// The header the owner's name is sent upstream in (default x-consumer).
 	ConsumerHeader string `json:"consumer_header"`
 }
@@ -34,6 +38,11 @@ func (a *authCheck) OnRequest(req *sluice.Request) sluice.Action {
 				owner = name
 			}
 		}
+	}
+	if cert, ok := req.ClientCert(); owner == "" && ok {
+		// The gateway verified the chain against the listener's client_ca; which
+		// identities may call is this plugin's decision.
+		owner = a.Subjects[cert.Subject]
 	}
 	if owner == "" {
 		sluice.CounterAdd("denied", 1)
@@ -57,8 +66,8 @@ func init() {
 		if strings.TrimSpace(c.Header) == "" {
 			return nil, fmt.Errorf("config.header: required (the header that carries the token)")
 		}
-		if len(c.Tokens) == 0 {
-			return nil, fmt.Errorf("config.tokens: at least one token is required")
+		if len(c.Tokens) == 0 && len(c.Subjects) == 0 {
+			return nil, fmt.Errorf("config.tokens: at least one token (or config.subjects) is required")
 		}
 		for token, owner := range c.Tokens {
 			if len(token) < 8 {

@@ -1,11 +1,19 @@
 // A header transform in JavaScript: sets request headers before the upstream sees them,
-// removes some, and sets response headers on the way back.
+// removes some, and sets response headers on the way back. With `client_cert_header` it
+// also tells the upstream who the client's verified TLS certificate (mTLS) names, and
+// removes that header when there is none, so a client cannot claim an identity itself.
 //
 //   config = { request_headers = { "x-lang" = "js" }, remove_request_headers = ["x-debug"],
-//              response_headers = { "x-served-by" = "sluice-js" } }
-import { log } from 'sluice:plugin/log@0.2.0';
+//              response_headers = { "x-served-by" = "sluice-js" },
+//              client_cert_header = "x-client-subject" }
+import { log } from 'sluice:plugin/log@0.2.1';
 
-let config = { request_headers: {}, remove_request_headers: [], response_headers: {} };
+let config = {
+  request_headers: {},
+  remove_request_headers: [],
+  response_headers: {},
+  client_cert_header: undefined,
+};
 
 function headerMap(value, path) {
   if (value === undefined) return {};
@@ -21,7 +29,7 @@ function headerMap(value, path) {
 export const filter = {
   init(json) {
     const raw = JSON.parse(json);
-    const known = ['request_headers', 'remove_request_headers', 'response_headers'];
+    const known = ['request_headers', 'remove_request_headers', 'response_headers', 'client_cert_header'];
     for (const key of Object.keys(raw)) {
       if (!known.includes(key)) throw new Error(`config.${key}: unknown field (expected ${known.join(', ')})`);
     }
@@ -33,7 +41,11 @@ export const filter = {
       request_headers: headerMap(raw.request_headers, 'request_headers'),
       remove_request_headers: remove,
       response_headers: headerMap(raw.response_headers, 'response_headers'),
+      client_cert_header: raw.client_cert_header,
     };
+    if (config.client_cert_header !== undefined && typeof config.client_cert_header !== 'string') {
+      throw new Error('config.client_cert_header: expected a header name');
+    }
     return {
       onRequest: true,
       onResponse: Object.keys(config.response_headers).length > 0,
@@ -43,6 +55,12 @@ export const filter = {
   onRequest(req) {
     for (const name of config.remove_request_headers) req.removeHeader(name);
     for (const [name, value] of Object.entries(config.request_headers)) req.setHeader(name, value);
+    if (config.client_cert_header) {
+      // { subject, issuer, sans, fingerprint }, or undefined without a verified certificate.
+      const cert = req.clientCert();
+      if (cert) req.setHeader(config.client_cert_header, cert.subject);
+      else req.removeHeader(config.client_cert_header);
+    }
     log('debug', `set ${Object.keys(config.request_headers).length} request header(s)`);
   },
 

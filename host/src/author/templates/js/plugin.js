@@ -1,6 +1,6 @@
 // {{name}}: stamps requests with a greeting, answers GET /hello, marks responses.
 // Types: sluice.d.ts. Build: `sluice plugin build` (or `npm run build`).
-import { log } from 'sluice:plugin/log@0.2.0';
+import { log } from 'sluice:plugin/log@0.2.1';
 
 let greeting;
 
