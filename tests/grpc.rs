@@ -67,24 +67,27 @@ fn curl_call(addr: SocketAddr, path: &str, headers: &[&str]) -> String {
 async fn grpc_calls_of_every_kind_behind_jwt_with_the_gateways_failures_as_statuses() {
     let server = GrpcServer::start();
     let admin_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"10s\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [access_log]\nformat = \"json\"\npath = \"{log}\"\n\
          [runtime]\nplugin_dir = \"{plugins}\"\n\
          [plugins.auth]\nmodule = \"jwt\"\n\
          config = {{ keys = [{{ alg = \"HS256\", secret = \"{SECRET}\" }}] }}\n\
          [upstreams.grpc]\nendpoints = [\"{grpc}\"]\nprotocol = \"h2\"\n\
          [upstreams.dead]\nendpoints = [\"127.0.0.1:{dead}\"]\nprotocol = \"h2\"\n\
-         [[routes]]\nprefix = \"/sluice.test.Echo/\"\nupstream = \"grpc\"\nplugins = [\"auth\"]\n\
+         [[routes]]\nname = \"echo\"\nprefix = \"/sluice.test.Echo/\"\nupstream = \"grpc\"\nplugins = [\"auth\"]\n\
          grpc = {{ max_message_bytes = 65536 }}\n\
-         [[routes]]\nprefix = \"/sluice.test.Echo/Slow\"\nupstream = \"grpc\"\n\
+         [[routes]]\nname = \"slow\"\nprefix = \"/sluice.test.Echo/Slow\"\nupstream = \"grpc\"\n\
          [[routes]]\nprefix = \"/sluice.test.Echo/Forever\"\nupstream = \"grpc\"\n\
-         [[routes]]\nprefix = \"/dead.Service/\"\nupstream = \"dead\"\n",
+         [[routes]]\nname = \"dead\"\nprefix = \"/dead.Service/\"\nupstream = \"dead\"\n",
         plugins = plugin_dir().display(),
+        log = log.display(),
         grpc = server.addr,
         dead = free_port(),
     );
-    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, text).unwrap();
     let p = Proc::start(&path);
@@ -163,6 +166,37 @@ async fn grpc_calls_of_every_kind_behind_jwt_with_the_gateways_failures_as_statu
         "{metrics}"
     );
     assert!(!metrics.contains("outcome=\"timeout\""), "{metrics}");
+
+    // Each call counted by the status it ended with, from trailers (OK after a stream),
+    // a trailers-only head (the plugin's and the gateway's refusals) or gRPC-Web's
+    // trailer message; and the status in the access log.
+    let calls_with = |route: &str, code: &str| -> u64 {
+        let series =
+            format!("sluice_grpc_calls_total{{grpc_code=\"{code}\",http_route=\"{route}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&series));
+        line.map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    assert!(calls_with("echo", "OK") >= 5, "{metrics}");
+    assert!(calls_with("echo", "UNAUTHENTICATED") >= 1, "{metrics}");
+    assert!(calls_with("echo", "RESOURCE_EXHAUSTED") >= 1, "{metrics}");
+    assert_eq!(calls_with("slow", "DEADLINE_EXCEEDED"), 1, "{metrics}");
+    assert_eq!(calls_with("dead", "UNAVAILABLE"), 1, "{metrics}");
+    assert!(calls_with("", "UNIMPLEMENTED") >= 1, "{metrics}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (lines, late) = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if let Some(late) = lines.iter().find(|l| l["route"] == "slow").cloned() {
+            break (lines, late);
+        }
+        assert!(std::time::Instant::now() < deadline, "no line for the slow call: {lines:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!((&late["status"], &late["grpc_status"]), (&200.into(), &4.into()), "{late}");
+    assert!(lines.iter().any(|l| l["route"] == "echo" && l["grpc_status"] == 0));
 
     // An upstream killed mid-stream: the client's stream fails, and does not hang.
     let mut reader = Command::new(python())

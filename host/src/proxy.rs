@@ -252,15 +252,12 @@ fn finish(
     result: Result<Response<BoxBody>, ProxyError>,
 ) -> Response<BoxBody> {
     ctx.timings.total = ctx.timings.arrived.elapsed();
-    let (response, error) = match result {
+    let (mut response, error) = match result {
         Ok(mut resp) => {
             if ctx.grpc
                 && let Some(plugin) = &ctx.answered_by
             {
                 resp = grpc::from_local_reply(resp, plugin);
-            }
-            if let Some(web) = ctx.web {
-                resp = web.response(resp);
             }
             resp.headers_mut().insert(X_REQUEST_ID.clone(), ctx.id.clone());
             (resp, None)
@@ -268,14 +265,21 @@ fn finish(
         Err(e) => {
             log_failure(ctx, &e);
             let origin = e.origin();
-            let resp = match (ctx.grpc, ctx.web) {
-                (true, Some(web)) => web.response(grpc::error_response(&e, ctx.id.clone())),
-                (true, None) => grpc::error_response(&e, ctx.id.clone()),
-                (false, _) => e.into_response(ctx.id.clone()),
+            let resp = match ctx.grpc {
+                true => grpc::error_response(&e, ctx.id.clone()),
+                false => e.into_response(ctx.id.clone()),
             };
             (resp, Some(origin))
         }
     };
+    if ctx.grpc {
+        let status;
+        (response, status) = grpc::watch_status(response);
+        ctx.grpc_status = Some(status);
+        if let Some(web) = ctx.web {
+            response = web.response(response);
+        }
+    }
     let answered_by = ctx.answered_by.take();
     ctx.outcome = Some(Outcome { status: response.status(), error, answered_by });
     response

@@ -63,6 +63,8 @@ pub struct RequestCtx {
     pub web: Option<super::grpc::web::Web>,
     /// The call's deadline, from its `grpc-timeout`.
     pub deadline: Option<Instant>,
+    /// The status the call's response carries, as it passes (gRPC calls only).
+    pub grpc_status: Option<Arc<super::grpc::CallStatus>>,
 }
 
 /// How the response body ended.
@@ -123,6 +125,7 @@ impl RequestCtx {
             grpc,
             web,
             deadline: deadline.and_then(|t| arrived.checked_add(t)),
+            grpc_status: None,
             traced,
             arrived_at: std::time::SystemTime::now(),
             path: parts.uri.path_and_query().cloned(),

@@ -15,6 +15,7 @@ pub mod web;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +38,103 @@ pub enum Code {
     Internal = 13,
     Unavailable = 14,
     Unauthenticated = 16,
+}
+
+/// A status code's name, as gRPC's docs and metrics write it (`OK`, `UNAVAILABLE`); codes
+/// past 16 are `UNKNOWN`, as gRPC clients read them.
+pub fn code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
+/// The `grpc-status` a header block (a trailers-only head, or trailers) carries.
+fn status_of(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The status a call ended with, as its response passes through the gateway: from a
+/// trailers-only head, or from the trailers after the messages. Shared between the
+/// response body (which sees the trailers) and the request's record (which reports it).
+#[derive(Debug)]
+pub struct CallStatus(AtomicU32);
+
+impl CallStatus {
+    const NONE: u32 = u32::MAX;
+
+    /// What the call ended with; `None` if no status went by (the call broke off).
+    pub fn get(&self) -> Option<u32> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&c| c != Self::NONE)
+    }
+
+    fn set(&self, code: Option<u32>) {
+        if let Some(code) = code.filter(|&c| c != Self::NONE) {
+            self.0.store(code, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Watches `response` for the call's status (before any gRPC-Web translation, which turns
+/// the trailers into body bytes).
+pub fn watch_status(response: Response<BoxBody>) -> (Response<BoxBody>, Arc<CallStatus>) {
+    let status = Arc::new(CallStatus(AtomicU32::new(CallStatus::NONE)));
+    status.set(status_of(response.headers()));
+    let watched = status.clone();
+    let response = response.map(|inner| BoxBody::new(StatusWatch { inner, status: watched }));
+    (response, status)
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that notes the `grpc-status` of its trailers.
+    struct StatusWatch {
+        #[pin]
+        inner: BoxBody,
+        status: Arc<CallStatus>,
+    }
+}
+
+impl HttpBody for StatusWatch {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+        {
+            this.status.set(status_of(trailers));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether the message is gRPC: `application/grpc`, alone or with a `+codec`.
@@ -258,6 +356,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_names_and_what_a_body_ended_with() {
+        assert_eq!(
+            (code_name(0), code_name(14), code_name(16)),
+            ("OK", "UNAVAILABLE", "UNAUTHENTICATED")
+        );
+        assert_eq!(code_name(17), "UNKNOWN");
+        assert_eq!(code_name(u32::MAX), "UNKNOWN");
+        let mut head = HeaderMap::new();
+        head.insert("grpc-status", HeaderValue::from_static("7"));
+        let (_, status) = watch_status(Response::from_parts(
+            Response::new(()).into_parts().0,
+            BoxBody::default(),
+        ));
+        assert_eq!(status.get(), None);
+        let mut response = Response::new(BoxBody::default());
+        *response.headers_mut() = head;
+        let (_, status) = watch_status(response);
+        assert_eq!(status.get(), Some(7), "a trailers-only head");
+    }
+
+    #[tokio::test]
+    async fn a_status_in_trailers_is_seen_as_the_body_passes() {
+        use http_body_util::BodyExt;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let body = http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\x01x"))
+            .with_trailers(async move { Some(Ok(trailers)) })
+            .map_err(|never| -> BoxError { match never {} });
+        let (response, status) = watch_status(Response::new(BoxBody::new(body)));
+        assert_eq!(status.get(), None);
+        response.into_body().collect().await.unwrap();
+        assert_eq!(status.get(), Some(0));
+    }
 
     #[test]
     fn calls_are_told_by_content_type() {

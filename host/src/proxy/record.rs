@@ -37,7 +37,18 @@ pub(super) fn request(ctx: &RequestCtx) {
         ),
     };
     let bytes_in = ctx.body_in.as_ref().map_or(0, |w| w.bytes());
+    // A call's status; without one, the client left first (gRPC clients call that
+    // CANCELLED) or the response broke off (UNKNOWN, as clients read a missing status).
+    let grpc_status = ctx.grpc_status.as_ref().map(|s| match s.get() {
+        Some(code) => code,
+        None if status.as_u16() == CLIENT_CLOSED || ctx.body_end == BodyEnd::Abandoned => 1,
+        None => 2,
+    });
     if m.settings.enabled {
+        if let Some(code) = grpc_status {
+            let route = ctx.meta.as_ref().map_or("", |meta| &meta.route);
+            m.grpc_calls.with_label_values(&[route, super::grpc::code_name(code)]).inc();
+        }
         let route = ctx.meta.as_ref().map(|meta| &meta.route);
         RequestSeries::with(route, method_label(&ctx.method), status, origin, |s| {
             s.duration.observe(total.as_secs_f64());
@@ -49,12 +60,13 @@ pub(super) fn request(ctx: &RequestCtx) {
     if ctx.traced
         && let Some(tracer) = crate::telemetry::otel::tracer()
     {
-        spans::record(tracer, ctx, status, origin);
+        spans::record(tracer, ctx, status, origin, grpc_status);
     }
     if let Some(log) = &ctx.access_log
         && log.wants(status.as_u16())
     {
-        let line = Line::of(ctx, status.as_u16(), origin, bytes_in, total);
+        let mut line = Line::of(ctx, status.as_u16(), origin, bytes_in, total);
+        line.grpc_status = grpc_status;
         log.write(|out| match log.format() {
             AccessLogFormat::Json => line.json(out),
             AccessLogFormat::Common => line.clf(out, false),

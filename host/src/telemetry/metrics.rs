@@ -40,6 +40,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub request_body_size: HistogramVec,
     pub response_body_size: HistogramVec,
+    pub grpc_calls: IntCounterVec,
     pub active_requests: IntGauge,
     pub active_connections: IntGauge,
     pub connections_refused: IntCounter,
@@ -176,6 +177,13 @@ impl Metrics {
                 "Response body bytes sent to the client",
                 &["http_route"],
                 &s.size_buckets,
+            ),
+            grpc_calls: counter(
+                &r,
+                "sluice_grpc_calls_total",
+                "gRPC and gRPC-Web calls answered, by route and the gRPC status they ended with \
+                 (CANCELLED when the client left first, UNKNOWN when none was sent)",
+                &["http_route", "grpc_code"],
             ),
             active_requests: single(
                 "http_server_active_requests",

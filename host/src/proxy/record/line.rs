@@ -29,6 +29,8 @@ pub(super) struct Line<'a> {
     attempts: usize,
     answered_by: Option<&'a str>,
     error_origin: Option<&'a str>,
+    /// A gRPC call's status (`None` for other requests).
+    pub(super) grpc_status: Option<u32>,
     /// How the response body ended: complete, failed, abandoned (by the client), or none
     /// (no response was sent).
     body: &'static str,
@@ -65,6 +67,7 @@ impl<'a> Line<'a> {
             attempts: attempts.len(),
             answered_by: ctx.outcome.as_ref().and_then(|o| o.answered_by.as_deref()),
             error_origin: origin,
+            grpc_status: None,
             body: match ctx.body_end {
                 BodyEnd::Pending => "none",
                 BodyEnd::Complete => "complete",
@@ -127,6 +130,11 @@ impl<'a> Line<'a> {
             }
             None => out.push_str("null"),
         }
+        out.push_str(",\"grpc_status\":");
+        match self.grpc_status {
+            Some(code) => num(out, code),
+            None => out.push_str("null"),
+        }
         out.push_str(",\"body\":\"");
         out.push_str(self.body);
         out.push('"');
@@ -187,6 +195,10 @@ impl<'a> Line<'a> {
         ] {
             out.push_str(key);
             out.push_str(value);
+        }
+        if let Some(code) = self.grpc_status {
+            out.push_str(" grpc_status=");
+            num(out, code);
         }
         out.push_str(" trace_id=");
         hex(out, self.trace_id);

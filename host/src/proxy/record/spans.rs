@@ -20,6 +20,7 @@ pub(super) fn record(
     ctx: &RequestCtx,
     status: StatusCode,
     origin: Option<&'static str>,
+    grpc_status: Option<u32>,
 ) {
     let trace_id = TraceId::from(ctx.trace.trace_id);
     let server = SpanId::from(ctx.trace.span_id);
@@ -73,6 +74,10 @@ pub(super) fn record(
     }
     if let Some(origin) = origin {
         attrs.push(KeyValue::new("sluice.error_origin", origin));
+    }
+    if let Some(code) = grpc_status {
+        attrs.push(KeyValue::new("rpc.system", "grpc"));
+        attrs.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
     }
     if status.is_server_error() {
         attrs.push(KeyValue::new("error.type", status.as_str().to_owned()));
