@@ -7,7 +7,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::proc::Proc;
-use crate::common::services::{free_port, python};
+use crate::common::services::{free_port, python, run_python};
 use crate::common::*;
 
 const KEY: &str = "k-socket-1";
@@ -177,6 +177,69 @@ async fn websockets_echo_behind_auth_many_at_once_within_their_limits() {
             break;
         }
         assert!(Instant::now() < deadline, "still open: {open:?}, in flight: {in_flight:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// RFC 8441: `websocket_h2.py`, PyPI `h2` with frames written by hand, opens sockets as
+/// extended CONNECT streams; `h2` runs it to the end and reads its JSON line.
+fn h2(args: &[&str]) -> serde_json::Value {
+    let out = run_python("websocket_h2.py", args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_over_http2_share_a_connection_behind_auth_within_their_limits() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(dir.path(), upstream.1, admin_port);
+    // A connection quiet for 1 s is closed, unless a socket on it is open.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("shutdown_timeout", "idle_timeout = \"1s\"\nshutdown_timeout"),
+    )
+    .unwrap();
+    let p = Proc::start(&config);
+    let addr = p.addr.to_string();
+
+    assert_eq!(h2(&["settings", &addr])["enable_connect_protocol"], 1);
+    // Five sockets on one connection, behind the api-key plugin, messages interleaved.
+    let echo = h2(&["echo", &addr, "/ws/headers", KEY, "5"]);
+    assert_eq!(echo["statuses"], serde_json::json!([200, 200, 200, 200, 200]), "{echo}");
+    assert_eq!(echo["echoed"], 15, "{echo}");
+    assert_eq!(echo["close_codes"], serde_json::json!([1000, 1000, 1000, 1000, 1000]));
+    // The upstream got the HTTP/1.1 handshake, with a key the gateway made and checked.
+    let seen = &echo["headers"];
+    assert_eq!(seen["upgrade"], "websocket", "{seen}");
+    assert_eq!(seen["sec-websocket-version"], "13");
+    assert_eq!(seen["sec-websocket-key"].as_str().map(str::len), Some(24), "{seen}");
+    assert_eq!(seen["x-consumer"], "socket-app", "the plugin ran on the CONNECT");
+    assert!(seen.get("x-api-key").is_none());
+
+    // Refused before any tunnel: no key (the plugin), WebSockets off on the route.
+    assert_eq!(h2(&["status", &addr, "/ws/echo"])["status"], 401);
+    assert_eq!(h2(&["status", &addr, "/plain/ws/echo", KEY])["status"], 400);
+    // A socket outlives the connection's idle timeout; the route's own idle timeout
+    // still closes a quiet one (1001).
+    let quiet = h2(&["quiet", &addr, "/ws/echo", KEY, "2.5"]);
+    assert_eq!(quiet["echo"], "still there?", "{quiet}");
+    let idle = h2(&["quiet", &addr, "/idle", KEY, "2.5"]);
+    assert_eq!(idle["close_code"], 1001, "{idle}");
+    // A frame over max_frame_bytes closes its socket (1009), not its connection.
+    let big = h2(&["too_big", &addr, "/ws/echo", KEY, "1000000"]);
+    assert_eq!((&big["close_code"], &big["other"]), (&1009.into(), &"unaffected".into()), "{big}");
+
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = get(admin, "/metrics", &[]).await.text();
+        let open = metric(&metrics, "sluice_websockets_active{http_route=\"ws\"}");
+        if open == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still open: {open:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

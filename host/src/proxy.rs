@@ -109,10 +109,40 @@ fn switch_or(ctx: &mut RequestCtx, route: &Route, response: ResponseMsg) -> Resp
         return response;
     };
     let headers = response.headers_mut();
-    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    headers.insert(http::header::UPGRADE, upstream.protocol.clone());
+    match client.h2 {
+        // RFC 8441 5: the stream is the socket once the CONNECT is answered 2xx.
+        Some(_) => {
+            headers.remove(http::header::SEC_WEBSOCKET_ACCEPT);
+            *response.status_mut() = http::StatusCode::OK;
+        }
+        None => {
+            headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            headers.insert(http::header::UPGRADE, upstream.protocol.clone());
+        }
+    }
     tunnel::spawn(client, upstream, route.name.clone(), ctx.conn.clone());
     response
+}
+
+/// An HTTP/2 WebSocket request that was answered 2xx without a switch (an upstream that
+/// ignored the upgrade, an `h2` upstream, a plugin's local reply) cannot be passed on: the
+/// client would take the stream for its socket.
+fn unswitched(ctx: &RequestCtx) -> ProxyError {
+    match &ctx.answered_by {
+        Some(plugin) => ProxyError::Internal(format!(
+            "plugin {plugin:?} answered a WebSocket request over HTTP/2 with a 2xx, which \
+             only a switched upstream may"
+        )),
+        None => ProxyError::Upstream(crate::upstream::UpstreamError::Broken {
+            endpoint: ctx
+                .upstream
+                .attempts
+                .last()
+                .map(|a| a.endpoint.to_string())
+                .unwrap_or_default(),
+            source: "answered a WebSocket request without switching protocols (101)".into(),
+        }),
+    }
 }
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS on `port`; no
@@ -154,6 +184,9 @@ fn arrive_and_route(
     let peer = ctx.conn.peer.ip();
     // Read before the hop-by-hop headers (Connection, Upgrade) are dropped.
     let websocket = tunnel::wants_websocket(&parts);
+    if websocket == tunnel::Wants::Http2 {
+        tunnel::h2_as_get(&mut parts);
+    }
     let trusted = server.trusts(peer);
     if let Some(web) = ctx.web {
         // From here on it is a gRPC call: plugins and the upstream see gRPC.
@@ -186,11 +219,17 @@ fn arrive_and_route(
         let accept = parts.headers.get_all(http::header::ACCEPT_ENCODING);
         ctx.accept_encoding = accept.iter().cloned().collect();
     }
-    if websocket
+    if websocket != tunnel::Wants::No
         && let Some(settings) = route.websocket
         && let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     {
-        ctx.upgrade = Some(tunnel::ClientUpgrade { on, settings });
+        let h2 = (websocket == tunnel::Wants::Http2)
+            .then(|| (tunnel::new_key(), parts.extensions.remove::<crate::server::Hold>()));
+        ctx.upgrade = Some(tunnel::ClientUpgrade { on, settings, h2 });
+    } else if websocket == tunnel::Wants::Http2 {
+        // A CONNECT stream answered with a plain response would leave the client waiting
+        // for a tunnel: refuse it instead.
+        return Err(ProxyError::Refused(normalize::Refused::WebSocketOff));
     }
     let meta = Arc::new(RequestMeta {
         id_header: ctx.id.clone(),
@@ -252,6 +291,15 @@ fn finish(
     result: Result<Response<BoxBody>, ProxyError>,
 ) -> Response<BoxBody> {
     ctx.timings.total = ctx.timings.arrived.elapsed();
+    let result = match result {
+        Ok(resp)
+            if resp.status().is_success()
+                && ctx.upgrade.as_ref().is_some_and(|u| u.h2.is_some()) =>
+        {
+            Err(unswitched(ctx))
+        }
+        other => other,
+    };
     let (mut response, error) = match result {
         Ok(mut resp) => {
             if ctx.grpc

@@ -28,6 +28,7 @@ use crate::message::ConnInfo;
 use crate::proxy;
 use crate::throttle::{Throttle, Verdict, suppressed_note};
 pub use accept::{Acceptor, PlainTcp};
+pub use conn::Hold;
 use conn::{Activity, Resets};
 pub(crate) use conn::{Limits, Slot};
 
@@ -144,10 +145,15 @@ async fn serve_connection<S>(
     let in_flight = activity.clone();
     let resets = Resets::new(settings.http2.max_client_resets);
     let counted = resets.clone();
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let gw = gateway.load_full();
         let conn = conn.clone();
         let busy = in_flight.busy();
+        if req.extensions().get::<hyper::ext::Protocol>().is_some() {
+            // An extended CONNECT (a WebSocket over HTTP/2) may become a tunnel inside
+            // this connection, which must not count as idle while the tunnel is open.
+            req.extensions_mut().insert(in_flight.hold());
+        }
         // HTTP/2 streams that the client resets before their response are counted.
         let stream = (req.version() == http::Version::HTTP_2).then(|| counted.stream());
         async move {
@@ -168,7 +174,9 @@ async fn serve_connection<S>(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .max_header_list_size(h2.max_header_list_bytes)
         .initial_stream_window_size(h2.stream_window_bytes)
-        .initial_connection_window_size(h2.connection_window_bytes);
+        .initial_connection_window_size(h2.connection_window_bytes)
+        // WebSockets over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL.
+        .enable_connect_protocol();
     let io = TokioIo::new(activity.watch(stream));
     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
     tokio::select! {

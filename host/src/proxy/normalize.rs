@@ -49,6 +49,8 @@ pub enum Refused {
     ConnectionNamesOwnedHeader(String),
     #[error("header {0:?} has an underscore in its name (server.headers_with_underscores)")]
     UnderscoreHeader(String),
+    #[error("a WebSocket over HTTP/2 on a route with `websocket.enabled = false`")]
+    WebSocketOff,
 }
 
 /// Normalises the request head in place: method check, host, then path.

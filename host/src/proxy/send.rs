@@ -35,6 +35,8 @@ pub async fn upstream(
     let outgoing =
         Outgoing { parts: &parts, body, client_ip: meta.client_ip, watch, trace, deadline };
     let (scheme, id, upgrade) = (&ctx.scheme, &meta.id_header, ctx.upgrade.is_some());
+    // Over HTTP/2 the client sent no key: the gateway's stands in for it.
+    let h2_key = ctx.upgrade.as_ref().and_then(|u| u.h2.as_ref()).map(|(key, _)| key.clone());
     let compresses = route.compression.is_some();
     let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {
         prepare(req, endpoint, scheme, id);
@@ -46,6 +48,9 @@ pub async fn upstream(
             let headers = req.headers_mut();
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Some(key) = &h2_key {
+                headers.insert(http::header::SEC_WEBSOCKET_KEY, key.clone());
+            }
         }
     };
     let sent = route.targets.send(&mut ctx.upstream, outgoing, prepare).await?;
@@ -72,17 +77,27 @@ fn switched(
 ) -> Result<UpstreamUpgrade, ProxyError> {
     let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let protocol = parts.headers.get(http::header::UPGRADE).cloned();
+    let broken = |source: &str| {
+        let endpoint = ctx.upstream.attempts.last().map(|a| a.endpoint.to_string());
+        ProxyError::Upstream(crate::upstream::UpstreamError::Broken {
+            endpoint: endpoint.unwrap_or_default(),
+            source: source.into(),
+        })
+    };
+    // The gateway made the key of an HTTP/2 client's socket, so it checks the answer
+    // (an HTTP/1.1 client checks its own).
+    if let Some((key, _)) = ctx.upgrade.as_ref().and_then(|u| u.h2.as_ref()) {
+        let accept = parts.headers.get(http::header::SEC_WEBSOCKET_ACCEPT);
+        if accept.is_none_or(|a| a.as_bytes() != super::tunnel::accept_for(key).as_bytes()) {
+            return Err(broken("answered 101 with a wrong or missing Sec-WebSocket-Accept"));
+        }
+    }
     match (ctx.upgrade.is_some(), on, protocol) {
         (true, Some(on), Some(protocol)) => Ok(UpstreamUpgrade { on, protocol, in_flight }),
-        _ => {
-            let endpoint = ctx.upstream.attempts.last().map(|a| a.endpoint.to_string());
-            Err(ProxyError::Upstream(crate::upstream::UpstreamError::Broken {
-                endpoint: endpoint.unwrap_or_default(),
-                source: "answered 101 Switching Protocols to a request that did not ask to \
-                         upgrade, or without an Upgrade header"
-                    .into(),
-            }))
-        }
+        _ => Err(broken(
+            "answered 101 Switching Protocols to a request that did not ask to upgrade, or \
+             without an Upgrade header",
+        )),
     }
 }
 

@@ -1,7 +1,14 @@
 //! WebSocket tunnels. An upgrade request goes through the route's request phases (so auth
 //! protects the socket) and the upstream like any GET; when the upstream answers
 //! `101 Switching Protocols`, the client gets the 101 and both connections become one
-//! byte tunnel, run here in a task of its own:
+//! byte tunnel, run here in a task of its own.
+//!
+//! Over HTTP/2 a client opens a WebSocket with an extended CONNECT (RFC 8441: `:method
+//! CONNECT`, `:protocol websocket`) on one stream of its connection. It goes through the
+//! route as the same GET an HTTP/1.1 client would send (plugins see no difference), the
+//! gateway adds the `Sec-WebSocket-Key` an HTTP/1.1 upstream needs and checks its
+//! `Sec-WebSocket-Accept`, answers the client `200`, and the stream carries the same
+//! frames as the tunnel's client side. Either way:
 //!
 //! - closed after the route's `websocket.idle_timeout` without a byte either way, and after
 //!   `websocket.max_lifetime` whatever it does;
@@ -39,6 +46,19 @@ pub use frames::Frames;
 pub struct ClientUpgrade {
     pub(super) on: OnUpgrade,
     pub(super) settings: WebSocketSettings,
+    /// Over HTTP/2: the key the gateway sent the upstream in its place, and the hold that
+    /// keeps the client's connection from counting as idle while the tunnel is open.
+    pub(super) h2: Option<(HeaderValue, Option<crate::server::Hold>)>,
+}
+
+/// How a request asks to become a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wants {
+    No,
+    /// An HTTP/1.1 upgrade (RFC 6455 4.1).
+    Http1,
+    /// An HTTP/2 extended CONNECT (RFC 8441 4).
+    Http2,
 }
 
 /// The upstream's side, once it answered 101.
@@ -49,20 +69,61 @@ pub struct UpstreamUpgrade {
     pub(super) in_flight: Option<InFlight>,
 }
 
-/// Whether a request asks to become a WebSocket (RFC 6455 4.1): an HTTP/1.1 GET with
-/// `Connection: upgrade` and `Upgrade: websocket`. Read before the hop-by-hop headers are
-/// dropped. Other upgrades (h2c, TLS) are never tunneled.
-pub fn wants_websocket(parts: &http::request::Parts) -> bool {
+/// Whether a request asks to become a WebSocket: an HTTP/1.1 GET with `Connection:
+/// upgrade` and `Upgrade: websocket` (RFC 6455 4.1), or an HTTP/2 CONNECT with `:protocol`
+/// `websocket` (RFC 8441 4). Read before the hop-by-hop headers are dropped. Other
+/// upgrades (h2c, TLS) and other extended CONNECTs are never tunneled.
+pub fn wants_websocket(parts: &http::request::Parts) -> Wants {
     use http::header::{CONNECTION, UPGRADE};
+    if parts.version == http::Version::HTTP_2 {
+        let protocol = parts.extensions.get::<hyper::ext::Protocol>();
+        let websocket = protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        return match parts.method == http::Method::CONNECT && websocket {
+            true => Wants::Http2,
+            false => Wants::No,
+        };
+    }
     let has_token = |name, token: &str| {
         parts.headers.get_all(name).iter().any(|v| {
             v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    parts.method == http::Method::GET
+    match parts.method == http::Method::GET
         && parts.version == http::Version::HTTP_11
         && has_token(CONNECTION, "upgrade")
         && has_token(UPGRADE, "websocket")
+    {
+        true => Wants::Http1,
+        false => Wants::No,
+    }
+}
+
+/// An HTTP/2 WebSocket request as the GET an HTTP/1.1 client sends, for routing, plugins
+/// and the upstream (which gets `Connection`, `Upgrade` and a key when it is sent).
+pub fn h2_as_get(parts: &mut http::request::Parts) {
+    parts.method = http::Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 4.1).
+pub fn new_key() -> HeaderValue {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut nonce = [0u8; 16];
+    // The system's generator failing is not something to serve around.
+    ring::rand::SystemRandom::new().fill(&mut nonce).expect("the system random generator");
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
+}
+
+/// The `Sec-WebSocket-Accept` an upstream must answer `key` with (RFC 6455 4.2.2).
+pub fn accept_for(key: &HeaderValue) -> String {
+    use base64::Engine as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
 
 /// Open tunnels, and the signal that closes them at the end of a shutdown.
@@ -196,7 +257,7 @@ pub fn spawn(
             .websocket_closes
             .with_label_values(&[&*route, end.label()])
             .inc();
-        drop((open, upstream.in_flight, conn));
+        drop((open, upstream.in_flight, conn, client.h2));
     });
 }
 

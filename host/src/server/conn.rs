@@ -132,6 +132,13 @@ struct Stamps {
 /// A request in flight on the connection.
 pub struct Busy(Arc<Stamps>);
 
+/// A [`Busy`] that a request hands on (in its extensions) to what outlives its response:
+/// a WebSocket tunnel on one HTTP/2 stream keeps its connection from counting as idle.
+#[derive(Clone)]
+pub struct Hold {
+    _busy: Arc<Busy>,
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -158,6 +165,10 @@ impl Activity {
     pub fn busy(&self) -> Busy {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.inner.clone())
+    }
+
+    pub fn hold(&self) -> Hold {
+        Hold { _busy: Arc::new(self.busy()) }
     }
 
     /// The stream, counting on this activity every time it moves bytes.

@@ -101,3 +101,43 @@ async fn no_close_frame_lands_inside_an_upstream_frame() {
     assert_eq!(run.await.unwrap(), End::FrameTooLarge);
     assert!(read_all(client).await.is_empty(), "closed without a frame");
 }
+
+#[test]
+fn the_accept_value_is_rfc_6455s_and_keys_are_fresh() {
+    // RFC 6455 section 1.3's example.
+    let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(accept_for(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    let (a, b) = (new_key(), new_key());
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 24, "16 bytes in base64: {a:?}");
+}
+
+#[test]
+fn websocket_requests_are_told_apart_by_version() {
+    let request = |method: &str, version, protocol: Option<&'static str>, upgrade: bool| {
+        let mut b = http::Request::builder().method(method).uri("/ws").version(version);
+        if upgrade {
+            b = b.header("connection", "Upgrade").header("upgrade", "websocket");
+        }
+        if let Some(p) = protocol {
+            b = b.extension(hyper::ext::Protocol::from_static(p));
+        }
+        b.body(()).unwrap().into_parts().0
+    };
+    use http::Version as V;
+    assert_eq!(wants_websocket(&request("GET", V::HTTP_11, None, true)), Wants::Http1);
+    assert_eq!(wants_websocket(&request("GET", V::HTTP_11, None, false)), Wants::No);
+    let h2 = request("CONNECT", V::HTTP_2, Some("websocket"), false);
+    assert_eq!(wants_websocket(&h2), Wants::Http2);
+    // Another extended CONNECT, a plain CONNECT, and HTTP/1.1 headers over h2 are not.
+    assert_eq!(
+        wants_websocket(&request("CONNECT", V::HTTP_2, Some("webtransport"), false)),
+        Wants::No
+    );
+    assert_eq!(wants_websocket(&request("CONNECT", V::HTTP_2, None, false)), Wants::No);
+    assert_eq!(wants_websocket(&request("GET", V::HTTP_2, None, true)), Wants::No);
+    let mut parts = h2;
+    h2_as_get(&mut parts);
+    assert_eq!(parts.method, http::Method::GET);
+    assert!(parts.extensions.get::<hyper::ext::Protocol>().is_none());
+}
