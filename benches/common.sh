@@ -1,6 +1,8 @@
 # Shared by benches/load.sh and benches/instructions.sh (sourced, from the repository root):
 #   need_tools "debian packages" tool...   installs the packages if a tool is missing
-#   build_sluice                           ./dev build; sets SLUICE to the binary
+#   build_sluice                           ./dev build; sets SLUICE to the binary (or, with
+#                                          SLUICE_BIN=PATH, uses that one: an older build
+#                                          to compare with, in the same run)
 #   work, pids, cleanup                    a scratch folder and the processes to stop
 #   free_port                              prints an unused loopback port
 #   nginx_conf NAME HTTP-BLOCK             a one-worker, foreground nginx config in $work
@@ -23,6 +25,10 @@ need_tools() {
 }
 
 build_sluice() {
+    if [[ -n ${SLUICE_BIN:-} ]]; then
+        SLUICE=$SLUICE_BIN
+        return
+    fi
     ./dev build >/dev/null 2>&1
     local target
     target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

@@ -11,6 +11,7 @@ mod balance;
 pub mod breaker;
 mod connector;
 mod error;
+mod h1pool;
 mod h2pool;
 mod health;
 pub mod retry;
@@ -21,27 +22,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use balance::{Balancer, View};
 use breaker::{Admit, Breaker};
-use connector::{Connections, Connector, Http};
+use connector::{Connections, Connector};
 pub use error::{SendError, UpstreamError};
 use health::Passive;
 pub use send::{AttemptRecord, Outgoing, Sent, Targets, Trace};
 
 use crate::config::{self, EndpointState};
-use crate::message::BoxBody;
 
-/// The pooled HTTP/1.1 client of one upstream.
-type Client = HyperClient<Connector, BoxBody>;
-
-/// The upstream's connections: a pooled client for HTTP/1.1, or the HTTP/2 pool, over a
-/// connector (which can close a connection for good).
+/// The upstream's connections: the HTTP/1.1 or the HTTP/2 pool, over a connector (which
+/// can close a connection for good).
 fn connections(
     config: &config::Upstream,
     tls: Option<Arc<crate::tls::UpstreamClient>>,
@@ -55,14 +50,12 @@ fn connections(
     let https = tls.is_some();
     let connector = Connector::new(http, tls);
     match config.protocol {
-        config::UpstreamProtocol::Http1 => {
-            let client = HyperClient::builder(TokioExecutor::new())
-                .pool_idle_timeout(config.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .build(connector.clone());
-            Connections::Http1(Http { client, connector })
-        }
+        config::UpstreamProtocol::Http1 => Connections::Http1(h1pool::H1::new(
+            connector,
+            https,
+            config.connect_timeout,
+            config.idle_timeout,
+        )),
         config::UpstreamProtocol::H2 { max_concurrent_streams } => {
             Connections::H2(h2pool::H2::new(
                 connector,
@@ -82,17 +75,27 @@ pin_project_lite::pin_project! {
         #[pin]
         body: hyper::body::Incoming,
         stream: Option<h2pool::Stream>,
+        lease: Option<h1pool::Lease>,
         in_flight: Option<InFlight>,
     }
 }
 
 impl ResponseBody {
-    fn plain(body: hyper::body::Incoming) -> Self {
-        ResponseBody { body, stream: None, in_flight: None }
+    fn held(body: hyper::body::Incoming, stream: h2pool::Stream) -> Self {
+        ResponseBody { body, stream: Some(stream), lease: None, in_flight: None }
     }
 
-    fn held(body: hyper::body::Incoming, stream: h2pool::Stream) -> Self {
-        ResponseBody { body, stream: Some(stream), in_flight: None }
+    /// Over HTTP/1.1: the connection goes back to its pool once this body has ended.
+    fn leased(body: hyper::body::Incoming, mut lease: h1pool::Lease) -> Self {
+        if http_body::Body::is_end_stream(&body) {
+            lease.ended();
+        }
+        ResponseBody { body, stream: None, lease: Some(lease), in_flight: None }
+    }
+
+    /// The HTTP/1.1 connection this body came on must not be used again: its address.
+    fn retire_lease(&self) -> Option<std::net::SocketAddr> {
+        self.lease.as_ref()?.retire()
     }
 
     /// Keeps the endpoint's in-flight count up as long as the body lives.
@@ -109,7 +112,17 @@ impl http_body::Body for ResponseBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        self.project().body.poll_frame(cx)
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        if let Some(lease) = this.lease {
+            // Ended: the last frame came (or none was left). The connection is then free.
+            match &polled {
+                std::task::Poll::Ready(None) => lease.ended(),
+                std::task::Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => lease.ended(),
+                _ => {}
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

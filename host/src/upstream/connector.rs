@@ -1,9 +1,9 @@
 //! Upstream connections, made by hyper-util's `HttpConnector` and kept in a registry by
 //! local address, so that one can be closed for good when a response on it proves it
 //! untrustworthy (a body framed two ways: what follows on it cannot be told apart from the
-//! body). A response names its connection through the `HttpInfo` hyper-util already puts in
-//! every response's extensions, and the connection is shut down at the socket: the request
-//! path pays nothing for this (a map entry per connection, not per request).
+//! body). The HTTP/1.1 pool knows each response's connection by its local address, and the
+//! connection is shut down at the socket: the request path pays nothing for this (a map
+//! entry per connection, not per request).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,20 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector, HttpInfo};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// hyper-util's pooled HTTP/1.1 client over this connector.
-pub(crate) struct Http {
-    pub client: super::Client,
-    pub connector: Connector,
-}
-
-/// How an upstream's attempts are carried: HTTP/1.1 through hyper-util's pool, or HTTP/2
-/// through the gateway's own ([`super::h2pool`]).
+/// How an upstream's attempts are carried: the gateway's own HTTP/1.1 pool
+/// ([`super::h1pool`]) or HTTP/2 pool ([`super::h2pool`]).
 pub(crate) enum Connections {
-    Http1(Http),
+    Http1(super::h1pool::H1),
     H2(super::h2pool::H2),
 }
 
@@ -41,15 +35,15 @@ impl super::send::Transport for Connections {
     ) -> impl Future<Output = Result<http::Response<Self::Body>, super::send::TransportError>> + Send
     {
         match self {
-            Connections::Http1(http) => Sending::Http1 { sent: http.client.request(req) },
+            Connections::Http1(pool) => Sending::Http1 { sent: pool.request(req) },
             Connections::H2(pool) => Sending::H2 { sent: pool.request(req) },
         }
     }
 
     fn close_connection_of(&self, response: &http::Response<Self::Body>) {
         // HTTP/2 frames its bodies itself: there is no second reading of one.
-        if let Connections::Http1(http) = self {
-            http.connector.close_connection_of(response);
+        if let Connections::Http1(pool) = self {
+            pool.close_connection_of(response);
         }
     }
 }
@@ -65,23 +59,14 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<A, B> Future for Sending<A, B>
-where
-    A: Future<
-        Output = Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
-    >,
-    B: Future<Output = Result<http::Response<super::ResponseBody>, super::send::TransportError>>,
-{
-    type Output = Result<http::Response<super::ResponseBody>, super::send::TransportError>;
+type Sent = Result<http::Response<super::ResponseBody>, super::send::TransportError>;
+
+impl<A: Future<Output = Sent>, B: Future<Output = Sent>> Future for Sending<A, B> {
+    type Output = Sent;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        use super::send::TransportError;
         match self.project() {
-            SendingProj::Http1 { sent } => sent.poll(cx).map(|sent| match sent {
-                Ok(response) => Ok(response.map(super::ResponseBody::plain)),
-                Err(e) if e.is_connect() => Err(TransportError::Connect(Box::new(e))),
-                Err(e) => Err(TransportError::Broken(Box::new(e))),
-            }),
+            SendingProj::Http1 { sent } => sent.poll(cx),
             SendingProj::H2 { sent } => sent.poll(cx),
         }
     }
@@ -104,12 +89,11 @@ impl Connector {
         Self { http, open: Arc::default(), tls }
     }
 
-    /// Closes the connection that carried `response`: it is never used again. The socket
-    /// is shut down, so its connection task sees the end at once and the pool drops it.
-    pub fn close_connection_of<B>(&self, response: &http::Response<B>) {
-        let Some(info) = response.extensions().get::<HttpInfo>() else { return };
+    /// Closes the connection whose local address is `local`: it is never used again. The
+    /// socket is shut down, so its connection task sees the end at once.
+    pub fn close_local(&self, local: SocketAddr) {
         let open = lock(&self.open);
-        if let Some(&fd) = open.get(&info.local_addr()) {
+        if let Some(&fd) = open.get(&local) {
             // SAFETY: `fd` is the socket of a live `Conn`: its entry leaves the registry
             // (under this lock, which is held here) before the socket is closed, so the
             // descriptor cannot have been closed or reused. shutdown(2) only changes the
@@ -177,6 +161,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Its local address, by which [`Connector::close_local`] finds it.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
     /// Whether HTTP/2 may be spoken on it: over TLS only if ALPN chose h2 (a plain
     /// connection is h2c by prior knowledge, as configured).
     pub fn speaks_h2(&self) -> bool {
@@ -255,15 +244,5 @@ impl Write for Conn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         on_io!(self, io => io.poll_shutdown(cx))
-    }
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        match &self.io {
-            Io::Plain(io) => io.connected(),
-            // The TCP stream's facts (its addresses, for `close_connection_of`).
-            Io::Tls(io) => io.inner().get_ref().0.connected(),
-        }
     }
 }
