@@ -88,10 +88,11 @@ if (!out) out = source.replace(/\.[cm]?[jt]s$/, '') + '.wasm';
 // Imports name the world's version (`sluice:plugin/log@0.2.1`). Versions within 0.2 only
 // add, so a plugin written for an earlier 0.2.x builds unchanged: its imports are pointed
 // at this SDK's version, in a copy next to it (so its relative imports still resolve).
-const WORLD = (await readFile(join(resolve(wit), 'world.wit'), 'utf8')).match(/^package sluice:plugin@([0-9.]+);/m)[1];
+const worldWit = await readFile(join(resolve(wit), 'world.wit'), 'utf8').catch(() => '');
+const WORLD = worldWit.match(/^package sluice:plugin@([0-9.]+);/m)?.[1];
 const text = await readFile(source, 'utf8');
 const older = new RegExp(`(['"]sluice:plugin/[a-z-]+@)(0\\.2\\.\\d+)(['"])`, 'g');
-const stale = [...new Set([...text.matchAll(older)].map((m) => m[2]).filter((v) => v !== WORLD))];
+const stale = WORLD ? [...new Set([...text.matchAll(older)].map((m) => m[2]).filter((v) => v !== WORLD))] : [];
 let module = './' + basename(source);
 let copy;
 if (stale.length) {
