@@ -223,8 +223,15 @@ fn arrive_and_route(
         && let Some(settings) = route.websocket
         && let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     {
-        let h2 = (websocket == tunnel::Wants::Http2)
-            .then(|| (tunnel::new_key(), parts.extensions.remove::<crate::server::Hold>()));
+        let h2 = match websocket {
+            tunnel::Wants::Http2 => {
+                let key = tunnel::new_key().ok_or_else(|| {
+                    ProxyError::Internal("the system's random generator failed".into())
+                })?;
+                Some((key, parts.extensions.remove::<crate::server::Hold>()))
+            }
+            _ => None,
+        };
         ctx.upgrade = Some(tunnel::ClientUpgrade { on, settings, h2 });
     } else if websocket == tunnel::Wants::Http2 {
         // A CONNECT stream answered with a plain response would leave the client waiting

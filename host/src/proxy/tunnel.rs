@@ -105,15 +105,15 @@ pub fn h2_as_get(parts: &mut http::request::Parts) {
     parts.extensions.remove::<hyper::ext::Protocol>();
 }
 
-/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 4.1).
-pub fn new_key() -> HeaderValue {
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 4.1); `None` if the
+/// system's random generator fails (the request then fails, the gateway does not).
+pub fn new_key() -> Option<HeaderValue> {
     use base64::Engine as _;
     use ring::rand::SecureRandom as _;
     let mut nonce = [0u8; 16];
-    // The system's generator failing is not something to serve around.
-    ring::rand::SystemRandom::new().fill(&mut nonce).expect("the system random generator");
+    ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-    HeaderValue::from_str(&key).expect("base64 is a valid header value")
+    HeaderValue::from_str(&key).ok()
 }
 
 /// The `Sec-WebSocket-Accept` an upstream must answer `key` with (RFC 6455 4.2.2).
