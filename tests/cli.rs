@@ -7,7 +7,11 @@ use std::time::Duration;
 use crate::common::proc::Proc;
 use crate::common::*;
 
-fn write_config(dir: &tempfile::TempDir, upstream: SocketAddr, rest: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(
+    dir: &tempfile::TempDir,
+    upstream: SocketAddr,
+    rest: &str,
+) -> std::path::PathBuf {
     let text = config_text(upstream, rest).replace(
         "[runtime]",
         &format!("[runtime]\ncache_dir = \"{}\"", dir.path().join("cache").display()),

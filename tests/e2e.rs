@@ -20,6 +20,7 @@ mod observability;
 mod plugin_chain;
 mod plugin_failures;
 mod proxy;
+mod quick_start;
 mod rate_limit;
 mod reload;
 mod reload_under_load;

@@ -40,6 +40,7 @@ fn runtime_config() -> config::Runtime {
         max_instances: std::env::var("SLUICE_BENCH_INSTANCES").map_or(64, |n| n.parse().unwrap()),
         max_memory_bytes: 64 << 20,
         memory_budget_bytes: 1 << 30,
+        quick_start_min_bytes: None,
         kv: Default::default(),
     }
 }
@@ -107,6 +108,19 @@ fn plugin_calls(c: &mut Criterion) {
         })
     };
     let reused = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Reuse);
+    // The same plugin on the baseline compiler's code, as a large module serves until
+    // Cranelift's code is swapped in (`runtime.quick_start`; no cache, so it is compiled).
+    let quick = {
+        let cfg =
+            config::Runtime { quick_start_min_bytes: Some(0), cache_dir: None, ..runtime_config() };
+        let quick = Runtime::serving(&cfg).unwrap();
+        let s = spec("q", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Reuse);
+        rt.block_on(async {
+            let module = quick.load_module(&s.module, s.kind).await.unwrap();
+            assert_eq!(module.source, sluice::plugin::CodeSource::Baseline);
+            NamedPlugin::load(quick.clone(), module, s, Duration::from_secs(5), None).await.unwrap()
+        })
+    };
     // The same kind of work as an Extism plugin: JSON in, a header set, JSON out.
     let extism = load("x", "sluice_extism_example", "{}", InstanceModel::Reuse);
     let fresh = load("t", "sluice_plugin_header_transform", SET_HEADER, InstanceModel::Fresh);
@@ -120,6 +134,9 @@ fn plugin_calls(c: &mut Criterion) {
     let mut g = c.benchmark_group("hook_call");
     g.bench_function("reused_instance", |b| {
         b.iter(|| rt.block_on(reused.on_request(request())).1.unwrap())
+    });
+    g.bench_function("reused_instance_baseline_code", |b| {
+        b.iter(|| rt.block_on(quick.on_request(request())).1.unwrap())
     });
     g.bench_function("extism_reused_instance", |b| {
         b.iter(|| rt.block_on(extism.on_request(request())).1.unwrap())

@@ -39,6 +39,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_INSTANCES: u32 = 512;
 pub const DEFAULT_MAX_MEMORY_MIB: u32 = 64;
 pub const DEFAULT_MEMORY_BUDGET_MIB: u32 = 1024;
+/// Components this large take Cranelift seconds to compile on a small machine (~1.5 s per
+/// MB on two cores): they start on baseline code instead (`runtime.quick_start`).
+pub const DEFAULT_QUICK_START_MIN_KIB: u32 = 2048;
 /// Instances a plugin may have at once unless it says otherwise (and at most
 /// `runtime.max_instances`).
 pub const DEFAULT_PLUGIN_MAX_INSTANCES: u32 = 64;

@@ -359,6 +359,7 @@ pub fn describe(m: &Module) -> String {
     let how = match m.source {
         CodeSource::Compiled => "compiled",
         CodeSource::DiskCache => "loaded from cache",
+        CodeSource::Baseline => "compiled by the baseline compiler (optimising in the background)",
     };
     let world = match m.world.as_deref() {
         Some(w) if w != sluice_bindings::WORLD_VERSION => format!(", built for sluice:plugin@{w}"),

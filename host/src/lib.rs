@@ -70,6 +70,13 @@ pub enum StartError {
 /// Builds the gateway for `config`, reporting every problem, without serving anything.
 /// This is what `sluice check` runs.
 pub async fn build(config: Config) -> Result<(Arc<Runtime>, Gateway), StartError> {
+    build_with(config, Runtime::new).await
+}
+
+async fn build_with(
+    config: Config,
+    runtime: impl FnOnce(&config::Runtime) -> Result<Arc<Runtime>, plugin::RuntimeError>,
+) -> Result<(Arc<Runtime>, Gateway), StartError> {
     // The admin listener's certificates are read when it starts; checked here too.
     if let Some(tls) = config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
         tls::load(tls, "admin.tls").map_err(|errors| {
@@ -79,7 +86,7 @@ pub async fn build(config: Config) -> Result<(Arc<Runtime>, Gateway), StartError
             })
         })?;
     }
-    let runtime = Runtime::new(&config.runtime)?;
+    let runtime = runtime(&config.runtime)?;
     let gateway = Gateway::build(config, &runtime).await?;
     Ok((runtime, gateway))
 }
@@ -121,7 +128,7 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
         }
     }
     let extra = config.listeners.clone();
-    let (runtime, gateway) = build(config).await?;
+    let (runtime, gateway) = build_with(config, Runtime::serving).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
@@ -149,6 +156,7 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
             let _ = stopped.wait_for(|&s| s).await;
         }
     };
+    tokio::spawn(reload::tier_up(Arc::downgrade(&reloader), until_stopped()));
     let mut listeners = vec![(Arc::<str>::from(crate::config::DEFAULT_LISTENER), local)];
     let mut tasks = vec![tokio::spawn(server::serve(
         listener,

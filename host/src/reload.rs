@@ -276,6 +276,24 @@ impl Reloader {
     }
 }
 
+/// Swaps in optimised code as background compiles finish (`runtime.quick_start`): the
+/// running config is applied again and picks the optimised modules up like changed ones,
+/// with no failed requests. Ends when the gateway stops.
+pub async fn tier_up(reloader: std::sync::Weak<Reloader>, stopped: impl Future<Output = ()>) {
+    let Some(runtime) = reloader.upgrade().map(|r| r.runtime.clone()) else { return };
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = runtime.tiered_up() => {}
+            () = &mut stopped => return,
+        }
+        let Some(reloader) = reloader.upgrade() else { return };
+        let text = reloader.current().text;
+        // `apply` logs what it swapped, or why it could not.
+        let _ = reloader.apply(&text, "optimised plugin code ready").await;
+    }
+}
+
 fn applied(version: u64, cause: &str, text: &str) -> Applied {
     let sha = Sha256::digest(text.as_bytes());
     let sha256 = sha.iter().take(6).map(|b| format!("{b:02x}")).collect();

@@ -50,10 +50,15 @@ impl Proc {
 
     /// Waits (up to 20 s) for a log line containing `needle`.
     pub fn wait_for(&mut self, needle: &str) -> String {
+        self.wait_for_within(needle, Duration::from_secs(20))
+    }
+
+    /// Waits up to `limit` for a log line containing `needle`.
+    pub fn wait_for_within(&mut self, needle: &str, limit: Duration) -> String {
         if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
             return l.clone();
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + limit;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {

@@ -604,6 +604,7 @@ fn plugin_view(
         "source": match m.source {
             crate::plugin::CodeSource::Compiled => "compiled",
             crate::plugin::CodeSource::DiskCache => "cache",
+            crate::plugin::CodeSource::Baseline => "baseline",
         },
         "load_ms": m.load_time.as_secs_f64() * 1e3,
         "instances": { "idle": p.idle_instances(), "busy": p.busy_instances(), "max": p.spec.max_instances },

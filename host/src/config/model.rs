@@ -137,6 +137,10 @@ pub struct Runtime {
     pub max_memory_bytes: usize,
     /// All instances' linear memory together.
     pub memory_budget_bytes: usize,
+    /// Components at least this large, found in no cache, are compiled by the baseline
+    /// compiler (Winch) to serve at once, then by Cranelift in the background and swapped
+    /// in; `None` compiles everything with Cranelift first (`runtime.quick_start`).
+    pub quick_start_min_bytes: Option<usize>,
     /// The plugins' key-value store (`[kv]`); set at start, like the rest of the runtime.
     pub kv: KvSettings,
 }

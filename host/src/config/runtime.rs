@@ -33,8 +33,15 @@ pub(super) fn validate_runtime(r: &schema::Runtime, base: &Path, errors: &mut Er
             format!("must be between runtime.max_memory_mib ({max_memory_mib}) and 1048576"),
         );
     }
+    let quick_start_min_kib = r.quick_start_min_kib.unwrap_or(DEFAULT_QUICK_START_MIN_KIB);
+    if quick_start_min_kib > 1 << 20 {
+        errors.push("runtime.quick_start_min_kib", "must be between 0 and 1048576 (1 GiB)");
+    }
+    let quick_start_min_bytes =
+        r.quick_start.unwrap_or(true).then_some(quick_start_min_kib as usize * 1024);
     Runtime {
         plugin_dirs,
+        quick_start_min_bytes,
         cache_dir,
         max_instances,
         max_memory_bytes: max_memory_mib as usize * 1024 * 1024,

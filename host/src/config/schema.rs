@@ -150,6 +150,8 @@ pub struct Runtime {
     pub max_instances: Option<u32>,
     pub max_memory_mib: Option<u32>,
     pub memory_budget_mib: Option<u32>,
+    pub quick_start: Option<bool>,
+    pub quick_start_min_kib: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

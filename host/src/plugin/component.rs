@@ -143,7 +143,7 @@ async fn instantiate(
     spec: &config::Plugin,
 ) -> Result<(Instance, Hooks), InitError> {
     let _ticking = runtime.ticking();
-    let mut store = runtime.new_store(spec.name.clone());
+    let mut store = runtime.new_store(pre.engine(), spec.name.clone());
     // `init` may parse keys or compile patterns: give it ten hook budgets.
     let budget = spec.timeout * 10;
     arm_deadline(&mut store, budget, budget * 10);

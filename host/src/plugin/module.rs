@@ -58,8 +58,23 @@ pub enum ModuleError {
 /// Where a module's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeSource {
+    /// Cranelift, optimising.
     Compiled,
     DiskCache,
+    /// The baseline compiler (Winch), in a fraction of Cranelift's time, into slower code
+    /// that serves until Cranelift's is ready (`runtime.quick_start`).
+    Baseline,
+}
+
+impl CodeSource {
+    /// The name in metrics and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeSource::Compiled => "compiled",
+            CodeSource::DiskCache => "cache",
+            CodeSource::Baseline => "baseline",
+        }
+    }
 }
 
 /// One compiled, checked, pre-linked plugin module.
@@ -114,13 +129,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Module {
-    /// Blocking: compiles (with `linker`'s engine) or loads from `cache_dir`, then checks
-    /// and links.
+    /// Blocking: loads from `cache_dir`, or compiles with `baseline`'s engine if given
+    /// (falling back to `linker`'s if it cannot) or `linker`'s; then checks and links.
     pub(crate) fn build(
         linker: &Linker<PluginState>,
+        baseline: Option<&Linker<PluginState>>,
         cache_dir: Option<&Path>,
         path: PathBuf,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
         hash: [u8; 32],
         kind: PluginKind,
     ) -> Result<Self, ModuleError> {
@@ -138,33 +154,29 @@ impl Module {
                 // Extism compiles per named plugin (see plugin/extism.rs): `source` and
                 // `load_time` here only cover reading and checking the bytes.
                 let (source, load_time, code) =
-                    (CodeSource::Compiled, started.elapsed(), Code::Extism(bytes.into()));
+                    (CodeSource::Compiled, started.elapsed(), Code::Extism(bytes));
                 return Ok(Self { path, hash, source, load_time, world: None, code });
             }
             (PluginKind::Component, _) => {}
         }
         let engine = linker.engine();
         let cached = cache_dir.map(|dir| dir.join(cache_file_name(engine, &hash)));
-        let (component, source) = match cached.as_deref().and_then(|f| load_cached(engine, f)) {
-            Some(component) => (component, CodeSource::DiskCache),
-            None => {
-                // Cranelift takes ~3 s per MB on one core: a JavaScript plugin (~12 MB)
-                // compiles for tens of seconds, once; say so before the silence.
-                let mb = bytes.len() as f64 / 1e6;
-                tracing::info!(
-                    "compiling {} ({mb:.1} MB){}; the result is cached for next time",
-                    path.display(),
-                    if mb >= 2.0 { ", which can take a while" } else { "" }
-                );
-                let component = Component::new(engine, &bytes)
-                    .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-                if let Some(file) = &cached {
-                    store_cached(&component, file);
+        let cached_code = || load_cached(engine, cached.as_deref()?);
+        let baseline_code = || compile_baseline(baseline?, &path, &bytes);
+        let (component, source, linker) = match cached_code() {
+            Some(component) => (component, CodeSource::DiskCache, linker),
+            None => match baseline_code() {
+                Some((component, baseline)) => (component, CodeSource::Baseline, baseline),
+                None => {
+                    let component = compile_optimised(engine, &path, &bytes)?;
+                    if let Some(file) = &cached {
+                        store_cached(&component, file);
+                    }
+                    (component, CodeSource::Compiled, linker)
                 }
-                (component, CodeSource::Compiled)
-            }
+            },
         };
-        let world = check_world(engine, &component)?;
+        let world = check_world(linker.engine(), &component)?;
         let link_error = |e: wasmtime::Error| match newer(&world) {
             true => ModuleError::Newer { found: world.clone(), error: format!("{e:#}") },
             false => ModuleError::Link(format!("{e:#}")),
@@ -181,6 +193,42 @@ impl Module {
     /// The first 12 hex digits of the hash, for logs.
     pub fn short_hash(&self) -> &str {
         &self.hash[..12]
+    }
+}
+
+/// `bytes` compiled by Cranelift.
+fn compile_optimised(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, ModuleError> {
+    // Cranelift takes ~1 s per MB on two cores: a JavaScript plugin (~12 MB) compiles for
+    // many seconds, once; say so before the silence.
+    let mb = bytes.len() as f64 / 1e6;
+    tracing::info!(
+        "compiling {} ({mb:.1} MB){}; the result is cached for next time",
+        path.display(),
+        if mb >= 2.0 { ", which can take a while" } else { "" }
+    );
+    Component::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))
+}
+
+/// `bytes` compiled by the baseline compiler, or `None` (said in the log) if it cannot.
+fn compile_baseline<'l>(
+    linker: &'l Linker<PluginState>,
+    path: &Path,
+    bytes: &[u8],
+) -> Option<(Component, &'l Linker<PluginState>)> {
+    let (shown, mb) = (path.display(), bytes.len() as f64 / 1e6);
+    tracing::info!(
+        "compiling {shown} ({mb:.1} MB) with the baseline compiler to serve at once; \
+         Cranelift's optimised code follows in the background"
+    );
+    match Component::new(linker.engine(), bytes) {
+        Ok(component) => Some((component, linker)),
+        Err(e) => {
+            tracing::warn!(
+                "the baseline compiler cannot compile {shown} ({e:#}); compiling it with \
+                 Cranelift before serving instead"
+            );
+            None
+        }
     }
 }
 

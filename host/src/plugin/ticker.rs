@@ -20,6 +20,8 @@ struct Shared {
     active: AtomicUsize,
     stop: AtomicBool,
     thread: OnceLock<Thread>,
+    /// The baseline compiler's engine, once there is one: its code checks the same deadlines.
+    second: OnceLock<wasmtime::EngineWeak>,
 }
 
 /// Owns the ticker thread; dropping it stops the thread.
@@ -40,6 +42,9 @@ impl Ticker {
                 let Some(engine) = weak.upgrade() else { return };
                 engine.increment_epoch();
                 drop(engine);
+                if let Some(second) = state.second.get().and_then(|w| w.upgrade()) {
+                    second.increment_epoch();
+                }
                 idle = if state.active.load(Ordering::Acquire) > 0 { 0 } else { idle + 1 };
                 if idle >= PARK_AFTER {
                     // A call that starts after the check above unparks us (or has already
@@ -61,6 +66,11 @@ impl Ticker {
             }
         }
         Self { shared }
+    }
+
+    /// Ticks `engine` too (once; later calls are ignored).
+    pub fn also(&self, engine: &Engine) {
+        let _ = self.shared.second.set(engine.weak());
     }
 
     /// Marks a call into a plugin as running until the guard is dropped (also when the

@@ -336,7 +336,7 @@ impl Metrics {
             module_loads: counter(
                 &r,
                 "sluice_module_loads_total",
-                "Plugin modules made ready, by source: compiled, or cache (the compiled cache)",
+                "Plugin modules made ready, by source: compiled (Cranelift), cache (the compiled cache), baseline (the baseline compiler, runtime.quick_start), or memory (already loaded)",
                 &["source"],
             ),
             module_load_seconds,
