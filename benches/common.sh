@@ -44,10 +44,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# nginx_conf NAME HTTP-BLOCK: a one-worker, foreground nginx config in $work/NAME.conf.
+# nginx_conf NAME HTTP-BLOCK: a foreground nginx config in $work/NAME.conf, with
+# $NGINX_WORKERS worker processes (1 unless set).
 nginx_conf() {
     cat >"$work/$1.conf" <<CONF
-worker_processes 1;
+worker_processes ${NGINX_WORKERS:-1};
 daemon off;
 pid $work/$1.pid;
 error_log $work/$1.err;

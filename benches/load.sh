@@ -13,6 +13,10 @@
 #                                        # certificate) on nginx and on Sluice
 #   COMPRESS=1 benches/load.sh           # adds a 16 KB JSON body, plain and gzip-compressed
 #                                        # (level 5) by nginx and by Sluice
+#   WORKERS=2 PROXY_CPU=0,1 LOAD_CPU=0,1 benches/load.sh
+#                                        # multi-core: Sluice `workers = 2`, nginx
+#                                        # `worker_processes 2` (proxy and backend), wrk
+#                                        # with 2 threads; here, all on the same 2 cores
 #
 # Workloads: nginx (plain), sluice (plain), sluice + one header-transform plugin, and
 # sluice + the chain jwt -> rate-limit (limit never reached) -> cors -> transform. Every
@@ -25,6 +29,8 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"50 200"}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+WORKERS=${WORKERS:-1}
+export NGINX_WORKERS=$WORKERS
 
 # shellcheck source=benches/common.sh
 . benches/common.sh
@@ -108,7 +114,7 @@ sluice_config() {
     cat >"$work/$1.toml" <<CONF
 [server]
 listen = "127.0.0.1:$port"
-workers = 1
+workers = $WORKERS
 
 [admin]
 listen = "127.0.0.1:0"
@@ -210,7 +216,7 @@ results=$work/results.tsv
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CONNS; do
         for name in "${TARGETS[@]}"; do
-            out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DURATION" --latency \
+            out=$(taskset -c "$LOAD_CPU" wrk -t"$WORKERS" -c"$c" -d"$DURATION" --latency \
                 -H "authorization: Bearer $TOKEN" -H "origin: $ORIGIN" -H "accept-encoding: gzip" \
                 "${SCHEME[$name]:-http}://127.0.0.1:${PORT[$name]}${URLPATH[$name]:-/}")
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$name" "$(rss_kb "${PID[$name]}")" \
