@@ -242,11 +242,14 @@ RUST_LOG=warn "$SLUICE" run --no-watch --config "$work/idle.toml" & pids+=($!)
 idle_pid=$!
 sleep 2
 idle_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$idle_pid/status")
+# Private (anonymous) memory apart from file-backed pages: the binary's code and the
+# compiled plugins mapped from the cache, shared and reclaimable (docs/performance.md).
+idle_anon=$(awk '/^RssAnon/ {print $2}' "/proc/$idle_pid/status")
 
-python3 - "$results" "$idle_rss" <<'PY'
+python3 - "$results" "$idle_rss" "$idle_anon" <<'PY'
 import sys, re, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-idle_kb = int(sys.argv[2])
+idle_kb, anon_kb = int(sys.argv[2]), int(sys.argv[3])
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)", v)
     return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
@@ -283,5 +286,6 @@ if any(k[2] == "sluice-gzip" for k in data):
         ratio = lambda a, b: statistics.median(data[(x, c, a)][0] / data[(x, c, b)][0] for x in rounds)
         print(f"16 KB JSON, gzip level 5, c{c}: nginx keeps {ratio('nginx-gzip', 'nginx-big'):.2f}x of its uncompressed req/s, "
               f"Sluice {ratio('sluice-gzip', 'sluice-big'):.2f}x; Sluice gzip {ratio('sluice-gzip', 'nginx-gzip'):.2f}x nginx gzip")
-print(f"\nidle RSS, 10 routes x 4 plugins (40 plugin instances): {idle_kb/1024:.1f} MB")
+print(f"\nidle RSS, 10 routes x 4 plugins (40 plugin instances): {idle_kb/1024:.1f} MB "
+      f"({anon_kb/1024:.1f} MB private, {(idle_kb-anon_kb)/1024:.1f} MB file-backed)")
 PY
