@@ -178,3 +178,43 @@ async fn baseline_code_is_stopped_and_contained_like_optimised_code() {
         assert!(ok.is_ok(), "after {fault}: {:?}", ok.err().map(|e| e.to_string()));
     }
 }
+
+/// A rollout compares its two versions' p99 latencies: neither version may start on the
+/// slower baseline code (it would be rolled back for Winch, not for itself), while a plain
+/// plugin in the same config does.
+#[tokio::test]
+async fn a_rollouts_versions_are_never_baseline_code() {
+    let rest = format!(
+        r#"
+[plugins.stamp]
+module = "{v1}"
+[plugins.stamp.rollout]
+module = "{v2}"
+percent = 50
+[plugins.tag]
+module = "header-transform"
+[[routes]]
+prefix = "/"
+upstream = "echo"
+plugins = ["stamp", "tag"]
+"#,
+        v1 = crate::reload::stamp_module("v1").display(),
+        v2 = crate::reload::stamp_module("v2").display(),
+    );
+    let text = config_text(echo().await, &rest).replacen(
+        "[runtime]",
+        "[runtime]\ncache = false\nquick_start_min_kib = 0",
+        1,
+    );
+    let gw = sluice::start(source(text)).await.unwrap_or_else(|e| panic!("{e}"));
+    let serving = gw.gateway.load();
+    use sluice::plugin::CodeSource::{Baseline, Compiled};
+    // `tag` started on baseline code, unless its optimised code was already swapped in.
+    let tiered = gw.reloader.history().iter().any(|a| a.cause == "optimised plugin code ready");
+    assert!(tiered || serving.plugin("tag").unwrap().module.source == Baseline);
+    let stamp = serving.plugin("stamp").unwrap();
+    assert_eq!(stamp.module.source, Compiled);
+    assert_eq!(stamp.rollout().unwrap().candidate_module.source, Compiled);
+    assert_eq!(get(gw.addr, "/", &[]).await.status, 200);
+    gw.shutdown().await;
+}

@@ -86,11 +86,24 @@ impl Gateway {
             let module = (format!("plugins.{name}.module"), &spec.module, spec.kind);
             [Some(module), rollout].into_iter().flatten()
         });
+        // Every module of a plugin in a rollout is judged on its latency: no baseline code.
+        let judged: Vec<&Path> = config
+            .plugins
+            .values()
+            .filter_map(|spec| {
+                Some([spec.module.as_path(), spec.rollout.as_ref()?.module.as_path()])
+            })
+            .flatten()
+            .collect();
         for (at, path, kind) in wanted {
             if modules.contains_key(&(path.as_path(), kind)) {
                 continue;
             }
-            let loaded = runtime.load_module(path, kind).await.map_err(|e| {
+            let loaded = match judged.contains(&path.as_path()) {
+                true => runtime.load_module_optimised(path, kind).await,
+                false => runtime.load_module(path, kind).await,
+            };
+            let loaded = loaded.map_err(|e| {
                 errors.push(ConfigError::new(at, format!("{}: {e}", path.display())));
             });
             modules.insert((path, kind), loaded.ok());

@@ -238,16 +238,38 @@ impl Runtime {
         path: &Path,
         kind: PluginKind,
     ) -> Result<Arc<Module>, ModuleError> {
+        self.load(path, kind, true).await
+    }
+
+    /// Like [`Self::load_module`], but never baseline code: for a module whose speed is
+    /// judged (a rollout compares its versions' p99 latencies), so it is not rolled back
+    /// for running Winch's slower code, nor restarted when Cranelift's arrives.
+    pub async fn load_module_optimised(
+        self: &Arc<Self>,
+        path: &Path,
+        kind: PluginKind,
+    ) -> Result<Arc<Module>, ModuleError> {
+        self.load(path, kind, false).await
+    }
+
+    async fn load(
+        self: &Arc<Self>,
+        path: &Path,
+        kind: PluginKind,
+        quick_start: bool,
+    ) -> Result<Arc<Module>, ModuleError> {
         let bytes: Arc<[u8]> = tokio::fs::read(path)
             .await
             .map_err(|source| ModuleError::Read { path: path.to_owned(), source })?
             .into();
         let key = (super::module::content_hash(&bytes), kind);
-        if let Some(module) = self.optimised(&key).or_else(|| self.memoized(&key)) {
+        let known = self.optimised(&key).or_else(|| self.memoized(&key));
+        if let Some(module) = known.filter(|m| quick_start || m.source != CodeSource::Baseline) {
             metrics().module_loads.with_label_values(&["memory"]).inc();
             return Ok(module);
         }
-        let quick = kind == PluginKind::Component
+        let quick = quick_start
+            && kind == PluginKind::Component
             && self.quick_start_min_bytes.is_some_and(|min| bytes.len() >= min);
         let (this, shown) = (self.clone(), path.display().to_string());
         let (path, code) = (path.to_owned(), bytes.clone());
