@@ -2,7 +2,9 @@
 #   need_tools "debian packages" tool...   installs the packages if a tool is missing
 #   build_sluice                           ./dev build; sets SLUICE to the binary (or, with
 #                                          SLUICE_BIN=PATH, uses that one: an older build
-#                                          to compare with, in the same run)
+#                                          to compare with, in the same run; the
+#                                          shipped plugins then come from this
+#                                          checkout's build)
 #   work, pids, cleanup                    a scratch folder and the processes to stop
 #   free_port                              prints an unused loopback port
 #   nginx_conf NAME HTTP-BLOCK             a one-worker, foreground nginx config in $work
@@ -25,13 +27,15 @@ need_tools() {
 }
 
 build_sluice() {
+    local target
+    target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
     if [[ -n ${SLUICE_BIN:-} ]]; then
         SLUICE=$SLUICE_BIN
+        # A copied binary has no shipped plugins next to it: use this checkout's build.
+        export SLUICE_PLUGIN_DIR=${SLUICE_PLUGIN_DIR:-$target/wasm32-wasip2/guest}
         return
     fi
     ./dev build >/dev/null 2>&1
-    local target
-    target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
     SLUICE=$target/release/sluice
 }
 

@@ -144,8 +144,8 @@ instructions() {
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         $(proxy_config "$name" "$port") 2>"$work/$name.$n.valgrind" &
     local pid=$!
-    python3 - "$port" "$n" "$TOKEN" "$ORIGIN" "$pid" <<'PY'
-import http.client, subprocess, sys, time
+    if ! python3 - "$port" "$n" "$TOKEN" "$ORIGIN" "$pid" "$work/$name.$n.valgrind" <<'PY'
+import http.client, os, subprocess, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
 headers = {"accept": "*/*", "user-agent": "instructions.sh",
            "authorization": "Bearer " + sys.argv[3], "origin": sys.argv[4]}
@@ -157,6 +157,10 @@ while True:  # valgrind starts slowly
         r = c.getresponse(); r.read()
         break
     except OSError:
+        try:
+            os.kill(int(sys.argv[5]), 0)
+        except ProcessLookupError:  # it exited: say why rather than wait out the deadline
+            sys.exit("the proxy exited before answering:\n" + open(sys.argv[6]).read()[-2000:])
         if time.time() > deadline:
             sys.exit("the proxy never answered")
         time.sleep(0.2)
@@ -167,6 +171,11 @@ for _ in range(n - 1):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
+    then
+        kill -TERM "$pid" 2>/dev/null
+        wait "$pid" || true
+        return 1
+    fi
     kill -TERM "$pid"
     wait "$pid" || true
     if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
