@@ -51,7 +51,107 @@ pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut HttpCtx,
 ) -> wasmtime::Result<()> {
-    wit_http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)
+    wit_http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)?;
+    in_place::add_to_linker(linker, get)
+}
+
+/// The header calls every plugin makes, registered over bindgen's, which lift each `string`
+/// argument into a new `String`: here names and values are read where they lie in the
+/// guest's memory (a name copied to the stack, a value straight into its `HeaderValue`).
+mod in_place {
+    use wasmtime::StoreContextMut;
+    use wasmtime::component::WasmStr;
+
+    use super::*;
+
+    /// The interface as this host links it (older 0.2.x imports match it by semver).
+    const HTTP: &str = "sluice:plugin/http@0.2.1";
+
+    /// Names longer than this (none a plugin needs) take the ordinary, allocating path.
+    const NAME_ON_STACK: usize = 64;
+
+    pub fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+    ) -> wasmtime::Result<()> {
+        type Req = Resource<RequestHandle>;
+        type Resp = Resource<ResponseHandle>;
+        linker.allow_shadowing(true);
+        let mut http = linker.instance(HTTP)?;
+        http.func_wrap(
+            "[method]request.header",
+            move |mut s: StoreContextMut<'_, T>, (_, name): (Req, WasmStr)| {
+                let name = Name::read(&s, &name)?;
+                Ok((super::get(&get(s.data_mut()).request()?.parts.headers, name.as_str()),))
+            },
+        )?;
+        http.func_wrap(
+            "[method]response.header",
+            move |mut s: StoreContextMut<'_, T>, (_, name): (Resp, WasmStr)| {
+                let name = Name::read(&s, &name)?;
+                Ok((super::get(&get(s.data_mut()).response()?.parts.headers, name.as_str()),))
+            },
+        )?;
+        http.func_wrap(
+            "[method]request.set-header",
+            move |mut s: StoreContextMut<'_, T>, (_, name, value): (Req, WasmStr, WasmStr)| {
+                let field = field(&s, &name, &value)?;
+                let map = &mut get(s.data_mut()).request()?.parts.headers;
+                Ok((field.map(|(name, value)| drop(map.insert(name, value))),))
+            },
+        )?;
+        http.func_wrap(
+            "[method]response.set-header",
+            move |mut s: StoreContextMut<'_, T>, (_, name, value): (Resp, WasmStr, WasmStr)| {
+                let field = field(&s, &name, &value)?;
+                let map = &mut get(s.data_mut()).response()?.parts.headers;
+                Ok((field.map(|(name, value)| drop(map.insert(name, value))),))
+            },
+        )?;
+        linker.allow_shadowing(false);
+        Ok(())
+    }
+
+    /// A header name read from the guest, on the stack when short (all but absurd ones).
+    enum Name {
+        Stack([u8; NAME_ON_STACK], usize),
+        Heap(String),
+    }
+
+    impl Name {
+        fn read<T: 'static>(s: &StoreContextMut<'_, T>, name: &WasmStr) -> wasmtime::Result<Self> {
+            let text = name.to_str(s)?;
+            Ok(match text.len() <= NAME_ON_STACK {
+                true => {
+                    let mut buf = [0; NAME_ON_STACK];
+                    buf[..text.len()].copy_from_slice(text.as_bytes());
+                    Name::Stack(buf, text.len())
+                }
+                false => Name::Heap(text.into_owned()),
+            })
+        }
+
+        fn as_str(&self) -> &str {
+            match self {
+                // Copied whole from a `str`, so still UTF-8.
+                Name::Stack(buf, len) => std::str::from_utf8(&buf[..*len]).unwrap_or_default(),
+                Name::Heap(name) => name,
+            }
+        }
+    }
+
+    /// The header a `set-header` asks for, checked as [`super::set`] checks it (the name
+    /// first).
+    fn field<T: 'static>(
+        s: &StoreContextMut<'_, T>,
+        name: &WasmStr,
+        value: &WasmStr,
+    ) -> wasmtime::Result<Result<(HeaderName, HeaderValue), FieldError>> {
+        let name = writable_name(&name.to_str(s)?);
+        let value = HeaderValue::from_bytes(value.to_str(s)?.as_bytes())
+            .map_err(|_| FieldError::InvalidValue);
+        Ok(name.and_then(|name| Ok((name, value?))))
+    }
 }
 
 impl wit_http::Host for HttpCtx {}

@@ -62,19 +62,23 @@ pub(super) fn monotonic_nanos() -> u64 {
 
 impl Budget {
     pub fn new(timeout: std::time::Duration, wall_limit: std::time::Duration) -> Self {
-        let ticks = timeout.as_nanos().div_ceil(super::ticker::EPOCH_TICK.as_nanos()) as u64;
-        Budget {
-            ticks_left: ticks.max(1),
-            wall_deadline: Instant::now() + wall_limit,
+        let mut budget = Budget {
+            ticks_left: 0,
+            wall_deadline: Instant::now(),
             yielded: false,
             resumed_at: Arc::new(AtomicU64::new(0)),
-        }
+        };
+        budget.arm(timeout, wall_limit);
+        budget
     }
 
-    /// Starts a call's budget afresh, keeping the shared resume stamp.
+    /// Starts a call's budget afresh, keeping the shared resume stamp (no allocation: this
+    /// runs before every hook call).
     pub fn arm(&mut self, timeout: std::time::Duration, wall_limit: std::time::Duration) {
-        let resumed_at = self.resumed_at.clone();
-        *self = Budget { resumed_at, ..Budget::new(timeout, wall_limit) };
+        let ticks = timeout.as_nanos().div_ceil(super::ticker::EPOCH_TICK.as_nanos()) as u64;
+        self.ticks_left = ticks.max(1);
+        self.wall_deadline = Instant::now() + wall_limit;
+        self.yielded = false;
     }
 }
 
