@@ -60,7 +60,7 @@ pub fn add_to_linker<T: Send + 'static>(
 /// guest's memory (a name copied to the stack, a value straight into its `HeaderValue`).
 mod in_place {
     use wasmtime::StoreContextMut;
-    use wasmtime::component::WasmStr;
+    use wasmtime::component::{LinkerInstance, WasmStr};
 
     use super::*;
 
@@ -74,42 +74,41 @@ mod in_place {
         linker: &mut Linker<T>,
         get: fn(&mut T) -> &mut HttpCtx,
     ) -> wasmtime::Result<()> {
-        type Req = Resource<RequestHandle>;
-        type Resp = Resource<ResponseHandle>;
         linker.allow_shadowing(true);
         let mut http = linker.instance(HTTP)?;
-        http.func_wrap(
-            "[method]request.header",
-            move |mut s: StoreContextMut<'_, T>, (_, name): (Req, WasmStr)| {
-                let name = Name::read(&s, &name)?;
-                Ok((super::get(&get(s.data_mut()).request()?.parts.headers, name.as_str()),))
-            },
-        )?;
-        http.func_wrap(
-            "[method]response.header",
-            move |mut s: StoreContextMut<'_, T>, (_, name): (Resp, WasmStr)| {
-                let name = Name::read(&s, &name)?;
-                Ok((super::get(&get(s.data_mut()).response()?.parts.headers, name.as_str()),))
-            },
-        )?;
-        http.func_wrap(
-            "[method]request.set-header",
-            move |mut s: StoreContextMut<'_, T>, (_, name, value): (Req, WasmStr, WasmStr)| {
-                let field = field(&s, &name, &value)?;
-                let map = &mut get(s.data_mut()).request()?.parts.headers;
-                Ok((field.map(|(name, value)| drop(map.insert(name, value))),))
-            },
-        )?;
-        http.func_wrap(
-            "[method]response.set-header",
-            move |mut s: StoreContextMut<'_, T>, (_, name, value): (Resp, WasmStr, WasmStr)| {
-                let field = field(&s, &name, &value)?;
-                let map = &mut get(s.data_mut()).response()?.parts.headers;
-                Ok((field.map(|(name, value)| drop(map.insert(name, value))),))
-            },
-        )?;
+        header_calls::<T, RequestHandle>(&mut http, "request", get, |c| {
+            Ok(&mut c.request()?.parts.headers)
+        })?;
+        header_calls::<T, ResponseHandle>(&mut http, "response", get, |c| {
+            Ok(&mut c.response()?.parts.headers)
+        })?;
         linker.allow_shadowing(false);
         Ok(())
+    }
+
+    /// `header` and `set-header` of resource `kind`, whose headers `map` finds.
+    fn header_calls<T: Send + 'static, R: 'static>(
+        http: &mut LinkerInstance<'_, T>,
+        kind: &str,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: fn(&mut HttpCtx) -> HostResult<&mut HeaderMap>,
+    ) -> wasmtime::Result<()> {
+        http.func_wrap(
+            &format!("[method]{kind}.header"),
+            move |mut s: StoreContextMut<'_, T>, (_, name): (Resource<R>, WasmStr)| {
+                let name = Name::read(&s, &name)?;
+                Ok((super::get(map(get(s.data_mut()))?, name.as_str()),))
+            },
+        )?;
+        http.func_wrap(
+            &format!("[method]{kind}.set-header"),
+            move |mut s: StoreContextMut<'_, T>,
+                  (_, name, value): (Resource<R>, WasmStr, WasmStr)| {
+                let field = field(&s, &name, &value)?;
+                let map = map(get(s.data_mut()))?;
+                Ok((field.map(|(name, value)| drop(map.insert(name, value))),))
+            },
+        )
     }
 
     /// A header name read from the guest, on the stack when short (all but absurd ones).
