@@ -150,3 +150,30 @@ async fn waiting_for_the_cpu_does_not_count_against_the_timeout() {
     assert!(took > std::time::Duration::from_millis(150), "no contention to prove: {took:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn plugins_cannot_set_headers_the_gateway_owns() {
+    // The host, not the plugin, decides framing and hop-by-hop headers: a plugin's
+    // set-header of one is refused whatever the plugin's own checks, and nothing reaches
+    // the upstream. (`host` is the plugin's to rewrite: routing has already happened.)
+    let gw = gateway(echo().await, &faults_config("fail", "200ms")).await;
+    for (spec, result) in [
+        ("transfer-encoding=chunked", "Forbidden"),
+        ("Content-Length=0", "Forbidden"),
+        ("connection=x-secret", "Forbidden"),
+        ("Upgrade=websocket", "Forbidden"),
+        ("bad name=1", "InvalidName"),
+        ("x-fine=yes", "ok"),
+    ] {
+        let r = get(gw.addr, "/", &[("x-set-header", spec)]).await;
+        assert_eq!(r.status, 200, "{spec}");
+        let h = &r.echoed()["headers"];
+        assert!(h["x-set-result"].as_str().unwrap().contains(result), "{spec}: {h}");
+        for owned in ["transfer-encoding", "x-secret", "upgrade"] {
+            assert!(h.get(owned).is_none(), "{spec}: {h}");
+        }
+    }
+    let r = get(gw.addr, "/", &[("x-set-header", "x-fine=yes")]).await;
+    assert_eq!(r.echoed()["headers"]["x-fine"], "yes");
+    gw.shutdown().await;
+}

@@ -12,6 +12,8 @@
 //! upstream; with `x-replace-body: TEXT` it replaces the body with TEXT. With
 //! `x-kv-incr: KEY` it increments KEY in the host's key-value store, sends the new count
 //! upstream as `x-kv-count`, and adds 1 to its `kv_increments` metric. With
+//! `x-set-header: NAME=VALUE` it sets that request header and sends the host's answer
+//! upstream as `x-set-result` (`ok`, or the refusal). With
 //! `x-context-set: VALUE` it keeps VALUE in the request context and returns it in the
 //! response phase as the response header `x-context`.
 //! Config: `{ reject = "why" }` makes `init` refuse the config.
@@ -94,6 +96,14 @@ impl Plugin for Faults {
                 Err(BodyError::ReadFailed(why)) => format!("failed: {why}"),
             };
             let _ = req.set_header("x-body-bytes", &seen);
+        }
+        if let Some(spec) = req.header("x-set-header") {
+            let (name, value) = spec.split_once('=').unwrap_or((&spec, ""));
+            let result = match req.set_header(name, value) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("{e:?}"),
+            };
+            let _ = req.set_header("x-set-result", &result);
         }
         if let Some(text) = req.header("x-replace-body") {
             req.set_body(text.as_bytes());
