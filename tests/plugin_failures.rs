@@ -154,26 +154,41 @@ async fn waiting_for_the_cpu_does_not_count_against_the_timeout() {
 #[tokio::test]
 async fn plugins_cannot_set_headers_the_gateway_owns() {
     // The host, not the plugin, decides framing and hop-by-hop headers: a plugin's
-    // set-header of one is refused whatever the plugin's own checks, and nothing reaches
-    // the upstream. (`host` is the plugin's to rewrite: routing has already happened.)
+    // set-header, append-header or remove-header of one is refused whatever the plugin's
+    // own checks, and nothing reaches the upstream. (`host` is the plugin's to rewrite:
+    // routing has already happened.)
     let gw = gateway(echo().await, &faults_config("fail", "200ms")).await;
-    for (spec, result) in [
-        ("transfer-encoding=chunked", "Forbidden"),
-        ("Content-Length=0", "Forbidden"),
-        ("connection=x-secret", "Forbidden"),
-        ("Upgrade=websocket", "Forbidden"),
-        ("bad name=1", "InvalidName"),
-        ("x-fine=yes", "ok"),
-    ] {
-        let r = get(gw.addr, "/", &[("x-set-header", spec)]).await;
-        assert_eq!(r.status, 200, "{spec}");
-        let h = &r.echoed()["headers"];
-        assert!(h["x-set-result"].as_str().unwrap().contains(result), "{spec}: {h}");
-        for owned in ["transfer-encoding", "x-secret", "upgrade"] {
-            assert!(h.get(owned).is_none(), "{spec}: {h}");
+    for op in ["x-set-header", "x-append-header"] {
+        for (spec, result) in [
+            ("transfer-encoding=chunked", "Forbidden"),
+            ("Content-Length=0", "Forbidden"),
+            ("connection=x-secret", "Forbidden"),
+            ("Upgrade=websocket", "Forbidden"),
+            ("bad name=1", "InvalidName"),
+            ("x-fine=yes", "ok"),
+        ] {
+            let r = get(gw.addr, "/", &[(op, spec)]).await;
+            assert_eq!(r.status, 200, "{op} {spec}");
+            let h = &r.echoed()["headers"];
+            assert!(h["x-set-result"].as_str().unwrap().contains(result), "{op} {spec}: {h}");
+            for owned in ["transfer-encoding", "x-secret", "upgrade"] {
+                assert!(h.get(owned).is_none(), "{op} {spec}: {h}");
+            }
         }
+        let r = get(gw.addr, "/", &[(op, "x-fine=yes")]).await;
+        assert_eq!(r.echoed()["headers"]["x-fine"], "yes", "{op}");
     }
-    let r = get(gw.addr, "/", &[("x-set-header", "x-fine=yes")]).await;
-    assert_eq!(r.echoed()["headers"]["x-fine"], "yes");
+    for (name, result) in [
+        ("transfer-encoding", "Forbidden"),
+        ("content-length", "Forbidden"),
+        ("Connection", "Forbidden"),
+        ("bad name", "InvalidName"),
+        ("x-drop", "ok"),
+    ] {
+        let r = get(gw.addr, "/", &[("x-remove-header", name), ("x-drop", "1")]).await;
+        let h = &r.echoed()["headers"];
+        assert!(h["x-set-result"].as_str().unwrap().contains(result), "{name}: {h}");
+        assert_eq!(h.get("x-drop").is_none(), name == "x-drop", "{name}: {h}");
+    }
     gw.shutdown().await;
 }

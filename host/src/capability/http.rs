@@ -86,7 +86,8 @@ mod in_place {
         Ok(())
     }
 
-    /// `header` and `set-header` of resource `kind`, whose headers `map` finds.
+    /// `header`, `set-header`, `append-header` and `remove-header` of resource `kind`,
+    /// whose headers `map` finds.
     fn header_calls<T: Send + 'static, R: 'static>(
         http: &mut LinkerInstance<'_, T>,
         kind: &str,
@@ -100,13 +101,26 @@ mod in_place {
                 Ok((super::get(map(get(s.data_mut()))?, name.as_str()),))
             },
         )?;
+        for (method, append) in [("set-header", false), ("append-header", true)] {
+            http.func_wrap(
+                &format!("[method]{kind}.{method}"),
+                move |mut s: StoreContextMut<'_, T>,
+                      (_, name, value): (Resource<R>, WasmStr, WasmStr)| {
+                    let field = field(&s, &name, &value)?;
+                    let map = map(get(s.data_mut()))?;
+                    Ok((field.map(|(name, value)| match append {
+                        true => drop(map.append(name, value)),
+                        false => drop(map.insert(name, value)),
+                    }),))
+                },
+            )?;
+        }
         http.func_wrap(
-            &format!("[method]{kind}.set-header"),
-            move |mut s: StoreContextMut<'_, T>,
-                  (_, name, value): (Resource<R>, WasmStr, WasmStr)| {
-                let field = field(&s, &name, &value)?;
+            &format!("[method]{kind}.remove-header"),
+            move |mut s: StoreContextMut<'_, T>, (_, name): (Resource<R>, WasmStr)| {
+                let name = writable_name(&name.to_str(&s)?);
                 let map = map(get(s.data_mut()))?;
-                Ok((field.map(|(name, value)| drop(map.insert(name, value))),))
+                Ok((name.map(|name| drop(map.remove(name))),))
             },
         )
     }

@@ -12,8 +12,9 @@
 //! upstream; with `x-replace-body: TEXT` it replaces the body with TEXT. With
 //! `x-kv-incr: KEY` it increments KEY in the host's key-value store, sends the new count
 //! upstream as `x-kv-count`, and adds 1 to its `kv_increments` metric. With
-//! `x-set-header: NAME=VALUE` it sets that request header and sends the host's answer
-//! upstream as `x-set-result` (`ok`, or the refusal). With
+//! `x-set-header: NAME=VALUE` (or `x-append-header: NAME=VALUE`, `x-remove-header: NAME`)
+//! it sets (appends, removes) that request header and sends the host's answer upstream as
+//! `x-set-result` (`ok`, or the refusal). With
 //! `x-context-set: VALUE` it keeps VALUE in the request context and returns it in the
 //! response phase as the response header `x-context`.
 //! Config: `{ reject = "why" }` makes `init` refuse the config.
@@ -97,12 +98,15 @@ impl Plugin for Faults {
             };
             let _ = req.set_header("x-body-bytes", &seen);
         }
-        if let Some(spec) = req.header("x-set-header") {
+        for op in ["x-set-header", "x-append-header", "x-remove-header"] {
+            let Some(spec) = req.header(op) else { continue };
             let (name, value) = spec.split_once('=').unwrap_or((&spec, ""));
-            let result = match req.set_header(name, value) {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => format!("{e:?}"),
+            let result = match op {
+                "x-set-header" => req.set_header(name, value),
+                "x-append-header" => req.append_header(name, value),
+                _ => req.remove_header(name),
             };
+            let result = result.map_or_else(|e| format!("{e:?}"), |()| "ok".to_owned());
             let _ = req.set_header("x-set-result", &result);
         }
         if let Some(text) = req.header("x-replace-body") {
