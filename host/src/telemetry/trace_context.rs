@@ -74,8 +74,12 @@ impl TraceContext {
 
     /// The `traceparent` for the upstream: this trace, with the gateway's span as parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let text = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags);
-        HeaderValue::try_from(text).expect("hex digits and dashes")
+        // Written directly: `format!` cost ~2,500 instructions a request, on every request.
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        put_hex(&mut text[3..35], self.trace_id);
+        put_hex(&mut text[36..52], u128::from(self.span_id));
+        put_hex(&mut text[53..55], u128::from(self.flags));
+        HeaderValue::from_bytes(&text).expect("hex digits and dashes")
     }
 
     /// The trace id as 32 lowercase hex digits, as logs and trace backends show it.
@@ -92,6 +96,14 @@ impl TraceContext {
         if self.parent_id.is_none() {
             headers.remove(&TRACESTATE);
         }
+    }
+}
+
+/// `n`'s low digits in lowercase hex, filling `out`.
+fn put_hex(out: &mut [u8], mut n: u128) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
@@ -155,6 +167,17 @@ mod tests {
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
         assert!(out.ends_with("-01"));
         assert_ne!(&out[36..52], "00f067aa0ba902b7", "the gateway's own span");
+    }
+
+    #[test]
+    fn traceparent_is_the_w3c_text() {
+        let edge = [(1, 1, 0), (u128::MAX, u64::MAX, 0xff), (0xab << 120, 0xcd << 56, 0x01)];
+        let random = (0..1000).map(|_| (fastrand::u128(..), fastrand::u64(..), fastrand::u8(..)));
+        for (trace_id, span_id, flags) in edge.into_iter().chain(random) {
+            let t = TraceContext { trace_id, parent_id: None, span_id, flags };
+            let want = format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}");
+            assert_eq!(t.traceparent(), want.as_str());
+        }
     }
 
     #[test]
