@@ -156,18 +156,44 @@ impl ResponseMsg {
 /// credentials `proxy-authorization` and `proxy-authenticate`, meant for the proxy itself.
 /// Other `proxy-*` names are ordinary end-to-end headers.
 pub fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    hop_by_hop_bit(name) != 0
+}
+
+/// [`is_hop_by_hop`]'s list, in the order of [`hop_by_hop_bit`]'s bits.
+pub static HOP_BY_HOP: [http::HeaderName; 9] = {
     use http::header::*;
-    matches!(
-        *name,
-        CONNECTION
-            | TE
-            | TRAILER
-            | TRANSFER_ENCODING
-            | UPGRADE
-            | PROXY_AUTHORIZATION
-            | PROXY_AUTHENTICATE
-    ) || name == "keep-alive"
-        || name == "proxy-connection"
+    [
+        CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHORIZATION,
+        PROXY_AUTHENTICATE,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ]
+};
+
+/// `1 << i` when `name` is `HOP_BY_HOP[i]`, else 0. A standard name is matched by its
+/// tag, the two others by their text; this runs on every header of every message.
+pub fn hop_by_hop_bit(name: &http::HeaderName) -> u16 {
+    use http::header::*;
+    let i = match *name {
+        CONNECTION => 0,
+        TE => 1,
+        TRAILER => 2,
+        TRANSFER_ENCODING => 3,
+        UPGRADE => 4,
+        PROXY_AUTHORIZATION => 5,
+        PROXY_AUTHENTICATE => 6,
+        _ => match name.as_str() {
+            "keep-alive" => 7,
+            "proxy-connection" => 8,
+            _ => return 0,
+        },
+    };
+    1 << i
 }
 
 /// Headers the host owns, which plugins may not set or remove: the hop-by-hop headers
@@ -208,6 +234,18 @@ pub fn set_fixed_length(headers: &mut http::HeaderMap, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_bits_follow_the_list_and_nothing_else_has_one() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name), 1 << i, "{name}");
+            let upper = http::HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes());
+            assert_eq!(hop_by_hop_bit(&upper.unwrap()), 1 << i, "{name}");
+        }
+        for name in ["host", "content-length", "proxy-status", "keep-alives", "x-connection"] {
+            assert_eq!(hop_by_hop_bit(&http::HeaderName::from_static(name)), 0, "{name}");
+        }
+    }
 
     #[test]
     fn context_values_are_private_to_their_plugin_and_bounded() {
