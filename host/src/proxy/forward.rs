@@ -24,7 +24,10 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Headers that say who the client is or what it asked for; only a trusted proxy may send
 /// them, and the gateway writes its own.
 fn is_identity_header(name: &HeaderName) -> bool {
-    let s = name.as_str();
+    is_identity_name(name.as_str())
+}
+
+fn is_identity_name(s: &str) -> bool {
     match s.as_bytes().first() {
         Some(b'x') => s.starts_with("x-forwarded-") || s == "x-real-ip",
         Some(b'f') => s == "forwarded",
@@ -51,8 +54,10 @@ pub fn from_client(
     let (mut hop, mut underscored, mut identity) = (false, false, false);
     for name in headers.keys() {
         hop |= is_hop_by_hop(name);
-        underscored |= name.as_str().contains('_');
-        identity |= is_identity_header(name);
+        let s = name.as_str();
+        // A plain loop: names are short, and `contains` calls `memchr` for each.
+        underscored |= s.bytes().any(|b| b == b'_');
+        identity |= is_identity_name(s);
     }
     if hop {
         for v in headers.get_all(header::CONNECTION) {
