@@ -98,15 +98,20 @@ pub struct Cors {
 
 impl Cors {
     fn allowed(&self, origin: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
+        // Browsers send origins in lower case: copied to lower it only when it is not (this
+        // runs on every response).
+        let origin = match origin.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(origin.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(origin),
+        };
         self.origins.iter().any(|o| o.matches(&origin))
     }
 
     /// The `Access-Control-Allow-Origin` value for an allowed `origin`.
-    fn allow_origin_value(&self, origin: &str) -> String {
+    fn allow_origin_value<'a>(&self, origin: &'a str) -> &'a str {
         match self.origins.contains(&Origin::Any) && !self.credentials {
-            true => "*".to_owned(),
-            false => origin.to_owned(),
+            true => "*",
+            false => origin,
         }
     }
 
@@ -129,7 +134,7 @@ impl Cors {
             return Vec::new();
         }
         let mut out = vec![
-            ("access-control-allow-origin", self.allow_origin_value(origin)),
+            ("access-control-allow-origin", self.allow_origin_value(origin).to_owned()),
             ("access-control-allow-methods", self.methods.join(", ")),
         ];
         if !requested.is_empty() {
@@ -227,7 +232,7 @@ impl Plugin for Cors {
         if !self.allowed(&origin) {
             return;
         }
-        let _ = resp.set_header("access-control-allow-origin", &self.allow_origin_value(&origin));
+        let _ = resp.set_header("access-control-allow-origin", self.allow_origin_value(&origin));
         if self.credentials {
             let _ = resp.set_header("access-control-allow-credentials", "true");
         }
