@@ -36,6 +36,7 @@ required_claims = ["sub"]
 token_from = ["header:authorization", "cookie:session", "query:access_token"]
 forward_claims = {{ sub = "x-user-id", role = "x-user-role" }}
 realm = "orders"
+run_on_preflight = false
 "#,
             jwks = jwks.display()
         ) + &route("\"auth\"")),
@@ -55,6 +56,30 @@ realm = "orders"
         assert_eq!(r.echoed_header("x-user-id").as_deref(), Some(format!("user-{alg}").as_str()));
         assert_eq!(r.echoed_header("x-user-role").as_deref(), Some("admin"), "{alg}");
     }
+
+    // A valid token without a forwarded claim, or with one that cannot be a header value:
+    // the client's own header of that name still never reaches the upstream.
+    for name in ["valid_no_role", "valid_bad_role"] {
+        let auth = bearer(&tokens[name]);
+        let r =
+            get(gw.addr, "/orders", &[("authorization", &auth), ("x-user-role", "spoofed")]).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(r.echoed_header("x-user-id").as_deref(), Some("ada"), "{name}");
+        assert_eq!(r.echoed_header("x-user-role"), None, "{name}");
+        assert_eq!(r.echoed_header("x-injected"), None, "{name}");
+    }
+
+    // With `run_on_preflight = false` a browser's preflight, which carries no token, passes,
+    // but not with the client's own claim headers.
+    let preflight = http::Request::options(format!("http://{}/orders", gw.addr))
+        .header("origin", "https://app.test")
+        .header("access-control-request-method", "GET")
+        .header("x-user-id", "root")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = send(&client(), preflight).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echoed_header("x-user-id"), None);
 
     // The same token from a cookie or a query parameter.
     let t = &tokens["valid_ES256"];

@@ -72,6 +72,9 @@ tokens.update({
     "wrong_issuer": mint(iss="https://evil.test"),
     "wrong_audience": mint(aud="billing"),
     "no_sub": mint(sub=None),
+    # Valid, but a forwarded claim is missing, or cannot be a header value.
+    "valid_no_role": mint("HS256", role=None),
+    "valid_bad_role": mint("HS256", role="admin\r\nx-injected: 1"),
     "alg_none": jwt.encode(claims(), None, algorithm="none"),
 })
 

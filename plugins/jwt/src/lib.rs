@@ -221,13 +221,19 @@ impl Plugin for Jwt {
     }
 
     fn on_request(&self, req: &Request) -> Action {
-        for (_, header) in &self.forward {
-            let _ = req.remove_header(header);
-        }
+        // A client's own claim headers never reach the upstream: each is removed here, or
+        // replaced by `set_header` below (a host call fewer per claim on the common path).
+        // A refused request goes nowhere.
+        let remove_claim_headers = || {
+            for (_, header) in &self.forward {
+                let _ = req.remove_header(header);
+            }
+        };
         if !self.run_on_preflight
             && req.method() == "OPTIONS"
             && req.header("access-control-request-method").is_some()
         {
+            remove_claim_headers();
             return Action::Continue;
         }
         let Some(token) = self.token(req) else {
@@ -238,11 +244,15 @@ impl Plugin for Jwt {
             Ok(claims) => {
                 sluice_pdk::metrics::counter_add("verified", 1);
                 for (claim, header) in &self.forward {
-                    if let Some(v) = claims.get(claim) {
-                        let text = claim_text(v);
-                        if req.set_header(header, &text).is_err() {
+                    let set = claims.get(claim).is_some_and(|v| {
+                        let ok = req.set_header(header, &claim_text(v)).is_ok();
+                        if !ok {
                             sluice_pdk::debug!("claim {claim:?} cannot be a header value");
                         }
+                        ok
+                    });
+                    if !set {
+                        let _ = req.remove_header(header);
                     }
                 }
                 Action::Continue
