@@ -42,8 +42,8 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
 ) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
-    let mut ctx = RequestCtx::new(conn, request_id::of(&parts.headers), &parts);
-    ctx.access_log = gw.access_log.clone();
+    let id = request_id::of(&parts.headers);
+    let mut ctx = RequestCtx::new(conn, id, &parts, gw.access_log.clone());
     let result = serve(&gw, &mut ctx, parts, body).await;
     let response = finish(&mut ctx, result);
     // The context goes with the body: the request is recorded when the body ends.

@@ -44,8 +44,9 @@ pub struct RequestCtx {
     pub trace: TraceContext,
     /// Whether this request's spans are recorded (`[tracing]` on, and sampled).
     pub traced: bool,
-    /// The wall-clock time of arrival (for logs and spans; durations use `timings`).
-    pub arrived_at: std::time::SystemTime,
+    /// The wall-clock time of arrival, when the request is traced (for its spans; durations
+    /// use `timings`, and the access log stamps its line when it writes it).
+    pub arrived_at: Option<std::time::SystemTime>,
     /// Where this request's line goes, if the access log is on.
     pub access_log: Option<Arc<AccessLog>>,
     /// Response body bytes sent, and how the body ended.
@@ -101,9 +102,15 @@ pub struct Outcome {
 }
 
 impl RequestCtx {
-    pub fn new(conn: Arc<ConnInfo>, id: HeaderValue, parts: &http::request::Parts) -> Self {
+    pub fn new(
+        conn: Arc<ConnInfo>,
+        id: HeaderValue,
+        parts: &http::request::Parts,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> Self {
         metrics().active_requests.inc();
-        let header = |name| parts.headers.get(name).cloned();
+        // Only the access log reads these: without it, two header lookups saved.
+        let header = |name| access_log.as_ref().and_then(|_| parts.headers.get(name).cloned());
         let mut trace = TraceContext::from_headers(&parts.headers);
         let traced = match crate::telemetry::otel::tracer() {
             Some(t) => {
@@ -127,13 +134,13 @@ impl RequestCtx {
             deadline: deadline.and_then(|t| arrived.checked_add(t)),
             grpc_status: None,
             traced,
-            arrived_at: std::time::SystemTime::now(),
+            arrived_at: traced.then(std::time::SystemTime::now),
             path: parts.uri.path_and_query().cloned(),
             user_agent: header(http::header::USER_AGENT),
             referer: header(http::header::REFERER),
             body_in: None,
             trace,
-            access_log: None,
+            access_log,
             bytes_out: 0,
             body_end: BodyEnd::Pending,
             upgrade: None,

@@ -25,7 +25,9 @@ pub(super) fn record(
     let trace_id = TraceId::from(ctx.trace.trace_id);
     let server = SpanId::from(ctx.trace.span_id);
     let arrived = ctx.timings.arrived.into_std();
-    let at = |t: std::time::Instant| ctx.arrived_at + t.saturating_duration_since(arrived);
+    // Set for every traced request; a fallback rather than a panic on the recording path.
+    let arrived_at = ctx.arrived_at.unwrap_or_else(std::time::SystemTime::now);
+    let at = |t: std::time::Instant| arrived_at + t.saturating_duration_since(arrived);
     let span = |id: SpanId, parent: SpanId, kind, name: Cow<'static, str>| SpanData {
         span_context: SpanContext::new(
             trace_id,
@@ -38,8 +40,8 @@ pub(super) fn record(
         parent_span_is_remote: false,
         span_kind: kind,
         name,
-        start_time: ctx.arrived_at,
-        end_time: ctx.arrived_at,
+        start_time: arrived_at,
+        end_time: arrived_at,
         attributes: Vec::new(),
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
