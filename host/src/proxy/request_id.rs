@@ -30,8 +30,30 @@ pub fn of(headers: &http::HeaderMap) -> HeaderValue {
     // 16 hex digits, written directly: `format!` cost ~1,100 instructions a request.
     let id = (u64::from(*prefix) << 32) | u64::from(n);
     let mut hex = [0u8; 16];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[((id >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    crate::telemetry::trace_context::put_hex(&mut hex, u128::from(id));
     HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_id_is_sixteen_hex_digits_counting_up_and_a_usable_one_is_kept() {
+        let none = http::HeaderMap::new();
+        let (a, b) = (of(&none), of(&none));
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        for id in [a, b] {
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')), "{id}");
+        }
+        assert_eq!(a[..8], b[..8], "one prefix per process");
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        assert!(b > a, "{a:x} then {b:x}");
+        let mut client = http::HeaderMap::new();
+        client.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
+        assert_eq!(of(&client), "abc-123");
+        client.insert(X_REQUEST_ID.clone(), HeaderValue::from_bytes(&[b'x'; 129]).unwrap());
+        assert_eq!(of(&client).len(), 16, "too long: replaced");
+    }
 }

@@ -99,8 +99,9 @@ impl TraceContext {
     }
 }
 
-/// `n`'s low digits in lowercase hex, filling `out`.
-fn put_hex(out: &mut [u8], mut n: u128) {
+/// `n`'s low digits in lowercase hex, filling `out` (ids written without `format!`, which
+/// costs thousands of instructions a request).
+pub(crate) fn put_hex(out: &mut [u8], mut n: u128) {
     for digit in out.iter_mut().rev() {
         *digit = b"0123456789abcdef"[(n & 0xf) as usize];
         n >>= 4;
