@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use crate::common::proc::Proc;
-use crate::common::services::{free_port, python, run_python};
+use crate::common::services::{dead_port, free_port, python, run_python};
 use crate::common::*;
 
 const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
@@ -69,6 +69,7 @@ async fn grpc_calls_of_every_kind_behind_jwt_with_the_gateways_failures_as_statu
     let admin_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
+    let dead = dead_port();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"10s\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
@@ -86,7 +87,7 @@ async fn grpc_calls_of_every_kind_behind_jwt_with_the_gateways_failures_as_statu
         plugins = plugin_dir().display(),
         log = log.display(),
         grpc = server.addr,
-        dead = free_port(),
+        dead = dead.port,
     );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, text).unwrap();

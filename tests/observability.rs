@@ -14,7 +14,7 @@ use http_body_util::Full;
 
 use crate::common::backend::{Backend, Mode};
 use crate::common::proc::Proc;
-use crate::common::services::{free_port, python};
+use crate::common::services::{dead_port, free_port, python};
 use crate::common::*;
 
 fn write_config(dir: &tempfile::TempDir, upstream: SocketAddr, rest: &str) -> std::path::PathBuf {
@@ -653,7 +653,8 @@ async fn a_full_disk_and_a_dead_collector_fail_no_request_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = echo().await;
     let admin_port = free_port();
-    let dead = free_port();
+    let dead = dead_port();
+    let collector = dead.port;
     let config = write_config(
         &dir,
         upstream,
@@ -666,7 +667,7 @@ listen = "127.0.0.1:{admin_port}"
 path = "/dev/full"
 
 [tracing]
-endpoint = "http://127.0.0.1:{dead}/v1/traces"
+endpoint = "http://127.0.0.1:{collector}/v1/traces"
 timeout = "1s"
 
 [[routes]]

@@ -185,7 +185,8 @@ async fn black_hole() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_redis_outage_follows_the_policy_and_never_hangs() {
-    let refused = format!("redis://127.0.0.1:{}/", services::free_port());
+    let dead = services::dead_port();
+    let refused = format!("redis://127.0.0.1:{}/", dead.port);
     let silent = format!("redis://{}/", black_hole().await);
     let upstream = echo().await;
     for (url, policy, expect) in [

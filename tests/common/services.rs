@@ -11,6 +11,35 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A loopback port where connections are refused at once, for as long as the value lives: a
+/// socket is bound to it without listening. A port from [`free_port`] is free again, so
+/// another test's listener, or a connection's own source port (connecting to itself), can
+/// land on it, and a "dead" upstream then hangs instead of refusing.
+pub struct DeadPort {
+    _bound: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+pub fn dead_port() -> DeadPort {
+    use std::os::fd::FromRawFd;
+    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` is a valid
+    // `sockaddr_in` of the size given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let bound = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let ptr = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(libc::bind(fd, ptr, size), 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = size;
+        assert_eq!(libc::getsockname(fd, ptr, &mut len), 0);
+        DeadPort { _bound: bound, port: u16::from_be(addr.sin_port) }
+    }
+}
+
 /// A throwaway `redis-server` on loopback, without persistence; killed on drop.
 pub struct Redis {
     child: Child,
