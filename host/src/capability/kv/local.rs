@@ -118,9 +118,8 @@ impl LocalKv {
         use std::collections::hash_map::Entry as Slot;
         // One lookup: the count is rewritten in place, in the text Redis would hold.
         self.with(namespace, key, true, |map, full, now| {
-            let mut text = itoa::Buffer::new();
-            let fresh = |text: &mut itoa::Buffer| Entry {
-                value: text.format(delta).as_bytes().to_vec(),
+            let fresh = || Entry {
+                value: itoa::Buffer::new().format(delta).as_bytes().to_vec(),
                 expires: expiry(now, ttl_ms),
             };
             match map.entry(full) {
@@ -132,16 +131,16 @@ impl LocalKv {
                         .ok_or(KvError::NotANumber)?;
                     let value = current.saturating_add(delta);
                     entry.value.clear();
-                    entry.value.extend_from_slice(text.format(value).as_bytes());
+                    entry.value.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
                     Ok(value)
                 }
                 // Expired: a new window.
                 Slot::Occupied(mut slot) => {
-                    slot.insert(fresh(&mut text));
+                    slot.insert(fresh());
                     Ok(delta)
                 }
                 Slot::Vacant(slot) => {
-                    slot.insert(fresh(&mut text));
+                    slot.insert(fresh());
                     Ok(delta)
                 }
             }
