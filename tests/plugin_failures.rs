@@ -193,3 +193,63 @@ async fn plugins_cannot_set_headers_the_gateway_owns() {
     }
     gw.shutdown().await;
 }
+
+/// `edit-headers` (world 0.2.2) makes a batch whole or not at all, refusing what the single
+/// calls refuse; `headers` reads several in one call; `kv.incr-and-get` counts one key and
+/// reads another. A plugin that appends headers without end traps at the map's limit
+/// (32,768 fields, where `http` would panic) and fails its request only.
+#[tokio::test]
+async fn header_batches_are_all_or_nothing_and_refuse_what_the_gateway_owns() {
+    let gw = gateway(echo().await, &faults_config("fail", "2s")).await;
+    for (edits, result, applied) in [
+        ("set:x-a=1;append:x-b=2;remove:x-gone", "ok", true),
+        (
+            "set:x-a=1;set:Transfer-Encoding=chunked;append:x-b=2",
+            "index: 1, error: FieldError::Forbidden",
+            false,
+        ),
+        ("remove:connection;set:x-a=1", "index: 0, error: FieldError::Forbidden", false),
+        (
+            "set:x-a=1;append:x-b=2;remove:bad name",
+            "index: 2, error: FieldError::InvalidName",
+            false,
+        ),
+        (
+            "set:x-a=1;append:x-b=2;set:content-length=0",
+            "index: 2, error: FieldError::Forbidden",
+            false,
+        ),
+    ] {
+        let r = get(gw.addr, "/", &[("x-edit-headers", edits), ("x-gone", "here")]).await;
+        assert_eq!(r.status, 200, "{edits}");
+        let h = &r.echoed()["headers"];
+        assert!(h["x-edit-result"].as_str().unwrap().contains(result), "{edits}: {h}");
+        let value = |name: &str| h.get(name).and_then(|v| v.as_str());
+        assert_eq!(value("x-a"), applied.then_some("1"), "{edits}: {h}");
+        assert_eq!(value("x-b"), applied.then_some("2"), "{edits}: {h}");
+        assert_eq!(value("x-gone"), (!applied).then_some("here"), "{edits}: {h}");
+        for owned in ["transfer-encoding", "content-length", "connection"] {
+            assert!(h.get(owned).is_none(), "{edits}: {h}");
+        }
+    }
+    let r = get(
+        gw.addr,
+        "/",
+        &[("x-headers", "x-one,x-missing,X-TWO"), ("x-one", "1"), ("x-two", "2")],
+    )
+    .await;
+    assert_eq!(r.echoed()["headers"]["x-headers-result"], "1|-|2");
+
+    let incr_get = |keys: &'static str| async move {
+        let r = get(gw.addr, "/", &[("x-kv-incr-get", keys)]).await;
+        r.echoed()["headers"]["x-kv-incr-get"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(incr_get("now,last").await, "1,none");
+    assert_eq!(incr_get("last,now").await, "1,1");
+    assert_eq!(incr_get("now,last").await, "2,1");
+
+    let r = get(gw.addr, "/", &[("x-append-many", "40000")]).await;
+    assert_eq!(r.status, 500, "the plugin traps: {}", r.text());
+    assert_eq!(get(gw.addr, "/", &[]).await.status, 200, "and the gateway serves on");
+    gw.shutdown().await;
+}

@@ -168,6 +168,17 @@ async fn rate_limit_is_shared_by_two_gateway_processes_through_redis() {
     assert!(allowed[0] > 0 && allowed[1] > 0, "both processes served: {allowed:?}");
     // Another user still has a fresh allowance on either process.
     assert_eq!(get(two.addr, "/", &[("x-user", "grace")]).await.status, 200);
+    // One round trip to Redis a request: the sliding window's count and the last window's
+    // read are one script (`incr-and-get`), not an `incr` and a `get`.
+    let sent = redis
+        .client_commands(async {
+            for _ in 0..5 {
+                assert_eq!(get(one.addr, "/", &[("x-user", "hopper")]).await.status, 200);
+            }
+        })
+        .await;
+    assert_eq!(sent.len(), 5, "one command a request: {sent:#?}");
+    assert!(sent.iter().all(|c| c.contains("\"EVALSHA\"")), "{sent:#?}");
 }
 
 /// A TCP server that accepts connections and never answers.

@@ -102,6 +102,21 @@ func KvIncr(key string, delta int64, ttl time.Duration) (int64, error) {
 	return r.Ok(), nil
 }
 
+// KvIncrAndGet is KvIncr of key and KvGet of other in one call to the host (and, with Redis,
+// one round trip): a sliding window counts a hit in this window and reads the last one.
+// value is nil when other is absent. Since sluice:plugin@0.2.2.
+func KvIncrAndGet(key string, delta int64, ttl time.Duration, other string) (n int64, value []byte, err error) {
+	r := sluice_plugin_kv.IncrAndGet(key, delta, ttlMs(ttl), other)
+	if r.IsErr() {
+		return 0, nil, kvErr(r.Err())
+	}
+	got := r.Ok()
+	if got.F1.IsSome() {
+		value = got.F1.Some()
+	}
+	return got.F0, value, nil
+}
+
 // KvCompareAndSwap stores value only if the current value equals expected (nil: only if
 // absent), and reports whether it stored.
 func KvCompareAndSwap(key string, expected, value []byte, ttl time.Duration) (bool, error) {

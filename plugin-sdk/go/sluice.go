@@ -1,5 +1,5 @@
 // Package sluice writes Sluice gateway plugins in Go (mainline Go 1.24 or newer, not
-// TinyGo), for the sluice:plugin@0.2.1 world in wit/.
+// TinyGo), for the sluice:plugin@0.2.2 world in wit/.
 //
 // A plugin is a type with a request and a response method, registered from an init
 // function with a constructor that receives the plugin's config:
@@ -163,7 +163,11 @@ func fieldResult(r witTypes.Result[witTypes.Unit, sluice_plugin_http.FieldError]
 	if r.IsOk() {
 		return nil
 	}
-	switch r.Err().Tag() {
+	return fieldErr(r.Err())
+}
+
+func fieldErr(e sluice_plugin_http.FieldError) *FieldError {
+	switch e.Tag() {
 	case sluice_plugin_http.FieldError_InvalidName:
 		return &FieldError{Reason: "invalid-name"}
 	case sluice_plugin_http.FieldError_InvalidValue:
@@ -171,6 +175,60 @@ func fieldResult(r witTypes.Result[witTypes.Unit, sluice_plugin_http.FieldError]
 	default:
 		return &FieldError{Reason: "forbidden"}
 	}
+}
+
+// HeaderEdit is one change for EditHeaders: made by EditSet, EditAppend or EditRemove.
+type HeaderEdit struct{ raw sluice_plugin_http.HeaderEdit }
+
+// EditSet replaces every value of name, as SetHeader does.
+func EditSet(name, value string) HeaderEdit {
+	return HeaderEdit{sluice_plugin_http.MakeHeaderEditSet(witTypes.Tuple2[string, string]{F0: name, F1: value})}
+}
+
+// EditAppend adds a value for name, as AppendHeader does.
+func EditAppend(name, value string) HeaderEdit {
+	return HeaderEdit{sluice_plugin_http.MakeHeaderEditAppend(witTypes.Tuple2[string, string]{F0: name, F1: value})}
+}
+
+// EditRemove removes every value of name, as RemoveHeader does.
+func EditRemove(name string) HeaderEdit {
+	return HeaderEdit{sluice_plugin_http.MakeHeaderEditRemove(name)}
+}
+
+// EditError says which edit of an EditHeaders batch was refused (its index) and why; when
+// one is refused, none is made.
+type EditError struct {
+	Index int
+	FieldError
+}
+
+func (e *EditError) Error() string {
+	return fmt.Sprintf("sluice: header edit %d refused: %s", e.Index, e.Reason)
+}
+
+func editResult(r witTypes.Result[witTypes.Unit, sluice_plugin_http.EditError]) error {
+	if r.IsOk() {
+		return nil
+	}
+	e := r.Err()
+	return &EditError{Index: int(e.Index), FieldError: *fieldErr(e.Error)}
+}
+
+func rawEdits(edits []HeaderEdit) []sluice_plugin_http.HeaderEdit {
+	raw := make([]sluice_plugin_http.HeaderEdit, len(edits))
+	for i, e := range edits {
+		raw[i] = e.raw
+	}
+	return raw
+}
+
+// headerValues splits a batch answer into values ("" when absent) and presence.
+func headerValues(got []witTypes.Option[string]) (values []string, present []bool) {
+	values, present = make([]string, len(got)), make([]bool, len(got))
+	for i, o := range got {
+		values[i], present[i] = option(o)
+	}
+	return values, present
 }
 
 // BodyError says why a body could not be read.
@@ -253,6 +311,18 @@ func (r *Request) RemoveHeader(name string) error {
 	return fieldResult(r.raw.RemoveHeader(name))
 }
 
+// Headers is the first value of each named header, in one call to the host ("" and false
+// when absent). Since sluice:plugin@0.2.2.
+func (r *Request) Headers(names ...string) (values []string, present []bool) {
+	return headerValues(r.raw.Headers(names))
+}
+
+// EditHeaders makes every edit in order, in one call to the host: all of them, or none if
+// one is refused (an *EditError names it). Since sluice:plugin@0.2.2.
+func (r *Request) EditHeaders(edits ...HeaderEdit) error {
+	return editResult(r.raw.EditHeaders(rawEdits(edits)))
+}
+
 // Body is the whole body, buffered by the host on the first call (up to the route's
 // max_body_bytes).
 func (r *Request) Body() ([]byte, error) { return bodyResult(r.raw.Body()) }
@@ -325,6 +395,16 @@ func (r *Response) AppendHeader(name, value string) error {
 }
 func (r *Response) RemoveHeader(name string) error {
 	return fieldResult(r.raw.RemoveHeader(name))
+}
+
+// Headers is the first value of each named header, in one call. Since 0.2.2.
+func (r *Response) Headers(names ...string) (values []string, present []bool) {
+	return headerValues(r.raw.Headers(names))
+}
+
+// EditHeaders makes every edit, or none if one is refused. Since 0.2.2.
+func (r *Response) EditHeaders(edits ...HeaderEdit) error {
+	return editResult(r.raw.EditHeaders(rawEdits(edits)))
 }
 func (r *Response) Body() ([]byte, error) { return bodyResult(r.raw.Body()) }
 func (r *Response) SetBody(body []byte)   { r.raw.SetBody(body) }

@@ -1,4 +1,4 @@
-// TypeScript declarations for the sluice:plugin@0.2.1 world (wit/), as componentize-js maps
+// TypeScript declarations for the sluice:plugin@0.2.2 world (wit/), as componentize-js maps
 // it to JavaScript. The WIT files are the reference; this mirrors them:
 //
 // - kebab-case names become camelCase (`set-header` -> `setHeader`);
@@ -10,7 +10,7 @@
 //
 // A plugin module exports `filter`:
 //
-//   import { log } from 'sluice:plugin/log@0.2.1';
+//   import { log } from 'sluice:plugin/log@0.2.2';
 //   export const filter = {
 //     init(config) { JSON.parse(config); },
 //     onRequest(req) {
@@ -19,7 +19,7 @@
 //     },
 //   };
 
-declare module 'sluice:plugin/http@0.2.1' {
+declare module 'sluice:plugin/http@0.2.2' {
   /** Why a method, path, query, status or header could not be changed. */
   export type FieldError =
     | { tag: 'invalid-name' }
@@ -30,6 +30,18 @@ declare module 'sluice:plugin/http@0.2.1' {
   export type BodyError =
     | { tag: 'too-large'; val: bigint }
     | { tag: 'read-failed'; val: string };
+
+  /** One change for `editHeaders`. Since 0.2.2. */
+  export type HeaderEdit =
+    | { tag: 'set'; val: [string, string] }
+    | { tag: 'append'; val: [string, string] }
+    | { tag: 'remove'; val: string };
+
+  /** Which edit of a batch was refused (its index), and why. Since 0.2.2. */
+  export interface EditError {
+    index: number;
+    error: FieldError;
+  }
 
   /** Who the client's verified TLS certificate (mTLS) says it is. Since 0.2.1. */
   export interface ClientCert {
@@ -58,12 +70,16 @@ declare module 'sluice:plugin/http@0.2.1' {
     header(name: string): string | undefined;
     headerAll(name: string): string[];
     headerNames(): string[];
+    /** The first value of each name, in one call. Since 0.2.2. */
+    headers(names: string[]): (string | undefined)[];
     /** @throws {FieldError} */
     setHeader(name: string, value: string): void;
     /** @throws {FieldError} */
     appendHeader(name: string, value: string): void;
     /** @throws {FieldError} */
     removeHeader(name: string): void;
+    /** Every edit in one call, or none if one is refused. Since 0.2.2. @throws {EditError} */
+    editHeaders(edits: HeaderEdit[]): void;
     /** Buffers the body on the first call. @throws {BodyError} */
     body(): Uint8Array;
     setBody(body: Uint8Array): void;
@@ -88,33 +104,37 @@ declare module 'sluice:plugin/http@0.2.1' {
     header(name: string): string | undefined;
     headerAll(name: string): string[];
     headerNames(): string[];
+    /** The first value of each name, in one call. Since 0.2.2. */
+    headers(names: string[]): (string | undefined)[];
     /** @throws {FieldError} */
     setHeader(name: string, value: string): void;
     /** @throws {FieldError} */
     appendHeader(name: string, value: string): void;
     /** @throws {FieldError} */
     removeHeader(name: string): void;
+    /** Every edit in one call, or none if one is refused. Since 0.2.2. @throws {EditError} */
+    editHeaders(edits: HeaderEdit[]): void;
     /** @throws {BodyError} */
     body(): Uint8Array;
     setBody(body: Uint8Array): void;
   }
 }
 
-declare module 'sluice:plugin/log@0.2.1' {
+declare module 'sluice:plugin/log@0.2.2' {
   export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** Written to the gateway log, tagged with the plugin, route and request id. */
   export function log(level: Level, message: string): void;
   export function enabled(level: Level): boolean;
 }
 
-declare module 'sluice:plugin/clock@0.2.1' {
+declare module 'sluice:plugin/clock@0.2.2' {
   /** Wall-clock milliseconds since the Unix epoch. */
   export function nowMs(): bigint;
   /** Monotonic nanoseconds; only differences mean anything. */
   export function monotonicNs(): bigint;
 }
 
-declare module 'sluice:plugin/kv@0.2.1' {
+declare module 'sluice:plugin/kv@0.2.2' {
   export type KvError =
     | { tag: 'unavailable'; val: string }
     | { tag: 'not-a-number' }
@@ -125,6 +145,13 @@ declare module 'sluice:plugin/kv@0.2.1' {
   export function set(key: string, value: Uint8Array, ttlMs: bigint): void;
   /** @throws {KvError} */
   export function incr(key: string, delta: bigint, ttlMs: bigint): bigint;
+  /** `incr` of `key` and `get` of `other` in one call. Since 0.2.2. @throws {KvError} */
+  export function incrAndGet(
+    key: string,
+    delta: bigint,
+    ttlMs: bigint,
+    other: string,
+  ): [bigint, Uint8Array | undefined];
   /** @throws {KvError} */
   export function compareAndSwap(
     key: string,
@@ -137,13 +164,13 @@ declare module 'sluice:plugin/kv@0.2.1' {
   export { delete_ as delete };
 }
 
-declare module 'sluice:plugin/metrics@0.2.1' {
+declare module 'sluice:plugin/metrics@0.2.2' {
   export function counterAdd(name: string, value: bigint): void;
   export function observe(name: string, value: number): void;
 }
 
-declare module 'sluice:plugin/filter@0.2.1' {
-  import type { Request, Response } from 'sluice:plugin/http@0.2.1';
+declare module 'sluice:plugin/filter@0.2.2' {
+  import type { Request, Response } from 'sluice:plugin/http@0.2.2';
 
   /** The phases a plugin takes part in. */
   export interface Hooks {

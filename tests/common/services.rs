@@ -78,6 +78,37 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
+
+    /// The commands clients send while `during` runs, as `MONITOR` shows them (a script's
+    /// own calls are left out: Redis tags those `lua`). One line per round trip.
+    pub async fn client_commands<F: std::future::Future>(&self, during: F) -> Vec<String> {
+        use std::io::{BufRead, BufReader};
+        let mut monitor = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "MONITOR"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli (Debian package redis-tools, installed with redis-server)");
+        let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "OK", "MONITOR started");
+        during.await;
+        // A marker command ends the capture once it is seen.
+        let mut marker = Command::new("redis-cli");
+        marker.args(["-p", &self.port.to_string(), "ECHO", "end-of-capture"]);
+        assert!(marker.output().unwrap().status.success());
+        let mut seen = Vec::new();
+        for line in lines {
+            let line = line.unwrap();
+            if line.contains("end-of-capture") {
+                break;
+            }
+            if !line.contains(" lua]") {
+                seen.push(line);
+            }
+        }
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+        seen
+    }
 }
 
 impl Drop for Redis {

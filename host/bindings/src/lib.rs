@@ -23,6 +23,7 @@ wasmtime::component::bindgen!({
         "sluice:plugin/kv.get": async | trappable,
         "sluice:plugin/kv.set": async | trappable,
         "sluice:plugin/kv.incr": async | trappable,
+        "sluice:plugin/kv.incr-and-get": async | trappable,
         "sluice:plugin/kv.compare-and-swap": async | trappable,
         "sluice:plugin/kv.delete": async | trappable,
         default: trappable,
@@ -37,10 +38,10 @@ wasmtime::component::bindgen!({
 /// The world's version this host implements. Components built for an earlier 0.2.x load
 /// too: wasmtime matches their imports and their [`FILTER_INTERFACE`] export by semver
 /// (0.2.x versions are compatible with each other, and versions only add within 0.2).
-pub const WORLD_VERSION: &str = "0.2.1";
+pub const WORLD_VERSION: &str = "0.2.2";
 
 /// The versions this host loads: `sluice:plugin@0.2.*`.
 pub const WORLD_COMPATIBLE: &str = "0.2.";
 
 /// The fully-qualified name of the interface every plugin exports.
-pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.2.1";
+pub const FILTER_INTERFACE: &str = "sluice:plugin/filter@0.2.2";

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_bindings::sluice::plugin::http as wit_http;
 use sluice_bindings::{RequestHandle, ResponseHandle};
 use wasmtime::component::{HasSelf, Linker, Resource};
-use wit_http::{BodyError, FieldError};
+use wit_http::{BodyError, EditError, FieldError, HeaderEdit};
 
 use super::HostResult;
 use crate::message::{self, Body, BodyError as MsgBodyError, Call, RequestMsg, ResponseMsg};
@@ -60,12 +60,12 @@ pub fn add_to_linker<T: Send + 'static>(
 /// guest's memory (a name copied to the stack, a value straight into its `HeaderValue`).
 mod in_place {
     use wasmtime::StoreContextMut;
-    use wasmtime::component::{LinkerInstance, WasmStr};
+    use wasmtime::component::{ComponentType, Lift, LinkerInstance, WasmList, WasmStr};
 
     use super::*;
 
     /// The interface as this host links it (older 0.2.x imports match it by semver).
-    const HTTP: &str = "sluice:plugin/http@0.2.1";
+    const HTTP: &str = "sluice:plugin/http@0.2.2";
 
     /// Names longer than this (none a plugin needs) take the ordinary, allocating path.
     const NAME_ON_STACK: usize = 64;
@@ -86,8 +86,8 @@ mod in_place {
         Ok(())
     }
 
-    /// `header`, `set-header`, `append-header` and `remove-header` of resource `kind`,
-    /// whose headers `map` finds.
+    /// `header`, `headers`, `set-header`, `append-header`, `remove-header` and
+    /// `edit-headers` of resource `kind`, whose headers `map` finds.
     fn header_calls<T: Send + 'static, R: 'static>(
         http: &mut LinkerInstance<'_, T>,
         kind: &str,
@@ -101,17 +101,50 @@ mod in_place {
                 Ok((super::get(map(get(s.data_mut()))?, name.as_str()),))
             },
         )?;
+        http.func_wrap(
+            &format!("[method]{kind}.headers"),
+            move |mut s: StoreContextMut<'_, T>, (_, names): (Resource<R>, WasmList<WasmStr>)| {
+                let names = names.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
+                let names = names
+                    .iter()
+                    .map(|n| Name::read(&s, n))
+                    .collect::<wasmtime::Result<Vec<_>>>()?;
+                let map = map(get(s.data_mut()))?;
+                Ok((names.iter().map(|name| super::get(map, name.as_str())).collect::<Vec<_>>(),))
+            },
+        )?;
+        http.func_wrap(
+            &format!("[method]{kind}.edit-headers"),
+            move |mut s: StoreContextMut<'_, T>, (_, edits): (Resource<R>, WasmList<EditIn>)| {
+                let edits = edits.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
+                let mut texts = Vec::with_capacity(edits.len());
+                for edit in &edits {
+                    texts.push(match edit {
+                        EditIn::Set((name, value)) => {
+                            Edit::Put(name.to_str(&s)?, value.to_str(&s)?, false)
+                        }
+                        EditIn::Append((name, value)) => {
+                            Edit::Put(name.to_str(&s)?, value.to_str(&s)?, true)
+                        }
+                        EditIn::Remove(name) => Edit::Remove(name.to_str(&s)?),
+                    });
+                }
+                Ok((match check_edits(texts.into_iter()) {
+                    Ok(checked) => Ok(apply_edits(map(get(s.data_mut()))?, checked)?),
+                    Err(e) => Err(e),
+                },))
+            },
+        )?;
         for (method, append) in [("set-header", false), ("append-header", true)] {
             http.func_wrap(
                 &format!("[method]{kind}.{method}"),
                 move |mut s: StoreContextMut<'_, T>,
                       (_, name, value): (Resource<R>, WasmStr, WasmStr)| {
-                    let field = field(&s, &name, &value)?;
-                    let map = map(get(s.data_mut()))?;
-                    Ok((field.map(|(name, value)| match append {
-                        true => drop(map.append(name, value)),
-                        false => drop(map.insert(name, value)),
-                    }),))
+                    let field = super::field(&name.to_str(&s)?, &value.to_str(&s)?);
+                    Ok((match field {
+                        Ok((name, value)) => Ok(put(map(get(s.data_mut()))?, name, value, append)?),
+                        Err(e) => Err(e),
+                    },))
                 },
             )?;
         }
@@ -153,17 +186,16 @@ mod in_place {
         }
     }
 
-    /// The header a `set-header` asks for, checked as [`super::set`] checks it (the name
-    /// first).
-    fn field<T: 'static>(
-        s: &StoreContextMut<'_, T>,
-        name: &WasmStr,
-        value: &WasmStr,
-    ) -> wasmtime::Result<Result<(HeaderName, HeaderValue), FieldError>> {
-        let name = writable_name(&name.to_str(s)?);
-        let value = HeaderValue::from_bytes(value.to_str(s)?.as_bytes())
-            .map_err(|_| FieldError::InvalidValue);
-        Ok(name.and_then(|name| Ok((name, value?))))
+    /// A `header-edit` lifted where it lies: its names and values are read in place.
+    #[derive(ComponentType, Lift)]
+    #[component(variant)]
+    enum EditIn {
+        #[component(name = "set")]
+        Set((WasmStr, WasmStr)),
+        #[component(name = "append")]
+        Append((WasmStr, WasmStr)),
+        #[component(name = "remove")]
+        Remove(WasmStr),
     }
 }
 
@@ -235,13 +267,29 @@ impl wit_http::HostRequest for HttpCtx {
         Ok(names(&self.request()?.parts.headers))
     }
 
+    fn headers(
+        &mut self,
+        _: Resource<RequestHandle>,
+        names: Vec<String>,
+    ) -> HostResult<Vec<Option<String>>> {
+        Ok(get_each(&self.request()?.parts.headers, &names))
+    }
+
+    fn edit_headers(
+        &mut self,
+        _: Resource<RequestHandle>,
+        edits: Vec<HeaderEdit>,
+    ) -> HostResult<Result<(), EditError>> {
+        edit(&mut self.request()?.parts.headers, &edits)
+    }
+
     fn set_header(
         &mut self,
         _: Resource<RequestHandle>,
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(&mut self.request()?.parts.headers, &name, &value, false))
+        set(&mut self.request()?.parts.headers, &name, &value, false)
     }
 
     fn append_header(
@@ -250,7 +298,7 @@ impl wit_http::HostRequest for HttpCtx {
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(&mut self.request()?.parts.headers, &name, &value, true))
+        set(&mut self.request()?.parts.headers, &name, &value, true)
     }
 
     fn remove_header(
@@ -364,13 +412,29 @@ impl wit_http::HostResponse for HttpCtx {
         Ok(names(&self.response()?.parts.headers))
     }
 
+    fn headers(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        names: Vec<String>,
+    ) -> HostResult<Vec<Option<String>>> {
+        Ok(get_each(&self.response()?.parts.headers, &names))
+    }
+
+    fn edit_headers(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        edits: Vec<HeaderEdit>,
+    ) -> HostResult<Result<(), EditError>> {
+        edit(&mut self.response()?.parts.headers, &edits)
+    }
+
     fn set_header(
         &mut self,
         _: Resource<ResponseHandle>,
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(&mut self.response()?.parts.headers, &name, &value, false))
+        set(&mut self.response()?.parts.headers, &name, &value, false)
     }
 
     fn append_header(
@@ -379,7 +443,7 @@ impl wit_http::HostResponse for HttpCtx {
         name: String,
         value: String,
     ) -> HostResult<Result<(), FieldError>> {
-        Ok(set(&mut self.response()?.parts.headers, &name, &value, true))
+        set(&mut self.response()?.parts.headers, &name, &value, true)
     }
 
     fn remove_header(
@@ -441,6 +505,23 @@ fn get_all(map: &HeaderMap, name: &str) -> Vec<String> {
     map.get_all(name).iter().map(lossy).collect()
 }
 
+fn get_each(map: &HeaderMap, names: &[String]) -> Vec<Option<String>> {
+    names.iter().map(|name| get(map, name)).collect()
+}
+
+/// `edit-headers` with its list lifted by bindgen (the linker uses [`in_place`]'s).
+fn edit(map: &mut HeaderMap, edits: &[HeaderEdit]) -> HostResult<Result<(), EditError>> {
+    let checked = check_edits(edits.iter().map(|e| match e {
+        HeaderEdit::Set((name, value)) => Edit::Put(name, value, false),
+        HeaderEdit::Append((name, value)) => Edit::Put(name, value, true),
+        HeaderEdit::Remove(name) => Edit::Remove(name),
+    }));
+    match checked {
+        Ok(checked) => apply_edits(map, checked).map(Ok),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
 fn names(map: &HeaderMap) -> Vec<String> {
     map.keys().map(|k| k.as_str().to_owned()).collect()
 }
@@ -454,13 +535,76 @@ pub fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
     }
 }
 
-fn set(map: &mut HeaderMap, name: &str, value: &str, append: bool) -> Result<(), FieldError> {
+/// The header a `set-header` or `append-header` asks for, checked: the name first.
+fn field(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), FieldError> {
     let name = writable_name(name)?;
     let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| FieldError::InvalidValue)?;
-    if append {
-        map.append(name, value);
-    } else {
-        map.insert(name, value);
+    Ok((name, value))
+}
+
+fn set(
+    map: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    append: bool,
+) -> HostResult<Result<(), FieldError>> {
+    match field(name, value) {
+        Ok((name, value)) => put(map, name, value, append).map(Ok),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// Sets or appends a checked header. A map holds at most 32,768 fields (`http`'s limit,
+/// where its `insert` and `append` panic): a plugin that would pass it traps instead.
+fn put(map: &mut HeaderMap, name: HeaderName, value: HeaderValue, append: bool) -> HostResult<()> {
+    let added = match append {
+        true => map.try_append(name, value).map(drop),
+        false => map.try_insert(name, value).map(drop),
+    };
+    added.map_err(|_| wasmtime::format_err!("a plugin took a message past 32768 header fields"))
+}
+
+/// One `header-edit` as the plugin wrote it, wherever its text was read from.
+enum Edit<S> {
+    /// Set (`false`) or append (`true`) a value.
+    Put(S, S, bool),
+    Remove(S),
+}
+
+/// One `header-edit`, checked.
+enum Checked {
+    Put(HeaderName, HeaderValue, bool),
+    Remove(HeaderName),
+}
+
+/// Every edit checked before any is made, so a refused batch changes nothing; the error
+/// names the first refused edit.
+fn check_edits<S: AsRef<str>>(
+    edits: impl ExactSizeIterator<Item = Edit<S>>,
+) -> Result<Vec<Checked>, EditError> {
+    let mut checked = Vec::with_capacity(edits.len());
+    for (index, edit) in edits.enumerate() {
+        let edit = match edit {
+            Edit::Put(name, value, append) => field(name.as_ref(), value.as_ref())
+                .map(|(name, value)| Checked::Put(name, value, append)),
+            Edit::Remove(name) => writable_name(name.as_ref()).map(Checked::Remove),
+        };
+        match edit {
+            Ok(edit) => checked.push(edit),
+            Err(error) => {
+                return Err(EditError { index: u32::try_from(index).unwrap_or(u32::MAX), error });
+            }
+        }
+    }
+    Ok(checked)
+}
+
+fn apply_edits(map: &mut HeaderMap, checked: Vec<Checked>) -> HostResult<()> {
+    for edit in checked {
+        match edit {
+            Checked::Put(name, value, append) => put(map, name, value, append)?,
+            Checked::Remove(name) => drop(map.remove(name)),
+        }
     }
     Ok(())
 }

@@ -59,9 +59,25 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub enum Op {
     Get,
-    Set { value: Vec<u8>, ttl_ms: u64 },
-    Incr { delta: i64, ttl_ms: u64 },
-    Cas { expected: Option<Vec<u8>>, value: Vec<u8>, ttl_ms: u64 },
+    Set {
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    Incr {
+        delta: i64,
+        ttl_ms: u64,
+    },
+    /// `Incr` of the key, then `Get` of `other`, in one round trip.
+    IncrAndGet {
+        delta: i64,
+        ttl_ms: u64,
+        other: String,
+    },
+    Cas {
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
     Delete,
 }
 
@@ -72,6 +88,7 @@ impl Op {
             Op::Get => "get",
             Op::Set { .. } => "set",
             Op::Incr { .. } => "incr",
+            Op::IncrAndGet { .. } => "incr_and_get",
             Op::Cas { .. } => "compare_and_swap",
             Op::Delete => "delete",
         }
@@ -84,6 +101,7 @@ pub enum Reply {
     Value(Option<Vec<u8>>),
     Done,
     Number(i64),
+    NumberAndValue(i64, Option<Vec<u8>>),
     Flag(bool),
 }
 
@@ -105,7 +123,11 @@ impl Store {
         key: &str,
         op: Op,
     ) -> Result<Result<Reply, KvError>, StoreClosed> {
-        if key.len() > MAX_KEY_BYTES {
+        let other_len = match &op {
+            Op::IncrAndGet { other, .. } => other.len(),
+            _ => 0,
+        };
+        if key.len().max(other_len) > MAX_KEY_BYTES {
             return Ok(Err(KvError::TooLarge));
         }
         let m = crate::telemetry::metrics();
@@ -200,6 +222,10 @@ impl LocalKv {
             Op::Incr { delta, ttl_ms } => {
                 self.incr(namespace, key, delta, ttl_ms).map(Reply::Number)
             }
+            Op::IncrAndGet { delta, ttl_ms, other } => {
+                let n = self.incr(namespace, key, delta, ttl_ms)?;
+                Ok(Reply::NumberAndValue(n, self.get(namespace, &other)?))
+            }
             Op::Cas { expected, value, ttl_ms } => self
                 .compare_and_swap(namespace, key, expected.as_deref(), value, ttl_ms)
                 .map(Reply::Flag),
@@ -257,6 +283,19 @@ impl wit_kv::Host for KvCtx {
     ) -> HostResult<Result<i64, wit_kv::KvError>> {
         Ok(match self.kv_run(key, Op::Incr { delta, ttl_ms }).await? {
             Ok(Reply::Number(n)) => Ok(n),
+            other => Err(wit_error(other)),
+        })
+    }
+
+    async fn incr_and_get(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+        other: String,
+    ) -> HostResult<Result<(i64, Option<Vec<u8>>), wit_kv::KvError>> {
+        Ok(match self.kv_run(key, Op::IncrAndGet { delta, ttl_ms, other }).await? {
+            Ok(Reply::NumberAndValue(n, v)) => Ok((n, v)),
             other => Err(wit_error(other)),
         })
     }

@@ -183,7 +183,7 @@ impl Module {
         };
         // A component built for an earlier 0.2.x imports `sluice:plugin/http@0.2.0` and
         // exports `filter@0.2.0`: the linker and the bindings' export lookup both match
-        // those to this host's 0.2.1 by semver, and its types are a subset of ours.
+        // those to this host's 0.2.2 by semver, and its types are a subset of ours.
         let pre = linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = PluginPre::new(pre).map_err(link_error)?;
         let (load_time, code) = (started.elapsed(), Code::Component(pre));

@@ -53,11 +53,16 @@ pub mod bindings {
         default_bindings_module: "sluice_pdk::bindings",
         runtime_path: "sluice_pdk::__private::wit_bindgen::rt",
         bitflags_path: "sluice_pdk::__private::wit_bindgen::rt::bitflags",
+        // Arguments are borrowed: `edit-headers` takes `&[HeaderEdit<'_>]` of `&str`s and
+        // `headers` takes `&[&str]`, so a batch costs the plugin no copies.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
 pub use bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
-pub use bindings::sluice::plugin::http::{BodyError, ClientCert, FieldError, Request, Response};
+pub use bindings::sluice::plugin::http::{
+    BodyError, ClientCert, EditError, FieldError, HeaderEdit, Request, Response,
+};
 
 /// Time, from the host.
 pub mod clock {
@@ -70,10 +75,12 @@ pub mod clock {
 ///
 /// ```ignore
 /// let hits = sluice_pdk::kv::incr(&format!("hits:{ip}"), 1, 60_000)?; // a 60 s window
+/// // A hit in this window and the count of the last one, in one call (one Redis round trip):
+/// let (now, last) = sluice_pdk::kv::incr_and_get("w:12", 1, 120_000, "w:11")?;
 /// ```
 pub mod kv {
     pub use crate::bindings::sluice::plugin::kv::{
-        KvError, compare_and_swap, delete, get, incr, set,
+        KvError, compare_and_swap, delete, get, incr, incr_and_get, set,
     };
 }
 

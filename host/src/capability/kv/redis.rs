@@ -1,8 +1,9 @@
 //! The Redis backend: one multiplexed connection per gateway process (redis-rs's
 //! `ConnectionManager`, which reconnects by itself), every operation bounded by `timeout`.
 //!
-//! Keys are `{prefix}:{plugin}:{key}`. `incr` and `compare-and-swap` are Lua scripts, so
-//! they are atomic across gateway processes exactly as the local store is within one.
+//! Keys are `{prefix}:{plugin}:{key}`. `incr`, `incr-and-get` and `compare-and-swap` are
+//! Lua scripts (one round trip each), so they are atomic across gateway processes exactly
+//! as the local store is within one.
 //! After a connection failure or timeout the backend is marked down for `recheck`: during
 //! that time operations fail at once (and the store's policy applies) instead of each one
 //! waiting out the timeout.
@@ -23,6 +24,15 @@ if cur and not string.match(cur, '^[-+]?%d+$') then return false end
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if not cur and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
+";
+
+/// [`INCR`] of `KEYS[1]`, then `GET` of `KEYS[2]`: `{count, value}`, or nil as for `INCR`.
+const INCR_AND_GET: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and not string.match(cur, '^[-+]?%d+$') then return false end
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if not cur and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {v, redis.call('GET', KEYS[2])}
 ";
 
 /// ARGV: has-expected (`1`/`0`), expected, value, ttl-ms.
@@ -51,6 +61,7 @@ pub struct RedisKv {
     /// Until when the server is treated as unreachable, and why.
     down: Mutex<Option<(Instant, String)>>,
     incr: redis::Script,
+    incr_and_get: redis::Script,
     cas: redis::Script,
 }
 
@@ -77,6 +88,7 @@ impl RedisKv {
             recheck: settings.recheck,
             down: Mutex::new(None),
             incr: redis::Script::new(INCR),
+            incr_and_get: redis::Script::new(INCR_AND_GET),
             cas: redis::Script::new(CAS),
         })
     }
@@ -86,7 +98,7 @@ impl RedisKv {
             return Err(KvError::Unavailable(why));
         }
         let full = format!("{}:{namespace}:{key}", self.prefix);
-        match tokio::time::timeout(self.timeout, self.send(&full, op)).await {
+        match tokio::time::timeout(self.timeout, self.send(namespace, &full, op)).await {
             Ok(Ok(reply)) => {
                 self.up();
                 reply
@@ -112,7 +124,12 @@ impl RedisKv {
     }
 
     /// One round trip. The outer `Result` is the transport's; the inner one the store's.
-    async fn send(&self, full: &str, op: Op) -> redis::RedisResult<Result<Reply, KvError>> {
+    async fn send(
+        &self,
+        namespace: &str,
+        full: &str,
+        op: Op,
+    ) -> redis::RedisResult<Result<Reply, KvError>> {
         let mut conn = self.conn.clone();
         Ok(Ok(match op {
             Op::Get => Reply::Value(redis::cmd("GET").arg(full).query_async(&mut conn).await?),
@@ -130,6 +147,20 @@ impl RedisKv {
                     self.incr.key(full).arg(delta).arg(ttl_ms).invoke_async(&mut conn).await?;
                 match n {
                     Some(n) => Reply::Number(n),
+                    None => return Ok(Err(KvError::NotANumber)),
+                }
+            }
+            Op::IncrAndGet { delta, ttl_ms, other } => {
+                let reply: Option<(i64, Option<Vec<u8>>)> = self
+                    .incr_and_get
+                    .key(full)
+                    .key(format!("{}:{namespace}:{other}", self.prefix))
+                    .arg(delta)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut conn)
+                    .await?;
+                match reply {
+                    Some((n, value)) => Reply::NumberAndValue(n, value),
                     None => return Ok(Err(KvError::NotANumber)),
                 }
             }

@@ -22,7 +22,7 @@
 use std::cell::Cell;
 
 use serde::Deserialize;
-use sluice_pdk::{Action, BodyError, LocalResponse, Plugin, Request, Response};
+use sluice_pdk::{Action, BodyError, HeaderEdit, LocalResponse, Plugin, Request, Response};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +108,49 @@ impl Plugin for Faults {
             };
             let result = result.map_or_else(|e| format!("{e:?}"), |()| "ok".to_owned());
             let _ = req.set_header("x-set-result", &result);
+        }
+        if let Some(spec) = req.header("x-edit-headers") {
+            // `set:NAME=VALUE;append:NAME=VALUE;remove:NAME`, made in one call.
+            let edits: Vec<HeaderEdit> = spec
+                .split(';')
+                .map(|e| {
+                    let (op, field) = e.split_once(':').unwrap_or((e, ""));
+                    let (name, value) = field.split_once('=').unwrap_or((field, ""));
+                    match op {
+                        "set" => HeaderEdit::Set((name, value)),
+                        "append" => HeaderEdit::Append((name, value)),
+                        _ => HeaderEdit::Remove(name),
+                    }
+                })
+                .collect();
+            let result = req.edit_headers(&edits);
+            let result = result.map_or_else(|e| format!("{e:?}"), |()| "ok".to_owned());
+            let _ = req.set_header("x-edit-result", &result);
+        }
+        if let Some(names) = req.header("x-headers") {
+            // Comma-separated names, read in one call; `-` for an absent one.
+            let names: Vec<&str> = names.split(',').collect();
+            let values: Vec<String> =
+                req.headers(&names).into_iter().map(|v| v.unwrap_or_else(|| "-".into())).collect();
+            let _ = req.set_header("x-headers-result", &values.join("|"));
+        }
+        if let Some(n) = req.header("x-append-many") {
+            // A plugin that appends without end: past the map's 32,768 fields it must trap,
+            // never take the gateway down.
+            for i in 0..n.parse::<u32>().unwrap_or(0) {
+                let _ = req.append_header(&format!("x-many-{i}"), "1");
+            }
+        }
+        if let Some(keys) = req.header("x-kv-incr-get") {
+            let (key, other) = keys.split_once(',').unwrap_or((&keys, ""));
+            let got = match sluice_pdk::kv::incr_and_get(key, 1, 0, other) {
+                Ok((n, v)) => format!(
+                    "{n},{}",
+                    v.map_or("none".into(), |v| String::from_utf8_lossy(&v).into_owned())
+                ),
+                Err(e) => format!("{e:?}"),
+            };
+            let _ = req.set_header("x-kv-incr-get", &got);
         }
         if let Some(text) = req.header("x-replace-body") {
             req.set_body(text.as_bytes());
