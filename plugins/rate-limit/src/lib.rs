@@ -27,7 +27,7 @@ use limiter::{Algorithm, Charge, Store, Tier, Verdict};
 use serde::Deserialize;
 use sluice_pdk::config::OneOrMany;
 use sluice_pdk::kv::KvError;
-use sluice_pdk::{Action, Hooks, LocalResponse, Plugin, Request, Response};
+use sluice_pdk::{Action, HeaderEdit, Hooks, LocalResponse, Plugin, Request, Response};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +152,15 @@ impl Store for Kv {
     }
     fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, KvError> {
         sluice_pdk::kv::incr(key, delta, ttl_ms)
+    }
+    fn incr_and_get(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        other: &str,
+    ) -> Result<(i64, Option<Vec<u8>>), KvError> {
+        sluice_pdk::kv::incr_and_get(key, delta, ttl_ms, other)
     }
     fn compare_and_swap(
         &self,
@@ -328,9 +337,15 @@ impl Plugin for RateLimit {
             return;
         };
         let v = Verdict { allowed: true, limit, remaining, reset_ms, retry_after_ms: 0 };
-        for (n, value) in rate_headers(&v) {
-            let _ = resp.set_header(n, itoa::Buffer::new().format(value));
-        }
+        // The three headers in one call.
+        let mut texts = [itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new()];
+        let [(n0, v0), (n1, v1), (n2, v2)] = rate_headers(&v);
+        let [t0, t1, t2] = &mut texts;
+        let _ = resp.edit_headers(&[
+            HeaderEdit::Set((n0, t0.format(v0))),
+            HeaderEdit::Set((n1, t1.format(v1))),
+            HeaderEdit::Set((n2, t2.format(v2))),
+        ]);
     }
 }
 

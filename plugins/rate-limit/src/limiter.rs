@@ -3,8 +3,8 @@
 //!
 //! - **Sliding window** (the "sliding window counter" of Cloudflare and Kong): a counter per
 //!   fixed window; the estimate is this window's count plus the previous window's count
-//!   weighted by how much of it still overlaps the sliding window. One `incr` and one `get`
-//!   per request, accurate to a few percent, never lets a burst of 2x through at a window
+//!   weighted by how much of it still overlaps the sliding window. One `incr-and-get` (one
+//!   store call, one round trip to Redis) per request, accurate to a few percent, never lets a burst of 2x through at a window
 //!   edge as a fixed window does.
 //! - **Token bucket**: `limit` tokens, refilled continuously at `limit` per `window`; a
 //!   request takes one. State is `micro-tokens:last-ms`, updated with compare-and-swap.
@@ -16,6 +16,16 @@ pub trait Store {
     type Error;
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Self::Error>;
     fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, Self::Error>;
+    /// `incr` of `key`, then `get` of `other`; a store that can do both in one call does.
+    fn incr_and_get(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        other: &str,
+    ) -> Result<(i64, Option<Vec<u8>>), Self::Error> {
+        Ok((self.incr(key, delta, ttl_ms)?, self.get(other)?))
+    }
     fn compare_and_swap(
         &self,
         key: &str,
@@ -92,8 +102,10 @@ fn sliding_window<S: Store>(
     let current_key = window_key(key, index);
     // Kept for two windows: the next window still weighs this one.
     let ttl_ms = 2 * w;
-    let current = store.incr(&current_key, 1, ttl_ms)?.max(0) as u64;
-    let previous = match store.get(&window_key(key, index.wrapping_sub(1)))? {
+    let (current, previous) =
+        store.incr_and_get(&current_key, 1, ttl_ms, &window_key(key, index.wrapping_sub(1)))?;
+    let current = current.max(0) as u64;
+    let previous = match previous {
         Some(v) => std::str::from_utf8(&v).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0),
         None => 0,
     };
