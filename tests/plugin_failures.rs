@@ -197,7 +197,8 @@ async fn plugins_cannot_set_headers_the_gateway_owns() {
 /// `edit-headers` (world 0.2.2) makes a batch whole or not at all, refusing what the single
 /// calls refuse; `headers` reads several in one call; `kv.incr-and-get` counts one key and
 /// reads another. A plugin that appends headers without end traps at the map's limit
-/// (32,768 fields, where `http` would panic) and fails its request only.
+/// (32,768 fields, where `http` would panic) and fails its request only, as does a batch of
+/// more than 128.
 #[tokio::test]
 async fn header_batches_are_all_or_nothing_and_refuse_what_the_gateway_owns() {
     let gw = gateway(echo().await, &faults_config("fail", "2s")).await;
@@ -239,6 +240,9 @@ async fn header_batches_are_all_or_nothing_and_refuse_what_the_gateway_owns() {
     )
     .await;
     assert_eq!(r.echoed()["headers"]["x-headers-result"], "1|-|2");
+    // A batch is bounded (a host call is not interrupted): 129 names trap the plugin.
+    let r = get(gw.addr, "/", &[("x-headers", &vec!["x-one"; 129].join(","))]).await;
+    assert_eq!(r.status, 500, "{}", r.text());
 
     let incr_get = |keys: &'static str| async move {
         let r = get(gw.addr, "/", &[("x-kv-incr-get", keys)]).await;

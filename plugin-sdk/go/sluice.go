@@ -311,14 +311,14 @@ func (r *Request) RemoveHeader(name string) error {
 	return fieldResult(r.raw.RemoveHeader(name))
 }
 
-// Headers is the first value of each named header, in one call to the host ("" and false
-// when absent). Since sluice:plugin@0.2.2.
+// Headers is the first value of each named header (at most 128), in one call to the host
+// ("" and false when absent). Since sluice:plugin@0.2.2.
 func (r *Request) Headers(names ...string) (values []string, present []bool) {
 	return headerValues(r.raw.Headers(names))
 }
 
-// EditHeaders makes every edit in order, in one call to the host: all of them, or none if
-// one is refused (an *EditError names it). Since sluice:plugin@0.2.2.
+// EditHeaders makes every edit (at most 128) in order, in one call to the host: all of
+// them, or none if one is refused (an *EditError names it). Since sluice:plugin@0.2.2.
 func (r *Request) EditHeaders(edits ...HeaderEdit) error {
 	return editResult(r.raw.EditHeaders(rawEdits(edits)))
 }

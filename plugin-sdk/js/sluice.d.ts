@@ -70,7 +70,7 @@ declare module 'sluice:plugin/http@0.2.2' {
     header(name: string): string | undefined;
     headerAll(name: string): string[];
     headerNames(): string[];
-    /** The first value of each name, in one call. Since 0.2.2. */
+    /** The first value of each name (at most 128), in one call. Since 0.2.2. */
     headers(names: string[]): (string | undefined)[];
     /** @throws {FieldError} */
     setHeader(name: string, value: string): void;
@@ -78,7 +78,7 @@ declare module 'sluice:plugin/http@0.2.2' {
     appendHeader(name: string, value: string): void;
     /** @throws {FieldError} */
     removeHeader(name: string): void;
-    /** Every edit in one call, or none if one is refused. Since 0.2.2. @throws {EditError} */
+    /** Every edit (at most 128) in one call, or none if one is refused. Since 0.2.2. @throws {EditError} */
     editHeaders(edits: HeaderEdit[]): void;
     /** Buffers the body on the first call. @throws {BodyError} */
     body(): Uint8Array;
@@ -104,7 +104,7 @@ declare module 'sluice:plugin/http@0.2.2' {
     header(name: string): string | undefined;
     headerAll(name: string): string[];
     headerNames(): string[];
-    /** The first value of each name, in one call. Since 0.2.2. */
+    /** The first value of each name (at most 128), in one call. Since 0.2.2. */
     headers(names: string[]): (string | undefined)[];
     /** @throws {FieldError} */
     setHeader(name: string, value: string): void;
@@ -112,7 +112,7 @@ declare module 'sluice:plugin/http@0.2.2' {
     appendHeader(name: string, value: string): void;
     /** @throws {FieldError} */
     removeHeader(name: string): void;
-    /** Every edit in one call, or none if one is refused. Since 0.2.2. @throws {EditError} */
+    /** Every edit (at most 128) in one call, or none if one is refused. Since 0.2.2. @throws {EditError} */
     editHeaders(edits: HeaderEdit[]): void;
     /** @throws {BodyError} */
     body(): Uint8Array;

@@ -104,6 +104,7 @@ mod in_place {
         http.func_wrap(
             &format!("[method]{kind}.headers"),
             move |mut s: StoreContextMut<'_, T>, (_, names): (Resource<R>, WasmList<WasmStr>)| {
+                batch_len(names.len())?;
                 let names = names.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
                 let names = names
                     .iter()
@@ -116,6 +117,7 @@ mod in_place {
         http.func_wrap(
             &format!("[method]{kind}.edit-headers"),
             move |mut s: StoreContextMut<'_, T>, (_, edits): (Resource<R>, WasmList<EditIn>)| {
+                batch_len(edits.len())?;
                 let edits = edits.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
                 let mut texts = Vec::with_capacity(edits.len());
                 for edit in &edits {
@@ -272,7 +274,7 @@ impl wit_http::HostRequest for HttpCtx {
         _: Resource<RequestHandle>,
         names: Vec<String>,
     ) -> HostResult<Vec<Option<String>>> {
-        Ok(get_each(&self.request()?.parts.headers, &names))
+        get_each(&self.request()?.parts.headers, &names)
     }
 
     fn edit_headers(
@@ -417,7 +419,7 @@ impl wit_http::HostResponse for HttpCtx {
         _: Resource<ResponseHandle>,
         names: Vec<String>,
     ) -> HostResult<Vec<Option<String>>> {
-        Ok(get_each(&self.response()?.parts.headers, &names))
+        get_each(&self.response()?.parts.headers, &names)
     }
 
     fn edit_headers(
@@ -505,12 +507,28 @@ fn get_all(map: &HeaderMap, name: &str) -> Vec<String> {
     map.get_all(name).iter().map(lossy).collect()
 }
 
-fn get_each(map: &HeaderMap, names: &[String]) -> Vec<Option<String>> {
-    names.iter().map(|name| get(map, name)).collect()
+/// The most entries one `headers` or `edit-headers` call takes. A host call is not
+/// interrupted, and a list's entries may all point at one large string: without a bound one
+/// call could copy it millions of times. Past this the plugin traps.
+pub const MAX_BATCH: usize = 128;
+
+fn batch_len(len: usize) -> HostResult<()> {
+    match len <= MAX_BATCH {
+        true => Ok(()),
+        false => Err(wasmtime::format_err!(
+            "a plugin passed {len} headers in one call; at most {MAX_BATCH}"
+        )),
+    }
+}
+
+fn get_each(map: &HeaderMap, names: &[String]) -> HostResult<Vec<Option<String>>> {
+    batch_len(names.len())?;
+    Ok(names.iter().map(|name| get(map, name)).collect())
 }
 
 /// `edit-headers` with its list lifted by bindgen (the linker uses [`in_place`]'s).
 fn edit(map: &mut HeaderMap, edits: &[HeaderEdit]) -> HostResult<Result<(), EditError>> {
+    batch_len(edits.len())?;
     let checked = check_edits(edits.iter().map(|e| match e {
         HeaderEdit::Set((name, value)) => Edit::Put(name, value, false),
         HeaderEdit::Append((name, value)) => Edit::Put(name, value, true),

@@ -17,27 +17,27 @@ type config struct {
 	ResponseHeaders      map[string]string `json:"response_headers"`
 }
 
-type headerTransform struct{ config }
+// The edits are made once, from the config; each phase sends its own in one call to the
+// host (EditHeaders), all of them or, if the host refuses one, none.
+type headerTransform struct {
+	config
+	request, response []sluice.HeaderEdit
+}
 
 func (h *headerTransform) Phases() (request, response bool) {
 	return true, len(h.ResponseHeaders) > 0
 }
 
 func (h *headerTransform) OnRequest(req *sluice.Request) sluice.Action {
-	for _, name := range h.RemoveRequestHeaders {
-		_ = req.RemoveHeader(name)
-	}
-	for name, value := range h.RequestHeaders {
-		if err := req.SetHeader(name, value); err != nil {
-			sluice.Warnf("cannot set %s: %v", name, err)
-		}
+	if err := req.EditHeaders(h.request...); err != nil {
+		sluice.Warnf("request headers left as they were: %v", err)
 	}
 	return sluice.Continue()
 }
 
 func (h *headerTransform) OnResponse(req *sluice.Request, resp *sluice.Response) {
-	for name, value := range h.ResponseHeaders {
-		_ = resp.SetHeader(name, value)
+	if err := resp.EditHeaders(h.response...); err != nil {
+		sluice.Warnf("response headers left as they were: %v", err)
 	}
 }
 
@@ -50,7 +50,17 @@ func init() {
 		if len(c.RequestHeaders)+len(c.RemoveRequestHeaders)+len(c.ResponseHeaders) == 0 {
 			return nil, fmt.Errorf("config: nothing to do (set request_headers, remove_request_headers or response_headers)")
 		}
-		return &headerTransform{c}, nil
+		h := &headerTransform{config: c}
+		for _, name := range c.RemoveRequestHeaders {
+			h.request = append(h.request, sluice.EditRemove(name))
+		}
+		for name, value := range c.RequestHeaders {
+			h.request = append(h.request, sluice.EditSet(name, value))
+		}
+		for name, value := range c.ResponseHeaders {
+			h.response = append(h.response, sluice.EditSet(name, value))
+		}
+		return h, nil
 	})
 }
 

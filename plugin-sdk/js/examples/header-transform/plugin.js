@@ -13,6 +13,8 @@ let config = {
   remove_request_headers: [],
   response_headers: {},
   client_cert_header: undefined,
+  request_edits: [],
+  response_edits: [],
 };
 
 function headerMap(value, path) {
@@ -43,6 +45,13 @@ export const filter = {
       response_headers: headerMap(raw.response_headers, 'response_headers'),
       client_cert_header: raw.client_cert_header,
     };
+    // Each phase's edits, made once here and sent in one call to the host (`editHeaders`):
+    // all of them, or none if the host refuses one (it throws an `EditError`).
+    config.request_edits = [
+      ...remove.map((name) => ({ tag: 'remove', val: name })),
+      ...Object.entries(config.request_headers).map((h) => ({ tag: 'set', val: h })),
+    ];
+    config.response_edits = Object.entries(config.response_headers).map((h) => ({ tag: 'set', val: h }));
     if (config.client_cert_header !== undefined && typeof config.client_cert_header !== 'string') {
       throw new Error('config.client_cert_header: expected a header name');
     }
@@ -53,8 +62,7 @@ export const filter = {
   },
 
   onRequest(req) {
-    for (const name of config.remove_request_headers) req.removeHeader(name);
-    for (const [name, value] of Object.entries(config.request_headers)) req.setHeader(name, value);
+    req.editHeaders(config.request_edits);
     if (config.client_cert_header) {
       // { subject, issuer, sans, fingerprint }, or undefined without a verified certificate.
       const cert = req.clientCert();
@@ -65,6 +73,6 @@ export const filter = {
   },
 
   onResponse(_req, resp) {
-    for (const [name, value] of Object.entries(config.response_headers)) resp.setHeader(name, value);
+    resp.editHeaders(config.response_edits);
   },
 };
