@@ -4,8 +4,8 @@
 //! - **Sliding window** (the "sliding window counter" of Cloudflare and Kong): a counter per
 //!   fixed window; the estimate is this window's count plus the previous window's count
 //!   weighted by how much of it still overlaps the sliding window. One `incr-and-get` (one
-//!   store call, one round trip to Redis) per request, accurate to a few percent, never lets a burst of 2x through at a window
-//!   edge as a fixed window does.
+//!   store call, one round trip to Redis) per request, accurate to a few percent, never
+//!   lets a burst of 2x through at a window edge as a fixed window does.
 //! - **Token bucket**: `limit` tokens, refilled continuously at `limit` per `window`; a
 //!   request takes one. State is `micro-tokens:last-ms`, updated with compare-and-swap.
 
