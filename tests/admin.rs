@@ -761,7 +761,11 @@ async fn a_plugins_kv_prefix_is_purged_locally_and_in_redis() {
         let a = Backend::start("a").await;
         let admin_port = free_port();
         let kv = match backend {
-            "redis" => format!("[kv]\nbackend = \"redis\"\nurl = \"{}\"\n", redis.url()),
+            // A generous timeout: this test is about purging, and with the default 50ms a
+            // busy CI machine once marked Redis down during the first script load.
+            "redis" => {
+                format!("[kv]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\n", redis.url())
+            }
             _ => String::new(),
         };
         let text = format!(
