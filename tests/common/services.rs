@@ -83,8 +83,9 @@ impl Redis {
     /// own calls are left out: Redis tags those `lua`). One line per round trip.
     pub async fn client_commands<F: std::future::Future>(&self, during: F) -> Vec<String> {
         use std::io::{BufRead, BufReader};
-        let mut monitor = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "MONITOR"])
+        // Bounded: the capture ends at the marker, or after 20 s at most.
+        let mut monitor = Command::new("timeout")
+            .args(["20", "redis-cli", "-p", &self.port.to_string(), "MONITOR"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("redis-cli (Debian package redis-tools, installed with redis-server)");
@@ -95,16 +96,18 @@ impl Redis {
         let mut marker = Command::new("redis-cli");
         marker.args(["-p", &self.port.to_string(), "ECHO", "end-of-capture"]);
         assert!(marker.output().unwrap().status.success());
-        let mut seen = Vec::new();
+        let (mut seen, mut ended) = (Vec::new(), false);
         for line in lines {
             let line = line.unwrap();
             if line.contains("end-of-capture") {
+                ended = true;
                 break;
             }
             if !line.contains(" lua]") {
                 seen.push(line);
             }
         }
+        assert!(ended, "MONITOR never showed the end marker: {seen:#?}");
         let _ = monitor.kill();
         let _ = monitor.wait();
         seen

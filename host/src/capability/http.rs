@@ -119,9 +119,9 @@ mod in_place {
             move |mut s: StoreContextMut<'_, T>, (_, edits): (Resource<R>, WasmList<EditIn>)| {
                 batch_len(edits.len())?;
                 let edits = edits.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
-                let mut texts = Vec::with_capacity(edits.len());
-                for edit in &edits {
-                    texts.push(match edit {
+                // Checked as they are read: no list of the texts in between.
+                let checked = check_edits(edits.iter().map(|edit| {
+                    Ok(match edit {
                         EditIn::Set((name, value)) => {
                             Edit::Put(name.to_str(&s)?, value.to_str(&s)?, false)
                         }
@@ -129,9 +129,9 @@ mod in_place {
                             Edit::Put(name.to_str(&s)?, value.to_str(&s)?, true)
                         }
                         EditIn::Remove(name) => Edit::Remove(name.to_str(&s)?),
-                    });
-                }
-                Ok((match check_edits(texts.into_iter()) {
+                    })
+                }))?;
+                Ok((match checked {
                     Ok(checked) => Ok(apply_edits(map(get(s.data_mut()))?, checked)?),
                     Err(e) => Err(e),
                 },))
@@ -529,11 +529,13 @@ fn get_each(map: &HeaderMap, names: &[String]) -> HostResult<Vec<Option<String>>
 /// `edit-headers` with its list lifted by bindgen (the linker uses [`in_place`]'s).
 fn edit(map: &mut HeaderMap, edits: &[HeaderEdit]) -> HostResult<Result<(), EditError>> {
     batch_len(edits.len())?;
-    let checked = check_edits(edits.iter().map(|e| match e {
-        HeaderEdit::Set((name, value)) => Edit::Put(name, value, false),
-        HeaderEdit::Append((name, value)) => Edit::Put(name, value, true),
-        HeaderEdit::Remove(name) => Edit::Remove(name),
-    }));
+    let checked = check_edits(edits.iter().map(|e| {
+        Ok(match e {
+            HeaderEdit::Set((name, value)) => Edit::Put(name, value, false),
+            HeaderEdit::Append((name, value)) => Edit::Put(name, value, true),
+            HeaderEdit::Remove(name) => Edit::Remove(name),
+        })
+    }))?;
     match checked {
         Ok(checked) => apply_edits(map, checked).map(Ok),
         Err(e) => Ok(Err(e)),
@@ -596,13 +598,13 @@ enum Checked {
 }
 
 /// Every edit checked before any is made, so a refused batch changes nothing; the error
-/// names the first refused edit.
+/// names the first refused edit. The outer error is one reading an edit (a trap).
 fn check_edits<S: AsRef<str>>(
-    edits: impl ExactSizeIterator<Item = Edit<S>>,
-) -> Result<Vec<Checked>, EditError> {
+    edits: impl ExactSizeIterator<Item = HostResult<Edit<S>>>,
+) -> HostResult<Result<Vec<Checked>, EditError>> {
     let mut checked = Vec::with_capacity(edits.len());
     for (index, edit) in edits.enumerate() {
-        let edit = match edit {
+        let edit = match edit? {
             Edit::Put(name, value, append) => field(name.as_ref(), value.as_ref())
                 .map(|(name, value)| Checked::Put(name, value, append)),
             Edit::Remove(name) => writable_name(name.as_ref()).map(Checked::Remove),
@@ -610,11 +612,12 @@ fn check_edits<S: AsRef<str>>(
         match edit {
             Ok(edit) => checked.push(edit),
             Err(error) => {
-                return Err(EditError { index: u32::try_from(index).unwrap_or(u32::MAX), error });
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                return Ok(Err(EditError { index, error }));
             }
         }
     }
-    Ok(checked)
+    Ok(Ok(checked))
 }
 
 fn apply_edits(map: &mut HeaderMap, checked: Vec<Checked>) -> HostResult<()> {

@@ -17,22 +17,15 @@ use super::{KvError, Op, Reply};
 use crate::config::RedisSettings;
 
 /// `INCRBY` that leaves a non-integer alone (returns nil) and sets the expiry only when it
-/// creates the key, as the local store does.
+/// creates the key, as the local store does. With a second key (`incr-and-get`) it also
+/// reads that one: `{count, value}`.
 const INCR: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur and not string.match(cur, '^[-+]?%d+$') then return false end
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if not cur and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if KEYS[2] then return {v, redis.call('GET', KEYS[2])} end
 return v
-";
-
-/// [`INCR`] of `KEYS[1]`, then `GET` of `KEYS[2]`: `{count, value}`, or nil as for `INCR`.
-const INCR_AND_GET: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur and not string.match(cur, '^[-+]?%d+$') then return false end
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if not cur and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {v, redis.call('GET', KEYS[2])}
 ";
 
 /// ARGV: has-expected (`1`/`0`), expected, value, ttl-ms.
@@ -61,7 +54,6 @@ pub struct RedisKv {
     /// Until when the server is treated as unreachable, and why.
     down: Mutex<Option<(Instant, String)>>,
     incr: redis::Script,
-    incr_and_get: redis::Script,
     cas: redis::Script,
 }
 
@@ -88,7 +80,6 @@ impl RedisKv {
             recheck: settings.recheck,
             down: Mutex::new(None),
             incr: redis::Script::new(INCR),
-            incr_and_get: redis::Script::new(INCR_AND_GET),
             cas: redis::Script::new(CAS),
         })
     }
@@ -152,7 +143,7 @@ impl RedisKv {
             }
             Op::IncrAndGet { delta, ttl_ms, other } => {
                 let reply: Option<(i64, Option<Vec<u8>>)> = self
-                    .incr_and_get
+                    .incr
                     .key(full)
                     .key(format!("{}:{namespace}:{other}", self.prefix))
                     .arg(delta)
