@@ -251,6 +251,13 @@ async fn header_batches_are_all_or_nothing_and_refuse_what_the_gateway_owns() {
     assert_eq!(incr_get("now,last").await, "1,none");
     assert_eq!(incr_get("last,now").await, "1,1");
     assert_eq!(incr_get("now,last").await, "2,1");
+    // Both keys are held to the 1 KiB key limit, and a refused call counts nothing.
+    let long: &'static str = "k".repeat(1025).leak();
+    let refused: &'static str = format!("now,{long}").leak();
+    assert_eq!(incr_get(refused).await, "KvError::TooLarge");
+    let refused: &'static str = format!("{long},now").leak();
+    assert_eq!(incr_get(refused).await, "KvError::TooLarge");
+    assert_eq!(incr_get("now,now").await, "3,3", "the refused calls did not count");
 
     let r = get(gw.addr, "/", &[("x-append-many", "40000")]).await;
     assert_eq!(r.status, 500, "the plugin traps: {}", r.text());

@@ -167,6 +167,9 @@ async fn go_sdk_survives_20000_requests_with_many_headers_and_large_bodies() {
                 // every one, and the whole body.
                 let seen: usize = r.echoed_header("x-stress-headers").unwrap().parse().unwrap();
                 assert!(seen >= 26, "request {i}: the plugin saw {seen} header values");
+                // The batched calls agreed with the single ones, under the same collector.
+                assert_eq!(r.echoed_header("x-stress-batch").as_deref(), Some("ok"), "request {i}");
+                assert_eq!(r.echoed_header("x-stress-kv").as_deref(), Some("ok"), "request {i}");
                 let echoed = r.echoed();
                 assert_eq!(
                     echoed["headers"]["x-stress-body-sha256"], echoed["body_sha256"],
@@ -423,11 +426,14 @@ fn go_sdk_panic_is_reported_with_the_plugins_function_names() {
     assert!(failure.contains("plugin stderr: panic: go-stress was asked to panic"), "{failure}");
 }
 
+/// A JS exception fails only its request and is reported with its message and the plugin's
+/// own frame; world 0.2.2's batched calls return to JavaScript what the single calls do.
 #[test]
-fn a_js_exception_is_reported_with_its_message_and_the_plugins_own_frame() {
-    let (run, out) = test_fixture("js-throw");
+fn a_js_exception_is_reported_with_its_message_and_batched_calls_agree_with_single_ones() {
+    let (run, out) = test_fixture("js-sdk");
     assert!(run.status.success(), "{out}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
     let failure = out.lines().find(|l| l.contains("failed in on-request")).expect("a failure");
-    assert!(failure.contains("plugin stderr: js-throw was asked to throw"), "{failure}");
+    assert!(failure.contains("plugin stderr: js-sdk was asked to throw"), "{failure}");
     assert!(failure.contains("onRequest@plugin.js"), "the plugin's frame: {failure}");
 }
