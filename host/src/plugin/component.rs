@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks};
 use sluice_bindings::{Plugin as World, PluginPre};
@@ -89,7 +89,7 @@ impl ComponentBackend {
         let _ticking = self.runtime.ticking();
         let store = &mut instance.store;
         store.data_mut().http.call = Some(call);
-        arm_deadline(store, self.spec.timeout, self.queue_timeout);
+        let started = arm_deadline(store, self.spec.timeout, self.queue_timeout);
         let filter = instance.world.sluice_plugin_filter();
         let outcome = match phase {
             Phase::Request => {
@@ -113,7 +113,7 @@ impl ComponentBackend {
             Err(e) => Err(classify(&e, store, self.spec.timeout)),
         };
         match &result {
-            Ok(_) => self.pool.checkin(instance, permit),
+            Ok(_) => self.pool.checkin(instance, permit, started),
             // The instance may be in any state now: drop it, never reuse it.
             Err(_) => drop((instance, permit)),
         }
@@ -166,10 +166,13 @@ async fn instantiate(
     }
 }
 
-/// `budget` of running time, and at most `wall_limit` in all (waiting included).
-fn arm_deadline(store: &mut Store<PluginState>, budget: Duration, wall_limit: Duration) {
-    store.data_mut().budget.arm(budget, wall_limit.max(budget));
+/// `budget` of running time, and at most `wall_limit` in all (waiting included), from now;
+/// returns now (one clock read a call: the pool keeps it as the instance's last use).
+fn arm_deadline(store: &mut Store<PluginState>, budget: Duration, wall_limit: Duration) -> Instant {
+    let now = Instant::now();
+    store.data_mut().budget.arm(budget, wall_limit.max(budget), now);
     store.set_epoch_deadline(1);
+    now
 }
 
 /// Names what went wrong, on one line: the root cause, the plugin's own function names

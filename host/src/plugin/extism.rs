@@ -81,10 +81,11 @@ impl ExtismBackend {
             Ok(lease) => lease,
             Err(kind) => return (call, Err(kind)),
         };
+        let started = std::time::Instant::now();
         let (instance, result) =
             run(&self.compiled, idle, phase, &mut call, self.spec.timeout).await;
         match instance {
-            Some(instance) => self.pool.checkin(instance, permit),
+            Some(instance) => self.pool.checkin(instance, permit, started),
             None => drop(permit),
         }
         (call, result)

@@ -82,22 +82,26 @@ impl<T> Pool<T> {
         Ok((idle, permit))
     }
 
-    /// Returns an instance after a successful call. (After a failed one, drop it with its
-    /// permit: it may be in any state.)
-    pub fn checkin(&self, instance: T, permit: Permit) {
+    /// Returns an instance after a successful call that started at `used`, kept as its
+    /// last use: the call's start instead of its end saves a clock read a call, and at
+    /// worst trims an idle instance one call's length early. After a failed call, drop
+    /// the instance with its permit instead: it may be in any state.
+    pub fn checkin(&self, instance: T, permit: Permit, used: Instant) {
         if !self.reuse {
             return;
         }
-        let now = Instant::now();
         let mut stale = Vec::new();
         {
             let mut idle = self.lock();
             match idle.len() < MAX_IDLE {
-                true => idle.push_back((instance, now)),
+                true => idle.push_back((instance, used)),
                 false => stale.push(instance),
             }
+            // Concurrent calls return out of order: saturating, a later start is "idle 0s".
             while idle.len() > 1
-                && idle.front().is_some_and(|(_, used)| now - *used >= self.idle_timeout)
+                && idle.front().is_some_and(|(_, front)| {
+                    used.saturating_duration_since(*front) >= self.idle_timeout
+                })
             {
                 stale.extend(idle.pop_front().map(|(instance, _)| instance));
             }
@@ -157,7 +161,7 @@ mod tests {
         let waiter = async { pool.lease().await.map(|(idle, _)| idle) };
         let giver = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            pool.checkin("first", permit);
+            pool.checkin("first", permit, Instant::now());
         };
         let (got, ()) = tokio::join!(waiter, giver);
         assert_eq!(got.unwrap(), Some("first"));

@@ -68,16 +68,21 @@ impl Budget {
             yielded: false,
             resumed_at: Arc::new(AtomicU64::new(0)),
         };
-        budget.arm(timeout, wall_limit);
+        budget.arm(timeout, wall_limit, Instant::now());
         budget
     }
 
-    /// Starts a call's budget afresh, keeping the shared resume stamp (no allocation: this
-    /// runs before every hook call).
-    pub fn arm(&mut self, timeout: std::time::Duration, wall_limit: std::time::Duration) {
+    /// Starts a call's budget afresh at `now`, keeping the shared resume stamp (no
+    /// allocation: this runs before every hook call).
+    pub fn arm(
+        &mut self,
+        timeout: std::time::Duration,
+        wall_limit: std::time::Duration,
+        now: Instant,
+    ) {
         let ticks = timeout.as_nanos().div_ceil(super::ticker::EPOCH_TICK.as_nanos()) as u64;
         self.ticks_left = ticks.max(1);
-        self.wall_deadline = Instant::now() + wall_limit;
+        self.wall_deadline = now + wall_limit;
         self.yielded = false;
     }
 }
