@@ -1,5 +1,5 @@
 // Package sluice writes Sluice gateway plugins in Go (mainline Go 1.24 or newer, not
-// TinyGo), for the sluice:plugin@0.2.2 world in wit/.
+// TinyGo), for the sluice:plugin@0.2.3 world (its `plugin` world) in wit/.
 //
 // A plugin is a type with a request and a response method, registered from an init
 // function with a constructor that receives the plugin's config:

@@ -6,7 +6,7 @@
 // The component embeds the StarlingMonkey engine (about 12 MB) and keeps only the WASI
 // features a plugin needs: `stdio` (console.* and uncaught errors go to the gateway's trap
 // reports) and `random` (Math.random, crypto.getRandomValues). `clocks` and `http` are
-// left out unless enabled: use the `clock` import (`sluice:plugin/clock@0.2.2`) for time.
+// left out unless enabled: use the `clock` import (`sluice:plugin/clock@0.2.3`) for time.
 import { componentize } from '@bytecodealliance/componentize-js';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -85,7 +85,7 @@ for (let i = 0; i < args.length; i++) {
 if (!source) usage('no plugin source given');
 if (!out) out = source.replace(/\.[cm]?[jt]s$/, '') + '.wasm';
 
-// Imports name the world's version (`sluice:plugin/log@0.2.2`). Versions within 0.2 only
+// Imports name the world's version (`sluice:plugin/log@0.2.3`). Versions within 0.2 only
 // add, so a plugin written for an earlier 0.2.x builds unchanged: its imports are pointed
 // at this SDK's version, in a copy next to it (so its relative imports still resolve).
 const worldWit = await readFile(join(resolve(wit), 'world.wit'), 'utf8').catch(() => '');

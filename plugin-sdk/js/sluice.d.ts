@@ -1,5 +1,5 @@
-// TypeScript declarations for the sluice:plugin@0.2.2 world (wit/), as componentize-js maps
-// it to JavaScript. The WIT files are the reference; this mirrors them:
+// TypeScript declarations for the sluice:plugin@0.2.3 `plugin` world (wit/), as
+// componentize-js maps it to JavaScript. The WIT files are the reference; this mirrors them:
 //
 // - kebab-case names become camelCase (`set-header` -> `setHeader`);
 // - `option<T>` is `T | undefined`; `u64`/`s64` are `bigint`; `list<u8>` is `Uint8Array`;
@@ -10,7 +10,7 @@
 //
 // A plugin module exports `filter`:
 //
-//   import { log } from 'sluice:plugin/log@0.2.2';
+//   import { log } from 'sluice:plugin/log@0.2.3';
 //   export const filter = {
 //     init(config) { JSON.parse(config); },
 //     onRequest(req) {
@@ -19,7 +19,7 @@
 //     },
 //   };
 
-declare module 'sluice:plugin/http@0.2.2' {
+declare module 'sluice:plugin/http@0.2.3' {
   /** Why a method, path, query, status or header could not be changed. */
   export type FieldError =
     | { tag: 'invalid-name' }
@@ -120,21 +120,21 @@ declare module 'sluice:plugin/http@0.2.2' {
   }
 }
 
-declare module 'sluice:plugin/log@0.2.2' {
+declare module 'sluice:plugin/log@0.2.3' {
   export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** Written to the gateway log, tagged with the plugin, route and request id. */
   export function log(level: Level, message: string): void;
   export function enabled(level: Level): boolean;
 }
 
-declare module 'sluice:plugin/clock@0.2.2' {
+declare module 'sluice:plugin/clock@0.2.3' {
   /** Wall-clock milliseconds since the Unix epoch. */
   export function nowMs(): bigint;
   /** Monotonic nanoseconds; only differences mean anything. */
   export function monotonicNs(): bigint;
 }
 
-declare module 'sluice:plugin/kv@0.2.2' {
+declare module 'sluice:plugin/kv@0.2.3' {
   export type KvError =
     | { tag: 'unavailable'; val: string }
     | { tag: 'not-a-number' }
@@ -164,13 +164,13 @@ declare module 'sluice:plugin/kv@0.2.2' {
   export { delete_ as delete };
 }
 
-declare module 'sluice:plugin/metrics@0.2.2' {
+declare module 'sluice:plugin/metrics@0.2.3' {
   export function counterAdd(name: string, value: bigint): void;
   export function observe(name: string, value: number): void;
 }
 
-declare module 'sluice:plugin/filter@0.2.2' {
-  import type { Request, Response } from 'sluice:plugin/http@0.2.2';
+declare module 'sluice:plugin/filter@0.2.3' {
+  import type { Request, Response } from 'sluice:plugin/http@0.2.3';
 
   /** The phases a plugin takes part in. */
   export interface Hooks {

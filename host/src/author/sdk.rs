@@ -13,8 +13,10 @@ macro_rules! files {
 }
 
 /// `wit/`: the `sluice:plugin` world.
-pub const WIT: &[File] =
-    files!("wit": "clock.wit", "filter.wit", "http.wit", "kv.wit", "log.wit", "world.wit");
+pub const WIT: &[File] = files!("wit":
+    "clock.wit", "filter.wit", "handler.wit", "http.wit", "kv.wit", "log.wit", "request.wit",
+    "response.wit", "world.wit"
+);
 
 /// `plugin-sdk/go`, without its examples and its generator script.
 pub const GO: &[File] = files!("plugin-sdk/go":

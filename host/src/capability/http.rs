@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_bindings::sluice::plugin::http as wit_http;
+use sluice_bindings::sluice::plugin::{request as wit_request, response as wit_response};
 use sluice_bindings::{RequestHandle, ResponseHandle};
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wit_http::{BodyError, EditError, FieldError, HeaderEdit};
@@ -52,112 +53,201 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> &mut HttpCtx,
 ) -> wasmtime::Result<()> {
     wit_http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)?;
+    wit_request::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)?;
+    wit_response::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)?;
     in_place::add_to_linker(linker, get)
 }
 
 /// The header calls every plugin makes, registered over bindgen's, which lift each `string`
 /// argument into a new `String`: here names and values are read where they lie in the
 /// guest's memory (a name copied to the stack, a value straight into its `HeaderValue`).
+/// Each is registered twice: as a method of `http`'s resource (world `plugin`) and as a
+/// function of the `request` or `response` interface (world `handler-plugin`).
 mod in_place {
     use wasmtime::StoreContextMut;
     use wasmtime::component::{ComponentType, Lift, LinkerInstance, WasmList, WasmStr};
 
     use super::*;
 
-    /// The interface as this host links it (older 0.2.x imports match it by semver).
-    const HTTP: &str = "sluice:plugin/http@0.2.2";
+    /// The interfaces as this host links them (older 0.2.x imports match them by semver).
+    const HTTP: &str = "sluice:plugin/http@0.2.3";
+    const REQUEST: &str = "sluice:plugin/request@0.2.3";
+    const RESPONSE: &str = "sluice:plugin/response@0.2.3";
 
     /// Names longer than this (none a plugin needs) take the ordinary, allocating path.
     const NAME_ON_STACK: usize = 64;
+
+    /// Where a message's headers are, in the call in progress.
+    type MapOf = fn(&mut HttpCtx) -> HostResult<&mut HeaderMap>;
 
     pub fn add_to_linker<T: Send + 'static>(
         linker: &mut Linker<T>,
         get: fn(&mut T) -> &mut HttpCtx,
     ) -> wasmtime::Result<()> {
+        let request: MapOf = |c| Ok(&mut c.request()?.parts.headers);
+        let response: MapOf = |c| Ok(&mut c.response()?.parts.headers);
         linker.allow_shadowing(true);
         let mut http = linker.instance(HTTP)?;
-        header_calls::<T, RequestHandle>(&mut http, "request", get, |c| {
-            Ok(&mut c.request()?.parts.headers)
-        })?;
-        header_calls::<T, ResponseHandle>(&mut http, "response", get, |c| {
-            Ok(&mut c.response()?.parts.headers)
-        })?;
+        methods::<T, RequestHandle>(&mut http, "request", get, request)?;
+        methods::<T, ResponseHandle>(&mut http, "response", get, response)?;
+        functions(&mut linker.instance(REQUEST)?, get, request)?;
+        functions(&mut linker.instance(RESPONSE)?, get, response)?;
         linker.allow_shadowing(false);
         Ok(())
     }
 
     /// `header`, `headers`, `set-header`, `append-header`, `remove-header` and
-    /// `edit-headers` of resource `kind`, whose headers `map` finds.
-    fn header_calls<T: Send + 'static, R: 'static>(
+    /// `edit-headers` as methods of resource `kind`, whose headers `map` finds.
+    fn methods<T: Send + 'static, R: 'static>(
         http: &mut LinkerInstance<'_, T>,
         kind: &str,
         get: fn(&mut T) -> &mut HttpCtx,
-        map: fn(&mut HttpCtx) -> HostResult<&mut HeaderMap>,
+        map: MapOf,
     ) -> wasmtime::Result<()> {
         http.func_wrap(
             &format!("[method]{kind}.header"),
-            move |mut s: StoreContextMut<'_, T>, (_, name): (Resource<R>, WasmStr)| {
-                let name = Name::read(&s, &name)?;
-                Ok((super::get(map(get(s.data_mut()))?, name.as_str()),))
+            move |s: StoreContextMut<'_, T>, (_, name): (Resource<R>, WasmStr)| {
+                header(s, get, map, name)
             },
         )?;
         http.func_wrap(
             &format!("[method]{kind}.headers"),
-            move |mut s: StoreContextMut<'_, T>, (_, names): (Resource<R>, WasmList<WasmStr>)| {
-                batch_len(names.len())?;
-                let names = names.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
-                let names = names
-                    .iter()
-                    .map(|n| Name::read(&s, n))
-                    .collect::<wasmtime::Result<Vec<_>>>()?;
-                let map = map(get(s.data_mut()))?;
-                Ok((names.iter().map(|name| super::get(map, name.as_str())).collect::<Vec<_>>(),))
+            move |s: StoreContextMut<'_, T>, (_, names): (Resource<R>, WasmList<WasmStr>)| {
+                headers(s, get, map, names)
             },
         )?;
         http.func_wrap(
             &format!("[method]{kind}.edit-headers"),
-            move |mut s: StoreContextMut<'_, T>, (_, edits): (Resource<R>, WasmList<EditIn>)| {
-                batch_len(edits.len())?;
-                let edits = edits.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
-                // Checked as they are read: no list of the texts in between.
-                let checked = check_edits(edits.iter().map(|edit| {
-                    Ok(match edit {
-                        EditIn::Set((name, value)) => {
-                            Edit::Put(name.to_str(&s)?, value.to_str(&s)?, false)
-                        }
-                        EditIn::Append((name, value)) => {
-                            Edit::Put(name.to_str(&s)?, value.to_str(&s)?, true)
-                        }
-                        EditIn::Remove(name) => Edit::Remove(name.to_str(&s)?),
-                    })
-                }))?;
-                Ok((match checked {
-                    Ok(checked) => Ok(apply_edits(map(get(s.data_mut()))?, checked)?),
-                    Err(e) => Err(e),
-                },))
+            move |s: StoreContextMut<'_, T>, (_, edits): (Resource<R>, WasmList<EditIn>)| {
+                edit_headers(s, get, map, edits)
             },
         )?;
         for (method, append) in [("set-header", false), ("append-header", true)] {
             http.func_wrap(
                 &format!("[method]{kind}.{method}"),
-                move |mut s: StoreContextMut<'_, T>,
+                move |s: StoreContextMut<'_, T>,
                       (_, name, value): (Resource<R>, WasmStr, WasmStr)| {
-                    let field = super::field(&name.to_str(&s)?, &value.to_str(&s)?);
-                    Ok((match field {
-                        Ok((name, value)) => Ok(put(map(get(s.data_mut()))?, name, value, append)?),
-                        Err(e) => Err(e),
-                    },))
+                    put_header(s, get, map, name, value, append)
                 },
             )?;
         }
         http.func_wrap(
             &format!("[method]{kind}.remove-header"),
-            move |mut s: StoreContextMut<'_, T>, (_, name): (Resource<R>, WasmStr)| {
-                let name = writable_name(&name.to_str(&s)?);
-                let map = map(get(s.data_mut()))?;
-                Ok((name.map(|name| drop(map.remove(name))),))
+            move |s: StoreContextMut<'_, T>, (_, name): (Resource<R>, WasmStr)| {
+                remove_header(s, get, map, name)
             },
         )
+    }
+
+    /// The same calls as functions of the `request` or `response` interface.
+    fn functions<T: Send + 'static>(
+        interface: &mut LinkerInstance<'_, T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: MapOf,
+    ) -> wasmtime::Result<()> {
+        interface.func_wrap("header", move |s: StoreContextMut<'_, T>, (name,): (WasmStr,)| {
+            header(s, get, map, name)
+        })?;
+        interface.func_wrap(
+            "headers",
+            move |s: StoreContextMut<'_, T>, (names,): (WasmList<WasmStr>,)| {
+                headers(s, get, map, names)
+            },
+        )?;
+        interface.func_wrap(
+            "edit-headers",
+            move |s: StoreContextMut<'_, T>, (edits,): (WasmList<EditIn>,)| {
+                edit_headers(s, get, map, edits)
+            },
+        )?;
+        for (function, append) in [("set-header", false), ("append-header", true)] {
+            interface.func_wrap(
+                function,
+                move |s: StoreContextMut<'_, T>, (name, value): (WasmStr, WasmStr)| {
+                    put_header(s, get, map, name, value, append)
+                },
+            )?;
+        }
+        interface
+            .func_wrap("remove-header", move |s: StoreContextMut<'_, T>, (name,): (WasmStr,)| {
+                remove_header(s, get, map, name)
+            })
+    }
+
+    type Out<R> = wasmtime::Result<(R,)>;
+
+    fn header<T: 'static>(
+        mut s: StoreContextMut<'_, T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: MapOf,
+        name: WasmStr,
+    ) -> Out<Option<String>> {
+        let name = Name::read(&s, &name)?;
+        Ok((super::get(map(get(s.data_mut()))?, name.as_str()),))
+    }
+
+    fn headers<T: 'static>(
+        mut s: StoreContextMut<'_, T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: MapOf,
+        names: WasmList<WasmStr>,
+    ) -> Out<Vec<Option<String>>> {
+        batch_len(names.len())?;
+        let names = names.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
+        let names =
+            names.iter().map(|n| Name::read(&s, n)).collect::<wasmtime::Result<Vec<_>>>()?;
+        let map = map(get(s.data_mut()))?;
+        Ok((names.iter().map(|name| super::get(map, name.as_str())).collect(),))
+    }
+
+    fn edit_headers<T: 'static>(
+        mut s: StoreContextMut<'_, T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: MapOf,
+        edits: WasmList<EditIn>,
+    ) -> Out<Result<(), EditError>> {
+        batch_len(edits.len())?;
+        let edits = edits.iter(&mut s)?.collect::<wasmtime::Result<Vec<_>>>()?;
+        // Checked as they are read: no list of the texts in between.
+        let checked = check_edits(edits.iter().map(|edit| {
+            Ok(match edit {
+                EditIn::Set((name, value)) => Edit::Put(name.to_str(&s)?, value.to_str(&s)?, false),
+                EditIn::Append((name, value)) => {
+                    Edit::Put(name.to_str(&s)?, value.to_str(&s)?, true)
+                }
+                EditIn::Remove(name) => Edit::Remove(name.to_str(&s)?),
+            })
+        }))?;
+        Ok((match checked {
+            Ok(checked) => Ok(apply_edits(map(get(s.data_mut()))?, checked)?),
+            Err(e) => Err(e),
+        },))
+    }
+
+    fn put_header<T: 'static>(
+        mut s: StoreContextMut<'_, T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: MapOf,
+        name: WasmStr,
+        value: WasmStr,
+        append: bool,
+    ) -> Out<Result<(), FieldError>> {
+        let field = super::field(&name.to_str(&s)?, &value.to_str(&s)?);
+        Ok((match field {
+            Ok((name, value)) => Ok(put(map(get(s.data_mut()))?, name, value, append)?),
+            Err(e) => Err(e),
+        },))
+    }
+
+    fn remove_header<T: 'static>(
+        mut s: StoreContextMut<'_, T>,
+        get: fn(&mut T) -> &mut HttpCtx,
+        map: MapOf,
+        name: WasmStr,
+    ) -> Out<Result<(), FieldError>> {
+        let name = writable_name(&name.to_str(&s)?);
+        let map = map(get(s.data_mut()))?;
+        Ok((name.map(|name| drop(map.remove(name))),))
     }
 
     /// A header name read from the guest, on the stack when short (all but absurd ones).
@@ -474,6 +564,133 @@ impl wit_http::HostResponse for HttpCtx {
 
     fn drop(&mut self, _: Resource<ResponseHandle>) -> HostResult<()> {
         Ok(())
+    }
+}
+
+/// The request and response of world `handler-plugin`, whose functions are `http`'s methods
+/// without the handle: the handle's methods above ignore it (there is only ever the call in
+/// progress), so these pass a placeholder. The hot header calls are [`in_place`]'s.
+fn req() -> Resource<RequestHandle> {
+    Resource::new_borrow(0)
+}
+
+fn resp() -> Resource<ResponseHandle> {
+    Resource::new_borrow(0)
+}
+
+type Field = HostResult<Result<(), FieldError>>;
+
+impl wit_request::Host for HttpCtx {
+    fn method(&mut self) -> HostResult<String> {
+        wit_http::HostRequest::method(self, req())
+    }
+    fn set_method(&mut self, value: String) -> Field {
+        wit_http::HostRequest::set_method(self, req(), value)
+    }
+    fn path(&mut self) -> HostResult<String> {
+        wit_http::HostRequest::path(self, req())
+    }
+    fn set_path(&mut self, value: String) -> Field {
+        wit_http::HostRequest::set_path(self, req(), value)
+    }
+    fn query(&mut self) -> HostResult<Option<String>> {
+        wit_http::HostRequest::query(self, req())
+    }
+    fn set_query(&mut self, value: Option<String>) -> Field {
+        wit_http::HostRequest::set_query(self, req(), value)
+    }
+    fn header(&mut self, name: String) -> HostResult<Option<String>> {
+        wit_http::HostRequest::header(self, req(), name)
+    }
+    fn header_all(&mut self, name: String) -> HostResult<Vec<String>> {
+        wit_http::HostRequest::header_all(self, req(), name)
+    }
+    fn headers(&mut self, names: Vec<String>) -> HostResult<Vec<Option<String>>> {
+        wit_http::HostRequest::headers(self, req(), names)
+    }
+    fn header_names(&mut self) -> HostResult<Vec<String>> {
+        wit_http::HostRequest::header_names(self, req())
+    }
+    fn set_header(&mut self, name: String, value: String) -> Field {
+        wit_http::HostRequest::set_header(self, req(), name, value)
+    }
+    fn append_header(&mut self, name: String, value: String) -> Field {
+        wit_http::HostRequest::append_header(self, req(), name, value)
+    }
+    fn remove_header(&mut self, name: String) -> Field {
+        wit_http::HostRequest::remove_header(self, req(), name)
+    }
+    fn edit_headers(&mut self, edits: Vec<HeaderEdit>) -> HostResult<Result<(), EditError>> {
+        wit_http::HostRequest::edit_headers(self, req(), edits)
+    }
+    async fn body(&mut self) -> HostResult<Result<Vec<u8>, BodyError>> {
+        wit_http::HostRequest::body(self, req()).await
+    }
+    fn set_body(&mut self, body: Vec<u8>) -> HostResult<()> {
+        wit_http::HostRequest::set_body(self, req(), body)
+    }
+    fn client_ip(&mut self) -> HostResult<String> {
+        wit_http::HostRequest::client_ip(self, req())
+    }
+    fn request_id(&mut self) -> HostResult<String> {
+        wit_http::HostRequest::request_id(self, req())
+    }
+    fn route(&mut self) -> HostResult<String> {
+        wit_http::HostRequest::route(self, req())
+    }
+    fn param(&mut self, name: String) -> HostResult<Option<String>> {
+        wit_http::HostRequest::param(self, req(), name)
+    }
+    fn params(&mut self) -> HostResult<Vec<(String, String)>> {
+        wit_http::HostRequest::params(self, req())
+    }
+    fn client_cert(&mut self) -> HostResult<Option<wit_http::ClientCert>> {
+        wit_http::HostRequest::client_cert(self, req())
+    }
+    fn context(&mut self, key: String) -> HostResult<Option<String>> {
+        wit_http::HostRequest::context(self, req(), key)
+    }
+    fn set_context(&mut self, key: String, value: String) -> Field {
+        wit_http::HostRequest::set_context(self, req(), key, value)
+    }
+}
+
+impl wit_response::Host for HttpCtx {
+    fn status(&mut self) -> HostResult<u16> {
+        wit_http::HostResponse::status(self, resp())
+    }
+    fn set_status(&mut self, code: u16) -> Field {
+        wit_http::HostResponse::set_status(self, resp(), code)
+    }
+    fn header(&mut self, name: String) -> HostResult<Option<String>> {
+        wit_http::HostResponse::header(self, resp(), name)
+    }
+    fn header_all(&mut self, name: String) -> HostResult<Vec<String>> {
+        wit_http::HostResponse::header_all(self, resp(), name)
+    }
+    fn headers(&mut self, names: Vec<String>) -> HostResult<Vec<Option<String>>> {
+        wit_http::HostResponse::headers(self, resp(), names)
+    }
+    fn header_names(&mut self) -> HostResult<Vec<String>> {
+        wit_http::HostResponse::header_names(self, resp())
+    }
+    fn set_header(&mut self, name: String, value: String) -> Field {
+        wit_http::HostResponse::set_header(self, resp(), name, value)
+    }
+    fn append_header(&mut self, name: String, value: String) -> Field {
+        wit_http::HostResponse::append_header(self, resp(), name, value)
+    }
+    fn remove_header(&mut self, name: String) -> Field {
+        wit_http::HostResponse::remove_header(self, resp(), name)
+    }
+    fn edit_headers(&mut self, edits: Vec<HeaderEdit>) -> HostResult<Result<(), EditError>> {
+        wit_http::HostResponse::edit_headers(self, resp(), edits)
+    }
+    async fn body(&mut self) -> HostResult<Result<Vec<u8>, BodyError>> {
+        wit_http::HostResponse::body(self, resp()).await
+    }
+    fn set_body(&mut self, body: Vec<u8>) -> HostResult<()> {
+        wit_http::HostResponse::set_body(self, resp(), body)
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_bindings::exports::sluice::plugin::filter::{Action, Hooks};
-use sluice_bindings::{Plugin as World, PluginPre};
-use wasmtime::component::Resource;
+use sluice_bindings::exports::sluice::plugin::filter::{self, Action, Hooks};
+use sluice_bindings::exports::sluice::plugin::handler;
+use wasmtime::component::{InstancePre, Resource};
 use wasmtime::{Store, Trap};
 
 use super::error::{FailureKind, Phase};
@@ -21,14 +21,47 @@ use crate::capability::kv::StoreClosed;
 use crate::config;
 use crate::message::Call;
 
+/// A component, pre-linked, with its hooks found: the export of whichever world it was built
+/// for.
+#[derive(Clone)]
+pub struct ComponentPre {
+    pre: InstancePre<PluginState>,
+    exports: Exports,
+}
+
+#[derive(Clone)]
+enum Exports {
+    /// World `plugin`: hooks given the messages as borrowed resource handles.
+    Filter(filter::GuestIndices),
+    /// World `handler-plugin`: hooks without handles (the messages are the call's).
+    Handler(handler::GuestIndices),
+}
+
+impl ComponentPre {
+    /// Finds the hooks `pre`'s component exports (`filter` or `handler`, matched by semver).
+    pub fn new(pre: InstancePre<PluginState>) -> wasmtime::Result<Self> {
+        let exports = match handler::GuestIndices::new(&pre) {
+            Ok(handler) => Exports::Handler(handler),
+            Err(_) => Exports::Filter(filter::GuestIndices::new(&pre)?),
+        };
+        Ok(Self { pre, exports })
+    }
+}
+
 /// A component instance with its own store.
 pub struct Instance {
     store: Store<PluginState>,
-    world: World,
+    hooks: Guest,
+}
+
+/// An instance's hooks, ready to call.
+enum Guest {
+    Filter(filter::Guest),
+    Handler(handler::Guest),
 }
 
 pub struct ComponentBackend {
-    pre: PluginPre<PluginState>,
+    pre: ComponentPre,
     pool: Pool<Instance>,
     hooks: Hooks,
     runtime: Arc<Runtime>,
@@ -52,7 +85,7 @@ impl ComponentBackend {
     /// reported now, at load; the instance is the pool's first.
     pub async fn load(
         runtime: Arc<Runtime>,
-        pre: PluginPre<PluginState>,
+        pre: ComponentPre,
         spec: config::Plugin,
         queue_timeout: Duration,
     ) -> Result<Self, InitError> {
@@ -90,15 +123,20 @@ impl ComponentBackend {
         let store = &mut instance.store;
         store.data_mut().http.call = Some(call);
         let started = arm_deadline(store, self.spec.timeout, self.queue_timeout);
-        let filter = instance.world.sluice_plugin_filter();
-        let outcome = match phase {
-            Phase::Request => {
-                let req = Resource::new_borrow(0);
-                filter.call_on_request(&mut *store, req).await.map(Some)
+        let outcome = match (&instance.hooks, phase) {
+            (Guest::Handler(hooks), Phase::Request) => {
+                hooks.call_on_request(&mut *store).await.map(|action| Some(filter_action(action)))
             }
-            Phase::Response => {
+            (Guest::Handler(hooks), Phase::Response) => {
+                hooks.call_on_response(&mut *store).await.map(|()| None)
+            }
+            (Guest::Filter(hooks), Phase::Request) => {
+                let req = Resource::new_borrow(0);
+                hooks.call_on_request(&mut *store, req).await.map(Some)
+            }
+            (Guest::Filter(hooks), Phase::Response) => {
                 let (req, resp) = (Resource::new_borrow(0), Resource::new_borrow(0));
-                filter.call_on_response(&mut *store, req, resp).await.map(|()| None)
+                hooks.call_on_response(&mut *store, req, resp).await.map(|()| None)
             }
         };
         let http = &mut store.data_mut().http;
@@ -139,16 +177,23 @@ impl ComponentBackend {
 /// A new instance, `init`ialised with the plugin's config.
 async fn instantiate(
     runtime: &Runtime,
-    pre: &PluginPre<PluginState>,
+    pre: &ComponentPre,
     spec: &config::Plugin,
 ) -> Result<(Instance, Hooks), InitError> {
     let _ticking = runtime.ticking();
-    let mut store = runtime.new_store(pre.engine(), spec.name.clone());
+    let mut store = runtime.new_store(pre.pre.engine(), spec.name.clone());
     // `init` may parse keys or compile patterns: give it ten hook budgets.
     let budget = spec.timeout * 10;
     arm_deadline(&mut store, budget, budget * 10);
-    let world = match pre.instantiate_async(&mut store).await {
-        Ok(world) => world,
+    let made = async {
+        let instance = pre.pre.instantiate_async(&mut store).await?;
+        Ok::<_, wasmtime::Error>(match &pre.exports {
+            Exports::Filter(indices) => Guest::Filter(indices.load(&mut store, &instance)?),
+            Exports::Handler(indices) => Guest::Handler(indices.load(&mut store, &instance)?),
+        })
+    };
+    let hooks = match made.await {
+        Ok(hooks) => hooks,
         Err(e) => {
             let mut why = format!("{e:#}");
             if why.contains("concurrent limit") {
@@ -158,11 +203,41 @@ async fn instantiate(
             return Err(InitError::Failed(FailureKind::Instantiate(why)));
         }
     };
-    let init = world.sluice_plugin_filter().call_init(&mut store, &spec.config_json).await;
+    let init = match &hooks {
+        Guest::Filter(guest) => guest.call_init(&mut store, &spec.config_json).await,
+        Guest::Handler(guest) => {
+            let init = guest.call_init(&mut store, &spec.config_json).await;
+            init.map(|r| r.map(filter_hooks))
+        }
+    };
     match init {
-        Ok(Ok(hooks)) => Ok((Instance { store, world }, hooks)),
+        Ok(Ok(phases)) => Ok((Instance { store, hooks }, phases)),
         Ok(Err(msg)) => Err(InitError::Rejected(msg)),
         Err(e) => Err(InitError::Failed(classify(&e, &mut store, budget))),
+    }
+}
+
+/// A `handler`'s phases as the host keeps them (the two worlds' flags mean the same).
+fn filter_hooks(hooks: handler::Hooks) -> Hooks {
+    let mut phases = Hooks::empty();
+    if hooks.contains(handler::Hooks::ON_REQUEST) {
+        phases |= Hooks::ON_REQUEST;
+    }
+    if hooks.contains(handler::Hooks::ON_RESPONSE) {
+        phases |= Hooks::ON_RESPONSE;
+    }
+    phases
+}
+
+/// A `handler`'s decision as the host reads it (the two worlds' actions mean the same).
+fn filter_action(action: handler::Action) -> Action {
+    match action {
+        handler::Action::Continue => Action::Continue,
+        handler::Action::Respond(r) => Action::Respond(filter::LocalResponse {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }),
     }
 }
 

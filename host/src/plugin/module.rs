@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sluice_bindings::{FILTER_INTERFACE, PluginPre, WORLD_COMPATIBLE, WORLD_VERSION};
+use sluice_bindings::{FILTER_INTERFACE, HANDLER_INTERFACE, WORLD_COMPATIBLE, WORLD_VERSION};
 use wasmtime::component::Component;
 
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use super::component::ComponentPre;
 use super::state::PluginState;
 use crate::config::PluginKind;
 
@@ -47,8 +48,9 @@ pub enum ModuleError {
     )]
     Newer { found: String, error: String },
     #[error(
-        "not a Sluice plugin: it does not export `{FILTER_INTERFACE}` (it exports: {exports}); \
-         build it against wit/ with a Sluice plugin SDK"
+        "not a Sluice plugin: it exports neither `{HANDLER_INTERFACE}` nor \
+         `{FILTER_INTERFACE}` (it exports: {exports}); build it against wit/ with a Sluice \
+         plugin SDK"
     )]
     NotAPlugin { exports: String },
     #[error("imports something Sluice does not provide: {0}")]
@@ -91,7 +93,7 @@ pub struct Module {
 }
 
 pub(crate) enum Code {
-    Component(PluginPre<PluginState>),
+    Component(ComponentPre),
     /// The module's bytes, compiled per named plugin (Extism bakes the config in).
     Extism(Arc<[u8]>),
 }
@@ -183,9 +185,9 @@ impl Module {
         };
         // A component built for an earlier 0.2.x imports `sluice:plugin/http@0.2.0` and
         // exports `filter@0.2.0`: the linker and the bindings' export lookup both match
-        // those to this host's 0.2.2 by semver, and its types are a subset of ours.
+        // those to this host's 0.2.3 by semver, and its types are a subset of ours.
         let pre = linker.instantiate_pre(&component).map_err(link_error)?;
-        let pre = PluginPre::new(pre).map_err(link_error)?;
+        let pre = ComponentPre::new(pre).map_err(link_error)?;
         let (load_time, code) = (started.elapsed(), Code::Component(pre));
         Ok(Self { path, hash, source, load_time, world: Some(world), code })
     }
@@ -298,12 +300,14 @@ fn rand_suffix() -> u64 {
 fn check_world(engine: &Engine, component: &Component) -> Result<String, ModuleError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
-    let prefix = "sluice:plugin/filter@";
-    debug_assert!(FILTER_INTERFACE.starts_with(prefix));
-    if let Some(found) = exports.iter().find_map(|e| e.strip_prefix(prefix)) {
-        return match compatible(found) {
-            true => Ok(found.to_owned()),
-            false => Err(ModuleError::WrongVersion { found: found.to_owned() }),
+    let version = |e: &String| {
+        let prefixes = ["sluice:plugin/handler@", "sluice:plugin/filter@"];
+        prefixes.iter().find_map(|prefix| e.strip_prefix(prefix)).map(str::to_owned)
+    };
+    if let Some(found) = exports.iter().find_map(version) {
+        return match compatible(&found) {
+            true => Ok(found),
+            false => Err(ModuleError::WrongVersion { found }),
         };
     }
     let exports = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
@@ -325,5 +329,6 @@ mod tests {
         assert!(!newer("0.2.0") && !newer(WORLD_VERSION) && newer("0.2.99"));
         assert!(compatible(WORLD_VERSION));
         assert_eq!(FILTER_INTERFACE, format!("sluice:plugin/filter@{WORLD_VERSION}"));
+        assert_eq!(HANDLER_INTERFACE, format!("sluice:plugin/handler@{WORLD_VERSION}"));
     }
 }

@@ -47,7 +47,10 @@ extern crate self as sluice_pdk;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "plugin",
+        // Hooks without resource handles: the messages are the call's, read through the
+        // `request` and `response` functions, which saves the component model's handle
+        // bookkeeping on every hook call and every host call.
+        world: "handler-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "sluice_pdk::bindings",
@@ -59,10 +62,183 @@ pub mod bindings {
     });
 }
 
-pub use bindings::exports::sluice::plugin::filter::{Action, Hooks, LocalResponse};
+pub use bindings::exports::sluice::plugin::handler::{Action, Hooks, LocalResponse};
 pub use bindings::sluice::plugin::http::{
-    BodyError, ClientCert, EditError, FieldError, HeaderEdit, Request, Response,
+    BodyError, ClientCert, EditError, FieldError, HeaderEdit,
 };
+
+use bindings::sluice::plugin::{request, response};
+
+/// The request of the hook call in progress, as it will be sent upstream. In the response
+/// phase it is read-only in effect: changes made there are not sent anywhere.
+///
+/// Header names are case-insensitive; values that are not valid UTF-8 come with invalid
+/// bytes replaced by U+FFFD. Setters refuse what HTTP would not allow with a
+/// [`FieldError`], and the headers the gateway owns (hop-by-hop headers and
+/// `content-length`) with [`FieldError::Forbidden`].
+#[derive(Debug)]
+pub struct Request {
+    _call: (),
+}
+
+/// The response of the hook call in progress: the upstream's, or a plugin's local one.
+#[derive(Debug)]
+pub struct Response {
+    _call: (),
+}
+
+impl Request {
+    /// The method, e.g. `GET`.
+    pub fn method(&self) -> String {
+        request::method()
+    }
+    /// Errors: `InvalidValue` if `value` is not an HTTP token.
+    pub fn set_method(&self, value: &str) -> Result<(), FieldError> {
+        request::set_method(value)
+    }
+    /// The path without the query, e.g. `/api/users/7`. Never empty.
+    pub fn path(&self) -> String {
+        request::path()
+    }
+    /// Errors: `InvalidValue` if it does not start with `/` or holds characters not allowed
+    /// in a URI path.
+    pub fn set_path(&self, value: &str) -> Result<(), FieldError> {
+        request::set_path(value)
+    }
+    /// The raw query string without the leading `?`, if the request has one.
+    pub fn query(&self) -> Option<String> {
+        request::query()
+    }
+    /// Replaces (or with `None`, removes) the query.
+    pub fn set_query(&self, value: Option<&str>) -> Result<(), FieldError> {
+        request::set_query(value)
+    }
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        request::header(name)
+    }
+    /// Every value of header `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        request::header_all(name)
+    }
+    /// The first value of each header in `names`, in one host call (at most 128 names).
+    pub fn headers(&self, names: &[&str]) -> Vec<Option<String>> {
+        request::headers(names)
+    }
+    /// The distinct header names present, lower-case.
+    pub fn header_names(&self) -> Vec<String> {
+        request::header_names()
+    }
+    /// Replaces every value of `name` with `value`.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), FieldError> {
+        request::set_header(name, value)
+    }
+    /// Adds a value for `name`, keeping the existing ones.
+    pub fn append_header(&self, name: &str, value: &str) -> Result<(), FieldError> {
+        request::append_header(name, value)
+    }
+    /// Removes every value of `name`.
+    pub fn remove_header(&self, name: &str) -> Result<(), FieldError> {
+        request::remove_header(name)
+    }
+    /// Makes `edits` in order in one host call: all of them, or none when one is refused
+    /// (at most 128 edits).
+    pub fn edit_headers(&self, edits: &[HeaderEdit<'_>]) -> Result<(), EditError> {
+        request::edit_headers(edits)
+    }
+    /// The whole body, buffered by the host on the first call.
+    pub fn body(&self) -> Result<Vec<u8>, BodyError> {
+        request::body()
+    }
+    /// Replaces the body; the host sets `content-length` to match.
+    pub fn set_body(&self, body: &[u8]) {
+        request::set_body(body)
+    }
+    /// The client's IP address as seen by Sluice, e.g. `127.0.0.1`.
+    pub fn client_ip(&self) -> String {
+        request::client_ip()
+    }
+    /// The id of this request, also sent upstream as `x-request-id`.
+    pub fn request_id(&self) -> String {
+        request::request_id()
+    }
+    /// The name of the route that matched.
+    pub fn route(&self) -> String {
+        request::route()
+    }
+    /// The value of route parameter `name`, percent-decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        request::param(name)
+    }
+    /// Every route parameter, in pattern order.
+    pub fn params(&self) -> Vec<(String, String)> {
+        request::params()
+    }
+    /// The verified client certificate of this request's connection (mTLS), if any.
+    pub fn client_cert(&self) -> Option<ClientCert> {
+        request::client_cert()
+    }
+    /// What this plugin stored under `key` for this request with [`Request::set_context`].
+    pub fn context(&self, key: &str) -> Option<String> {
+        request::context(key)
+    }
+    /// Keeps `value` under `key` for this plugin's later phases of this request (at most
+    /// 32 keys and 16 KiB per plugin per request).
+    pub fn set_context(&self, key: &str, value: &str) -> Result<(), FieldError> {
+        request::set_context(key, value)
+    }
+}
+
+impl Response {
+    /// The status code, e.g. `200`.
+    pub fn status(&self) -> u16 {
+        response::status()
+    }
+    /// Errors: `InvalidValue` if `code` is outside 100-999.
+    pub fn set_status(&self, code: u16) -> Result<(), FieldError> {
+        response::set_status(code)
+    }
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        response::header(name)
+    }
+    /// Every value of header `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        response::header_all(name)
+    }
+    /// The first value of each header in `names`, in one host call (at most 128 names).
+    pub fn headers(&self, names: &[&str]) -> Vec<Option<String>> {
+        response::headers(names)
+    }
+    /// The distinct header names present, lower-case.
+    pub fn header_names(&self) -> Vec<String> {
+        response::header_names()
+    }
+    /// Replaces every value of `name` with `value`.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), FieldError> {
+        response::set_header(name, value)
+    }
+    /// Adds a value for `name`, keeping the existing ones.
+    pub fn append_header(&self, name: &str, value: &str) -> Result<(), FieldError> {
+        response::append_header(name, value)
+    }
+    /// Removes every value of `name`.
+    pub fn remove_header(&self, name: &str) -> Result<(), FieldError> {
+        response::remove_header(name)
+    }
+    /// Makes `edits` in order in one host call: all of them, or none when one is refused.
+    pub fn edit_headers(&self, edits: &[HeaderEdit<'_>]) -> Result<(), EditError> {
+        response::edit_headers(edits)
+    }
+    /// The whole body, buffered by the host on the first call.
+    pub fn body(&self) -> Result<Vec<u8>, BodyError> {
+        response::body()
+    }
+    /// Replaces the body; the host sets `content-length` to match.
+    pub fn set_body(&self, body: &[u8]) {
+        response::set_body(body)
+    }
+}
 
 /// Time, from the host.
 pub mod clock {
@@ -364,7 +540,7 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Str
     })
 }
 
-/// Exports a [`Plugin`] implementation as the component's `sluice:plugin/filter`.
+/// Exports a [`Plugin`] implementation as the component's `sluice:plugin/handler`.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
@@ -377,10 +553,11 @@ macro_rules! export_plugin {
                 fn init(config: String) -> Result<$crate::Hooks, String> {
                     SLOT.init(&config)
                 }
-                fn on_request(req: &$crate::Request) -> $crate::Action {
-                    <$plugin as $crate::Plugin>::on_request(SLOT.get(), req)
+                fn on_request() -> $crate::Action {
+                    <$plugin as $crate::Plugin>::on_request(SLOT.get(), &$crate::__private::REQUEST)
                 }
-                fn on_response(req: &$crate::Request, resp: &$crate::Response) {
+                fn on_response() {
+                    let (req, resp) = (&$crate::__private::REQUEST, &$crate::__private::RESPONSE);
                     <$plugin as $crate::Plugin>::on_response(SLOT.get(), req, resp)
                 }
             }
@@ -394,8 +571,12 @@ macro_rules! export_plugin {
 pub mod __private {
     use std::cell::UnsafeCell;
 
-    pub use crate::bindings::exports::sluice::plugin::filter::Guest;
+    pub use crate::bindings::exports::sluice::plugin::handler::Guest;
     pub use wit_bindgen;
+
+    /// The messages of the call in progress, as the hooks are given them.
+    pub static REQUEST: crate::Request = crate::Request { _call: () };
+    pub static RESPONSE: crate::Response = crate::Response { _call: () };
 
     /// The plugin value of this instance.
     pub struct Slot<P>(UnsafeCell<Option<P>>);

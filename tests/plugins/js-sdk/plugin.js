@@ -3,7 +3,7 @@
 // line; and with `x-batch: 1` it makes world 0.2.2's batched calls, so the tests can check
 // what they return to JavaScript against what the single calls return.
 
-import { incrAndGet } from 'sluice:plugin/kv@0.2.2';
+import { incrAndGet } from 'sluice:plugin/kv@0.2.3';
 
 function deeper(n) {
   if (n === 0) {

@@ -6,7 +6,7 @@
 //   config = { request_headers = { "x-lang" = "js" }, remove_request_headers = ["x-debug"],
 //              response_headers = { "x-served-by" = "sluice-js" },
 //              client_cert_header = "x-client-subject" }
-import { log } from 'sluice:plugin/log@0.2.2';
+import { log } from 'sluice:plugin/log@0.2.3';
 
 let config = {
   request_headers: {},

@@ -3,7 +3,7 @@
 // untouched; a body that claims to be JSON but does not parse gets a 400.
 //
 //   config = { set = { "meta.source" = "gateway" }, remove = ["password"] }
-import { log } from 'sluice:plugin/log@0.2.2';
+import { log } from 'sluice:plugin/log@0.2.3';
 
 let set = [];
 let remove = [];
