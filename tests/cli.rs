@@ -203,7 +203,9 @@ fn version_names_the_commit_and_the_plugin_world_and_completions_print() {
 
 /// Adding to the world is a patch bump within 0.2: a plugin built for 0.2.0 (against a
 /// frozen copy of that WIT, tests/plugins/world-0.2.0) loads and runs next to current ones,
-/// and the gateway says which world it was built for.
+/// and the gateway says which world it was built for. The two are of different worlds on one
+/// route: `old` exports `filter` (hooks given resource handles), header-transform, built
+/// with the Rust SDK, exports `handler` (world `handler-plugin`, hooks without handles).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_for_an_earlier_0_2_world_still_loads_and_runs() {
     assert_ne!(sluice_bindings::WORLD_VERSION, "0.2.0", "this test needs a newer world");
@@ -219,7 +221,7 @@ module = "{}"
 
 [plugins.stamp]
 module = "header-transform"
-config = {{ request_headers = {{ "x-new" = "${{route}}" }} }}
+config = {{ request_headers = {{ "x-new" = "${{route}}" }}, response_headers = {{ "x-new-out" = "${{route}}" }} }}
 
 [[routes]]
 name = "both"
@@ -241,5 +243,6 @@ plugins = ["old", "stamp"]
         assert_eq!(r.header("x-world"), Some("0.2.0"));
         assert_eq!(r.echoed_header("x-world-0-2-0").as_deref(), Some("both 127.0.0.1"));
         assert_eq!(r.echoed_header("x-new").as_deref(), Some("both"));
+        assert_eq!(r.header("x-new-out"), Some("both"));
     }
 }
