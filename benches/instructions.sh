@@ -9,6 +9,9 @@
 #   PROXIES="sluice sluice+chain1 sluice+chain2 sluice+chain3 sluice+chain4" \
 #       benches/instructions.sh          # the chain's plugins one by one (chainK: the first K)
 #   KEEP=/tmp/cg benches/instructions.sh # keep the callgrind files for callgrind_annotate
+#   PROXIES="sluice+transform sluice+go" benches/instructions.sh
+#                                        # one header-setting plugin of the Rust SDK (the
+#                                        # shipped one) and of the Go SDK (its example)
 #   PROXIES="sluice sluice-metrics sluice+log sluice+log+trace1" benches/instructions.sh
 #                                        # the cost of observing: metrics off; a JSON
 #                                        # access log to a file; the log and 1% tracing
@@ -38,10 +41,10 @@ CACHE=${CACHE:-$HOME/.cache/sluice-bench/valgrind-cache}
 KEEP=${KEEP:-}
 for name in $PROXIES; do
     case $name in
-    sluice | sluice+transform | sluice+chain[1-4] | sluice-metrics | sluice+log | sluice+log+trace1) ;;
+    sluice | sluice+transform | sluice+go | sluice+chain[1-4] | sluice-metrics | sluice+log | sluice+log+trace1) ;;
     *)
-        echo "PROXIES: unknown proxy $name (sluice, sluice+transform, sluice+chain1..4," \
-            "sluice-metrics, sluice+log, sluice+log+trace1)" >&2
+        echo "PROXIES: unknown proxy $name (sluice, sluice+transform, sluice+go," \
+            "sluice+chain1..4, sluice-metrics, sluice+log, sluice+log+trace1)" >&2
         exit 1
         ;;
     esac
@@ -96,6 +99,21 @@ module = "header-transform"
 config = { request = { set = { "x-env" = "bench" } } }'
             route='"t1"'
             ;;
+        sluice+go)
+            # The Go SDK's header-transform example, built once per run (Go comes from
+            # `./dev sdk-env`, as `./dev test` sets it up). The JavaScript SDK's is left
+            # out: its 12 MB component takes ~35 s to compile natively, and many times
+            # that under valgrind.
+            local module="$work/go-header-transform.wasm"
+            if [ ! -f "$module" ]; then
+                eval "$(./dev sdk-env 2>/dev/null)"
+                "$SLUICE" plugin build plugin-sdk/go/examples/header-transform -o "$module" >&2
+            fi
+            plugins="[plugins.t1]
+module = \"$module\"
+config = { request_headers = { \"x-env\" = \"bench\" } }"
+            route='"t1"'
+            ;;
         sluice+chain[1-4])
             # The first K plugins of the chain: successive runs give each plugin's cost.
             local k=${name#sluice+chain}
@@ -113,9 +131,12 @@ listen = "127.0.0.1:$port"
 workers = 1
 
 # Valgrind cannot map the pooling allocator's address space reservation for more.
+# Large modules (the Go SDK's) are compiled before listening, not tiered up during the
+# count.
 [runtime]
 max_instances = 4
 cache_dir = "$CACHE"
+quick_start = false
 
 [admin]
 listen = "127.0.0.1:0"
