@@ -30,6 +30,22 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// The interfaces the component at `path` exports, as `package/interface@version`.
+fn exports(path: &str) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let wit_component::DecodedWasm::Component(resolve, world) =
+        wit_component::decode(&bytes).unwrap()
+    else {
+        panic!("{path} is not a component");
+    };
+    let exports = resolve.worlds[world].exports.keys();
+    let id = |key: &wit_parser::WorldKey| match key {
+        wit_parser::WorldKey::Interface(id) => resolve.id_of(*id),
+        wit_parser::WorldKey::Name(_) => None,
+    };
+    exports.filter_map(id).collect()
+}
+
 /// `sluice plugin build DIR -o OUT`, once per test binary for each project.
 pub(crate) fn build(project: &str, out_name: &str) -> String {
     static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
@@ -81,6 +97,9 @@ fn routes(pairs: &[(&str, &str)]) -> String {
 async fn go_sdk_examples_transform_headers_and_check_auth_in_the_gateway() {
     let ht = build("plugin-sdk/go/examples/header-transform", "go-header-transform");
     let auth = build("plugin-sdk/go/examples/auth-check", "go-auth-check");
+    // Built for world handler-plugin: hooks without resource handles.
+    let handler = format!("sluice:plugin/handler@{}", sluice_bindings::WORLD_VERSION);
+    assert_eq!(exports(&ht), [handler], "the Go SDK's exports");
     let gw = gateway(
         echo().await,
         &(format!(

@@ -18,9 +18,10 @@ WIT_BINDGEN=${WIT_BINDGEN:-wit-bindgen}
 crate=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -type d -name "wit-bindgen-go-$VERSION" | head -1)
 [[ -n $crate ]] || { echo "wit-bindgen-go-$VERSION sources not in the cargo registry (cargo install fetches them)" >&2; exit 1; }
 
-# export_sluice_plugin_filter is hand-written glue (the generator only names it): kept.
+# export_sluice_plugin_handler is hand-written glue (the generator only names it): kept.
+# The SDK builds for world handler-plugin: hooks without resource handles (since 0.2.3).
 rm -rf internal/bindings/imports internal/bindings/exports/wit_exports internal/wit
-"$WIT_BINDGEN" go ../../wit --world plugin --pkg-name sluice.dev/pdk/internal/bindings \
+"$WIT_BINDGEN" go ../../wit --world handler-plugin --pkg-name sluice.dev/pdk/internal/bindings \
     --out-dir internal/bindings --quiet
 mkdir -p internal/wit
 cp -r "$crate/src/pkg/wit/runtime" "$crate/src/pkg/wit/types" "$crate/src/pkg/wit/async" internal/wit/

@@ -1,5 +1,6 @@
 // Package sluice writes Sluice gateway plugins in Go (mainline Go 1.24 or newer, not
-// TinyGo), for the sluice:plugin@0.2.3 world (its `plugin` world) in wit/.
+// TinyGo), for the sluice:plugin@0.2.3 world in wit/ (its `handler-plugin` world, whose
+// hooks take no resource handles).
 //
 // A plugin is a type with a request and a response method, registered from an init
 // function with a constructor that receives the plugin's config:
@@ -44,10 +45,12 @@ import (
 	"encoding/json"
 	"fmt"
 
-	filterExport "sluice.dev/pdk/internal/bindings/exports/export_sluice_plugin_filter"
+	handlerExport "sluice.dev/pdk/internal/bindings/exports/export_sluice_plugin_handler"
 	_ "sluice.dev/pdk/internal/bindings/exports/wit_exports" // the component's exports
-	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_filter"
+	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_handler"
 	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_http"
+	request "sluice.dev/pdk/internal/bindings/imports/sluice_plugin_request"
+	response "sluice.dev/pdk/internal/bindings/imports/sluice_plugin_response"
 	witTypes "sluice.dev/pdk/internal/wit/types"
 )
 
@@ -73,7 +76,7 @@ type Phases interface {
 // it with the plugin's TOML path.
 func Register(newPlugin func(config []byte) (Plugin, error)) {
 	var plugin Plugin
-	filterExport.InitFn = func(config string) (filterExport.Hooks, error) {
+	handlerExport.InitFn = func(config string) (handlerExport.Hooks, error) {
 		p, err := safely(func() (Plugin, error) { return newPlugin([]byte(config)) })
 		if err != nil {
 			return 0, err
@@ -82,24 +85,26 @@ func Register(newPlugin func(config []byte) (Plugin, error)) {
 			return 0, fmt.Errorf("the plugin's constructor returned no plugin")
 		}
 		plugin = p
-		request, response := true, true
+		onRequest, onResponse := true, true
 		if ph, ok := p.(Phases); ok {
-			request, response = ph.Phases()
+			onRequest, onResponse = ph.Phases()
 		}
-		var hooks filterExport.Hooks
-		if request {
-			hooks |= sluice_plugin_filter.Hooks_OnRequest
+		var hooks handlerExport.Hooks
+		if onRequest {
+			hooks |= sluice_plugin_handler.Hooks_OnRequest
 		}
-		if response {
-			hooks |= sluice_plugin_filter.Hooks_OnResponse
+		if onResponse {
+			hooks |= sluice_plugin_handler.Hooks_OnResponse
 		}
 		return hooks, nil
 	}
-	filterExport.OnRequestFn = func(req *sluice_plugin_http.Request) sluice_plugin_filter.Action {
-		return plugin.OnRequest(&Request{raw: req}).raw
+	// The request and response are the call's: the values carry nothing, so passing them
+	// allocates nothing.
+	handlerExport.OnRequestFn = func() sluice_plugin_handler.Action {
+		return plugin.OnRequest(&Request{}).raw
 	}
-	filterExport.OnResponseFn = func(req *sluice_plugin_http.Request, resp *sluice_plugin_http.Response) {
-		plugin.OnResponse(&Request{raw: req}, &Response{raw: resp})
+	handlerExport.OnResponseFn = func() {
+		plugin.OnResponse(&Request{}, &Response{})
 	}
 }
 
@@ -126,12 +131,12 @@ func DecodeConfig(config []byte, v any) error {
 
 // Action is what the request phase decided: Continue, or Respond.
 type Action struct {
-	raw sluice_plugin_filter.Action
+	raw sluice_plugin_handler.Action
 }
 
 // Continue goes on with the next plugin, then the upstream.
 func Continue() Action {
-	return Action{raw: sluice_plugin_filter.MakeActionContinue()}
+	return Action{raw: sluice_plugin_handler.MakeActionContinue()}
 }
 
 // Respond answers the client with this response instead of the upstream's. Later plugins
@@ -141,7 +146,7 @@ func Respond(status int, headers map[string]string, body []byte) Action {
 	for name, value := range headers {
 		pairs = append(pairs, witTypes.Tuple2[string, string]{F0: name, F1: value})
 	}
-	return Action{raw: sluice_plugin_filter.MakeActionRespond(sluice_plugin_filter.LocalResponse{
+	return Action{raw: sluice_plugin_handler.MakeActionRespond(sluice_plugin_handler.LocalResponse{
 		Status:  uint16(status),
 		Headers: pairs,
 		Body:    body,
@@ -267,77 +272,75 @@ func option(o witTypes.Option[string]) (string, bool) {
 
 // Request is the request as it will be sent upstream. It is valid only during the call
 // it was passed to.
-type Request struct {
-	raw *sluice_plugin_http.Request
-}
+type Request struct{}
 
-func (r *Request) Method() string { return r.raw.Method() }
+func (r *Request) Method() string { return request.Method() }
 func (r *Request) SetMethod(method string) error {
-	return fieldResult(r.raw.SetMethod(method))
+	return fieldResult(request.SetMethod(method))
 }
 
 // Path is the path without the query, e.g. /api/users/7.
-func (r *Request) Path() string { return r.raw.Path() }
+func (r *Request) Path() string { return request.Path() }
 func (r *Request) SetPath(path string) error {
-	return fieldResult(r.raw.SetPath(path))
+	return fieldResult(request.SetPath(path))
 }
 
 // Query is the raw query string without the '?'; ok is false when there is none.
-func (r *Request) Query() (query string, ok bool) { return option(r.raw.Query()) }
+func (r *Request) Query() (query string, ok bool) { return option(request.Query()) }
 
 // SetQuery replaces the query; "" removes it.
 func (r *Request) SetQuery(query string) error {
 	if query == "" {
-		return fieldResult(r.raw.SetQuery(witTypes.None[string]()))
+		return fieldResult(request.SetQuery(witTypes.None[string]()))
 	}
-	return fieldResult(r.raw.SetQuery(witTypes.Some(query)))
+	return fieldResult(request.SetQuery(witTypes.Some(query)))
 }
 
 // Header is the first value of the header; ok is false when it is absent.
-func (r *Request) Header(name string) (value string, ok bool) { return option(r.raw.Header(name)) }
+func (r *Request) Header(name string) (value string, ok bool) { return option(request.Header(name)) }
 
 // HeaderValues is every value of the header, in order.
-func (r *Request) HeaderValues(name string) []string { return r.raw.HeaderAll(name) }
+func (r *Request) HeaderValues(name string) []string { return request.HeaderAll(name) }
 
 // HeaderNames is the distinct header names, lower-case, in order of first appearance.
-func (r *Request) HeaderNames() []string { return r.raw.HeaderNames() }
+func (r *Request) HeaderNames() []string { return request.HeaderNames() }
 func (r *Request) SetHeader(name, value string) error {
-	return fieldResult(r.raw.SetHeader(name, value))
+	return fieldResult(request.SetHeader(name, value))
 }
 func (r *Request) AppendHeader(name, value string) error {
-	return fieldResult(r.raw.AppendHeader(name, value))
+	return fieldResult(request.AppendHeader(name, value))
 }
 func (r *Request) RemoveHeader(name string) error {
-	return fieldResult(r.raw.RemoveHeader(name))
+	return fieldResult(request.RemoveHeader(name))
 }
 
 // Headers is the first value of each named header (at most 128), in one call to the host
 // ("" and false when absent). Since sluice:plugin@0.2.2.
 func (r *Request) Headers(names ...string) (values []string, present []bool) {
-	return headerValues(r.raw.Headers(names))
+	return headerValues(request.Headers(names))
 }
 
 // EditHeaders makes every edit (at most 128) in order, in one call to the host: all of
 // them, or none if one is refused (an *EditError names it). Since sluice:plugin@0.2.2.
 func (r *Request) EditHeaders(edits ...HeaderEdit) error {
-	return editResult(r.raw.EditHeaders(rawEdits(edits)))
+	return editResult(request.EditHeaders(rawEdits(edits)))
 }
 
 // Body is the whole body, buffered by the host on the first call (up to the route's
 // max_body_bytes).
-func (r *Request) Body() ([]byte, error) { return bodyResult(r.raw.Body()) }
+func (r *Request) Body() ([]byte, error) { return bodyResult(request.Body()) }
 
 // SetBody replaces the body; the host sets content-length.
-func (r *Request) SetBody(body []byte) { r.raw.SetBody(body) }
+func (r *Request) SetBody(body []byte) { request.SetBody(body) }
 
-func (r *Request) ClientIP() string  { return r.raw.ClientIp() }
-func (r *Request) RequestID() string { return r.raw.RequestId() }
+func (r *Request) ClientIP() string  { return request.ClientIp() }
+func (r *Request) RequestID() string { return request.RequestId() }
 
 // Route is the name of the route that matched.
-func (r *Request) Route() string { return r.raw.Route() }
+func (r *Request) Route() string { return request.Route() }
 
 // Param is route parameter name ({id} in path = "/users/{id}"), percent-decoded.
-func (r *Request) Param(name string) (value string, ok bool) { return option(r.raw.Param(name)) }
+func (r *Request) Param(name string) (value string, ok bool) { return option(request.Param(name)) }
 
 // ClientCert is who the client's TLS certificate says it is.
 type ClientCert struct {
@@ -356,7 +359,7 @@ type ClientCert struct {
 // verified against the listener's client_ca (mTLS); ok is false on plain HTTP and when the
 // client sent none. Since sluice:plugin@0.2.1.
 func (r *Request) ClientCert() (cert ClientCert, ok bool) {
-	o := r.raw.ClientCert()
+	o := request.ClientCert()
 	if !o.IsSome() {
 		return ClientCert{}, false
 	}
@@ -365,46 +368,45 @@ func (r *Request) ClientCert() (cert ClientCert, ok bool) {
 }
 
 // Context is what this plugin stored under key for this request with SetContext.
-func (r *Request) Context(key string) (value string, ok bool) { return option(r.raw.Context(key)) }
+func (r *Request) Context(key string) (value string, ok bool) { return option(request.Context(key)) }
 
 // SetContext keeps value for this plugin's later phases of this request.
 func (r *Request) SetContext(key, value string) error {
-	return fieldResult(r.raw.SetContext(key, value))
+	return fieldResult(request.SetContext(key, value))
 }
 
-// Response is the response on its way to the client.
-type Response struct {
-	raw *sluice_plugin_http.Response
-}
+// Response is the response on its way to the client. It is valid only during the call
+// it was passed to.
+type Response struct{}
 
-func (r *Response) Status() int { return int(r.raw.Status()) }
+func (r *Response) Status() int { return int(response.Status()) }
 func (r *Response) SetStatus(code int) error {
 	if code < 0 || code > 65535 {
 		return &FieldError{Reason: "invalid-value"}
 	}
-	return fieldResult(r.raw.SetStatus(uint16(code)))
+	return fieldResult(response.SetStatus(uint16(code)))
 }
-func (r *Response) Header(name string) (value string, ok bool) { return option(r.raw.Header(name)) }
-func (r *Response) HeaderValues(name string) []string          { return r.raw.HeaderAll(name) }
-func (r *Response) HeaderNames() []string                      { return r.raw.HeaderNames() }
+func (r *Response) Header(name string) (value string, ok bool) { return option(response.Header(name)) }
+func (r *Response) HeaderValues(name string) []string          { return response.HeaderAll(name) }
+func (r *Response) HeaderNames() []string                      { return response.HeaderNames() }
 func (r *Response) SetHeader(name, value string) error {
-	return fieldResult(r.raw.SetHeader(name, value))
+	return fieldResult(response.SetHeader(name, value))
 }
 func (r *Response) AppendHeader(name, value string) error {
-	return fieldResult(r.raw.AppendHeader(name, value))
+	return fieldResult(response.AppendHeader(name, value))
 }
 func (r *Response) RemoveHeader(name string) error {
-	return fieldResult(r.raw.RemoveHeader(name))
+	return fieldResult(response.RemoveHeader(name))
 }
 
 // Headers is the first value of each named header, in one call. Since 0.2.2.
 func (r *Response) Headers(names ...string) (values []string, present []bool) {
-	return headerValues(r.raw.Headers(names))
+	return headerValues(response.Headers(names))
 }
 
 // EditHeaders makes every edit, or none if one is refused. Since 0.2.2.
 func (r *Response) EditHeaders(edits ...HeaderEdit) error {
-	return editResult(r.raw.EditHeaders(rawEdits(edits)))
+	return editResult(response.EditHeaders(rawEdits(edits)))
 }
-func (r *Response) Body() ([]byte, error) { return bodyResult(r.raw.Body()) }
-func (r *Response) SetBody(body []byte)   { r.raw.SetBody(body) }
+func (r *Response) Body() ([]byte, error) { return bodyResult(response.Body()) }
+func (r *Response) SetBody(body []byte)   { response.SetBody(body) }

@@ -151,7 +151,8 @@ fn build_go(dir: &Path, output: &Path) -> Result<Vec<u8>, BuildError> {
     componentize(module).map_err(|e| BuildError::Other(format!("{e:#}")))
 }
 
-/// Embeds the world and wraps a wasip1 reactor module into a component.
+/// Embeds the world and wraps a wasip1 reactor module into a component. The Go SDK builds
+/// for world `handler-plugin` (hooks without resource handles).
 pub(crate) fn componentize(mut module: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
     let wit = tempdir()?;
@@ -160,7 +161,7 @@ pub(crate) fn componentize(mut module: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     }
     let mut resolve = wit_parser::Resolve::default();
     let (package, _) = resolve.push_dir(&wit.0).context("parsing the built-in WIT")?;
-    let world = resolve.select_world(&[package], Some("plugin"))?;
+    let world = resolve.select_world(&[package], Some("handler-plugin"))?;
     wit_component::embed_component_metadata(
         &mut module,
         &resolve,

@@ -7,9 +7,8 @@ package wit_exports
 
 import (
 	"runtime"
-	"sluice.dev/pdk/internal/bindings/exports/export_sluice_plugin_filter"
-	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_filter"
-	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_http"
+	"sluice.dev/pdk/internal/bindings/exports/export_sluice_plugin_handler"
+	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_handler"
 	witRuntime "sluice.dev/pdk/internal/wit/runtime"
 	witTypes "sluice.dev/pdk/internal/wit/types"
 	"unsafe"
@@ -19,13 +18,13 @@ var staticPinner = runtime.Pinner{}
 var exportReturnArea = uintptr(witRuntime.Allocate(&staticPinner, (6 * 4), 4))
 var syncExportPinner = runtime.Pinner{}
 
-//go:wasmexport sluice:plugin/filter@0.2.3#init
-func wasm_export_sluice_plugin_filter_init(arg0 uintptr, arg1 uint32) uintptr {
+//go:wasmexport sluice:plugin/handler@0.2.3#init
+func wasm_export_sluice_plugin_handler_init(arg0 uintptr, arg1 uint32) uintptr {
 
 	pinner := &syncExportPinner
 	value := unsafe.String((*uint8)(unsafe.Pointer(arg0)), arg1)
 	witRuntime.Unpin()
-	result := export_sluice_plugin_filter.Init(value)
+	result := export_sluice_plugin_handler.Init(value)
 
 	switch result.Tag() {
 	case witTypes.ResultOk:
@@ -48,23 +47,23 @@ func wasm_export_sluice_plugin_filter_init(arg0 uintptr, arg1 uint32) uintptr {
 
 }
 
-//go:wasmexport cabi_post_sluice:plugin/filter@0.2.3#init
-func wasm_export_post_return_sluice_plugin_filter_init(result uintptr) {
+//go:wasmexport cabi_post_sluice:plugin/handler@0.2.3#init
+func wasm_export_post_return_sluice_plugin_handler_init(result uintptr) {
 	syncExportPinner.Unpin()
 }
 
-//go:wasmexport sluice:plugin/filter@0.2.3#on-request
-func wasm_export_sluice_plugin_filter_on_request(arg0 int32) uintptr {
+//go:wasmexport sluice:plugin/handler@0.2.3#on-request
+func wasm_export_sluice_plugin_handler_on_request() uintptr {
 
 	pinner := &syncExportPinner
-	result := export_sluice_plugin_filter.OnRequest(sluice_plugin_http.RequestFromBorrowHandle(int32(uintptr(arg0))))
+	result := export_sluice_plugin_handler.OnRequest()
 
 	switch result.Tag() {
-	case sluice_plugin_filter.Action_Continue:
+	case sluice_plugin_handler.Action_Continue:
 
 		*(*int8)(unsafe.Add(unsafe.Pointer(exportReturnArea), 0)) = int8(int32(0))
 
-	case sluice_plugin_filter.Action_Respond:
+	case sluice_plugin_handler.Action_Respond:
 		payload := result.Respond()
 		*(*int8)(unsafe.Add(unsafe.Pointer(exportReturnArea), 0)) = int8(int32(1))
 		*(*int16)(unsafe.Add(unsafe.Pointer(exportReturnArea), 4)) = int16(int32((payload).Status))
@@ -98,14 +97,14 @@ func wasm_export_sluice_plugin_filter_on_request(arg0 int32) uintptr {
 
 }
 
-//go:wasmexport cabi_post_sluice:plugin/filter@0.2.3#on-request
-func wasm_export_post_return_sluice_plugin_filter_on_request(result uintptr) {
+//go:wasmexport cabi_post_sluice:plugin/handler@0.2.3#on-request
+func wasm_export_post_return_sluice_plugin_handler_on_request(result uintptr) {
 	syncExportPinner.Unpin()
 }
 
-//go:wasmexport sluice:plugin/filter@0.2.3#on-response
-func wasm_export_sluice_plugin_filter_on_response(arg0 int32, arg1 int32) {
+//go:wasmexport sluice:plugin/handler@0.2.3#on-response
+func wasm_export_sluice_plugin_handler_on_response() {
 
-	export_sluice_plugin_filter.OnResponse(sluice_plugin_http.RequestFromBorrowHandle(int32(uintptr(arg0))), sluice_plugin_http.ResponseFromBorrowHandle(int32(uintptr(arg1))))
+	export_sluice_plugin_handler.OnResponse()
 
 }

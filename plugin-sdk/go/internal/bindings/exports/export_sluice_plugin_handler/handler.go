@@ -1,7 +1,7 @@
-// Package export_sluice_plugin_filter is where the generated export glue (wit_exports)
-// looks for the filter's functions. It is hand-written, not generated: it forwards to the
+// Package export_sluice_plugin_handler is where the generated export glue (wit_exports)
+// looks for the handler's functions. It is hand-written, not generated: it forwards to the
 // handlers that package sluice installs, and keeps memory steady between calls.
-package export_sluice_plugin_filter
+package export_sluice_plugin_handler
 
 import (
 	"runtime"
@@ -11,22 +11,21 @@ import (
 	witRuntime "sluice.dev/pdk/internal/wit/runtime"
 	witTypes "sluice.dev/pdk/internal/wit/types"
 
-	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_filter"
-	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_http"
+	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_handler"
 )
 
 type (
-	Request  = sluice_plugin_http.Request
-	Response = sluice_plugin_http.Response
-	Hooks    = sluice_plugin_filter.Hooks
-	Action   = sluice_plugin_filter.Action
+	Hooks  = sluice_plugin_handler.Hooks
+	Action = sluice_plugin_handler.Action
 )
 
-// Set by package sluice when the plugin registers.
+// Set by package sluice when the plugin registers. The hooks take no arguments: the
+// request and response are the call's, read and edited through the request and response
+// interfaces (world handler-plugin).
 var (
 	InitFn       func(config string) (Hooks, error)
-	OnRequestFn  func(req *Request) Action
-	OnResponseFn func(req *Request, resp *Response)
+	OnRequestFn  func() Action
+	OnResponseFn func()
 )
 
 func Init(config string) witTypes.Result[Hooks, string] {
@@ -41,21 +40,14 @@ func Init(config string) witTypes.Result[Hooks, string] {
 	return witTypes.Ok[Hooks, string](hooks)
 }
 
-// The request and response are borrowed from the host: the component model requires the
-// borrow handles to be dropped before the call returns (or the call traps with "borrow
-// handles still remain at the end of the call"). The generated code leaves that to us.
-
-func OnRequest(req *Request) Action {
+func OnRequest() Action {
 	defer release()
-	defer req.Drop()
-	return OnRequestFn(req)
+	return OnRequestFn()
 }
 
-func OnResponse(req *Request, resp *Response) {
+func OnResponse() {
 	defer release()
-	defer req.Drop()
-	defer resp.Drop()
-	OnResponseFn(req, resp)
+	OnResponseFn()
 }
 
 // release runs when a hook call returns. It does two things the generated bindings do not:

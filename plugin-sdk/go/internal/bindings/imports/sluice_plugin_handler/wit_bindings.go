@@ -3,15 +3,11 @@
 // This code was generated from the following packages:
 //     sluice:plugin@0.2.3
 
-package sluice_plugin_filter
+package sluice_plugin_handler
 
 import (
-	"sluice.dev/pdk/internal/bindings/imports/sluice_plugin_http"
 	witTypes "sluice.dev/pdk/internal/wit/types"
 )
-
-type Request = sluice_plugin_http.Request
-type Response = sluice_plugin_http.Response
 
 const (
 	Hooks_OnRequest  uint8 = 1 << 0
@@ -34,9 +30,7 @@ type LocalResponse struct {
 const (
 	// Go on with the next plugin, then the upstream, with the request as modified.
 	Action_Continue uint8 = 0
-	// Stop here and answer the client with this response. Later plugins and the
-	// upstream are skipped; the response phases of the plugins that ran before this one
-	// still run, in reverse order, on this response.
+	// Stop here and answer the client with this response (see `filter.action`).
 	Action_Respond uint8 = 1
 )
 
