@@ -222,6 +222,9 @@ async fn go_sdk_survives_20000_requests_with_many_headers_and_large_bodies() {
 async fn js_sdk_examples_transform_headers_and_rewrite_json_in_the_gateway() {
     let ht = build("plugin-sdk/js/examples/header-transform", "js-header-transform");
     let jr = build("plugin-sdk/js/examples/json-rewrite", "js-json-rewrite");
+    // Built for world handler-plugin: hooks without resource handles.
+    let handler = format!("sluice:plugin/handler@{}", sluice_bindings::WORLD_VERSION);
+    assert_eq!(exports(&ht), [handler], "the JavaScript SDK's exports");
     let cache = tempfile::tempdir().unwrap();
     let rest = format!(
         r#"

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds a JavaScript Sluice plugin into a Wasm component for the sluice:plugin world.
+// Builds a JavaScript Sluice plugin into a Wasm component for the sluice:plugin world
+// (its `handler-plugin` world: hooks without resource handles).
 //
 //   node build.mjs plugin.js -o plugin.wasm [--wit DIR] [--enable clocks,http]
 //
@@ -17,8 +18,13 @@ import { fileURLToPath } from 'node:url';
 //   throw anything (the component model wants a string: the message is passed on);
 // - `onRequest` may return nothing (continue), `{ tag: 'continue' }`, `{ tag: 'respond',
 //   val }`, or a plain response `{ status, headers, body }` with headers as an object or a
-//   list of pairs and body as a string or bytes.
+//   list of pairs and body as a string or bytes;
+// - the component exports `handler`, whose hooks take no arguments: the plugin's `req` and
+//   `resp` are the `request` and `response` interfaces themselves, whose functions have the
+//   names and signatures of `http.request`'s and `http.response`'s methods.
 const ENTRY = `import { filter as plugin } from PLUGIN;
+import * as request from 'sluice:plugin/request@VERSION';
+import * as response from 'sluice:plugin/response@VERSION';
 const encoder = new TextEncoder();
 const message = (e) => (typeof e === 'string' ? e : e && e.message ? e.message : String(e));
 function action(value) {
@@ -33,7 +39,7 @@ function action(value) {
   }
   throw new Error('onRequest returned something that is not an action or a response');
 }
-export const filter = {
+export const handler = {
   init(config) {
     let hooks;
     try {
@@ -43,11 +49,11 @@ export const filter = {
     }
     return hooks ?? { onRequest: !!plugin.onRequest, onResponse: !!plugin.onResponse };
   },
-  onRequest(req) {
-    return action(plugin.onRequest ? plugin.onRequest(req) : undefined);
+  onRequest() {
+    return action(plugin.onRequest ? plugin.onRequest(request) : undefined);
   },
-  onResponse(req, resp) {
-    if (plugin.onResponse) plugin.onResponse(req, resp);
+  onResponse() {
+    if (plugin.onResponse) plugin.onResponse(request, response);
   },
 };
 `;
@@ -105,13 +111,13 @@ if (stale.length) {
 // The component's entry is a small wrapper around the plugin module (see ENTRY below),
 // written next to it so its relative import resolves.
 const entry = join(dirname(resolve(source)), `.sluice-entry-${process.pid}.mjs`);
-await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify(module)));
+await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify(module)).replaceAll('VERSION', WORLD ?? '0.2.3'));
 const started = Date.now();
 try {
   const { component } = await componentize({
     sourcePath: entry,
     witPath: resolve(wit),
-    worldName: 'plugin',
+    worldName: 'handler-plugin',
     disableFeatures: ALL.filter((f) => !enabled.includes(f)),
   });
   await writeFile(out, component);

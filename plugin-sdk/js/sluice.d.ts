@@ -1,5 +1,8 @@
-// TypeScript declarations for the sluice:plugin@0.2.3 `plugin` world (wit/), as
-// componentize-js maps it to JavaScript. The WIT files are the reference; this mirrors them:
+// TypeScript declarations for the sluice:plugin@0.2.3 package (wit/), as componentize-js
+// maps it to JavaScript. The WIT files are the reference; this mirrors them. `build.mjs`
+// builds for the `handler-plugin` world: a plugin's `req` and `resp` are the `request` and
+// `response` interfaces of the call in progress, which have the `Request` and `Response`
+// methods below as functions of the same names (so no handles pass on a hook call).
 //
 // - kebab-case names become camelCase (`set-header` -> `setHeader`);
 // - `option<T>` is `T | undefined`; `u64`/`s64` are `bigint`; `list<u8>` is `Uint8Array`;
