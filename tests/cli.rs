@@ -201,6 +201,37 @@ fn version_names_the_commit_and_the_plugin_world_and_completions_print() {
     assert!(run(&["completions", "fish"]).contains("complete -c sluice"));
 }
 
+/// Every SDK builds for world `handler-plugin`, but components of world `plugin` (hooks given
+/// resource handles) keep loading, and their header methods are registered separately, to
+/// read names and values in place. tests/plugins/filter-world makes each of those calls on
+/// the request and the response: single and batched reads, set, append, remove, a batch of
+/// edits, and a batch the host must refuse whole (it names `content-length`).
+#[tokio::test]
+async fn a_plugin_world_components_header_methods_all_work() {
+    let rest = format!(
+        "[plugins.f]\nmodule = \"{}\"\n\n[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\nplugins = [\"f\"]\n",
+        plugin("sluice_test_filter_world")
+    );
+    let gw = gateway(echo().await, &rest).await;
+    let sent = [("x-a", "alpha"), ("x-b", "beta"), ("x-drop", "1"), ("x-drop2", "2")];
+    for _ in 0..3 {
+        let r = get(gw.addr, "/x", &sent).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.echoed_header("x-filter-failed"), None, "a header call failed");
+        assert_eq!(r.echoed_header("x-filter-one").as_deref(), Some("alpha"));
+        assert_eq!(r.echoed_header("x-filter-batch").as_deref(), Some("alpha|beta|-"));
+        assert_eq!(r.echoed_header("x-filter-refused").as_deref(), Some("refused"));
+        assert_eq!(r.echoed_header("x-never"), None, "a refused batch made an edit");
+        assert_eq!(r.echoed_header("x-filter-set").as_deref(), Some("1, 2"));
+        assert_eq!(r.echoed_header("x-drop"), None);
+        assert_eq!(r.echoed_header("x-drop2"), None);
+        assert_eq!(r.header("x-filter-out"), Some("ok"));
+        assert_eq!(r.header("x-filter-type"), r.header("content-type"));
+        assert!(r.header("x-filter-type").is_some_and(|t| !t.is_empty()));
+    }
+    gw.shutdown().await;
+}
+
 /// Adding to the world is a patch bump within 0.2: a plugin built for 0.2.0 (against a
 /// frozen copy of that WIT, tests/plugins/world-0.2.0) loads and runs next to current ones,
 /// and the gateway says which world it was built for. The two are of different worlds on one
