@@ -765,10 +765,51 @@ fn names(map: &HeaderMap) -> Vec<String> {
 
 /// A header name a plugin may write: valid, and not one the gateway owns.
 pub fn writable_name(name: &str) -> Result<HeaderName, FieldError> {
-    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FieldError::InvalidName)?;
-    match message::is_host_owned_header(&name) {
-        true => Err(FieldError::Forbidden),
-        false => Ok(name),
+    if let Some(known) = recent::get(name) {
+        return Ok(known);
+    }
+    let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FieldError::InvalidName)?;
+    if message::is_host_owned_header(&parsed) {
+        return Err(FieldError::Forbidden);
+    }
+    // Only a name written as it is kept (lower case): an exact match then finds it.
+    if parsed.as_str() == name {
+        recent::keep(&parsed);
+    }
+    Ok(parsed)
+}
+
+/// The names plugins wrote lately on this thread, checked and ready to clone. Plugins write
+/// the same few names on every request, and making a name from bytes validates each byte
+/// and, for a name outside the standard set, allocates; a clone of a kept one is a
+/// reference count. Only names that passed [`writable_name`]'s checks are kept.
+mod recent {
+    use std::cell::RefCell;
+
+    use http::HeaderName;
+
+    const SLOTS: usize = 16;
+
+    struct Names {
+        slots: [Option<HeaderName>; SLOTS],
+        next: usize,
+    }
+
+    thread_local! {
+        static NAMES: RefCell<Names> =
+            const { RefCell::new(Names { slots: [const { None }; SLOTS], next: 0 }) };
+    }
+
+    pub(super) fn get(name: &str) -> Option<HeaderName> {
+        NAMES.with_borrow(|n| n.slots.iter().flatten().find(|k| k.as_str() == name).cloned())
+    }
+
+    pub(super) fn keep(name: &HeaderName) {
+        NAMES.with_borrow_mut(|n| {
+            let at = n.next;
+            n.slots[at] = Some(name.clone());
+            n.next = (at + 1) % SLOTS;
+        });
     }
 }
 
@@ -865,5 +906,25 @@ mod tests {
         assert_eq!(lossy(&utf8), "caf\u{e9}");
         let invalid = HeaderValue::from_bytes(b"a\xffb").unwrap();
         assert_eq!(lossy(&invalid), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn writable_names_are_kept_only_after_their_checks() {
+        // Twice each: the second answer may come from the names kept on this thread.
+        for _ in 0..2 {
+            assert_eq!(writable_name("x-ratelimit-limit").unwrap().as_str(), "x-ratelimit-limit");
+            assert_eq!(writable_name("X-Mixed-Case").unwrap().as_str(), "x-mixed-case");
+            assert_eq!(writable_name("vary").unwrap(), http::header::VARY);
+            assert!(matches!(writable_name("content-length"), Err(FieldError::Forbidden)));
+            assert!(matches!(writable_name("Transfer-Encoding"), Err(FieldError::Forbidden)));
+            assert!(matches!(writable_name("bad name"), Err(FieldError::InvalidName)));
+            assert!(matches!(writable_name(""), Err(FieldError::InvalidName)));
+        }
+        // More names than slots: every one still comes back as itself.
+        for i in 0..40 {
+            let name = format!("x-name-{i}");
+            assert_eq!(writable_name(&name).unwrap().as_str(), name);
+        }
+        assert_eq!(writable_name("x-ratelimit-limit").unwrap().as_str(), "x-ratelimit-limit");
     }
 }
