@@ -253,6 +253,7 @@ func (e *BodyError) Error() string {
 }
 
 func bodyResult(r witTypes.Result[[]uint8, sluice_plugin_http.BodyError]) ([]byte, error) {
+	handlerExport.BodyRead()
 	if r.IsOk() {
 		return r.Ok(), nil
 	}

@@ -76,6 +76,9 @@ const minGCBudget = 4 << 20
 // than a small hook's own work, so collect() reads it only when the calls since the last
 // reading could have used a quarter of the budget left, at the rate they allocated at
 // before: every call for a plugin that allocates much, at most every maxCheckEvery calls.
+// A call that read a body is always checked: a body's size is the client's choice (up to
+// the route's max_body_bytes), so a run of large ones after small ones must not pile up
+// garbage for maxCheckEvery calls.
 const maxCheckEvery = 16
 
 var (
@@ -87,7 +90,14 @@ var (
 	allocsAtRead uint64
 	callsSince   uint64
 	checkEvery   uint64 = 1
+	// Set when the call in progress received a body from the host.
+	readBody bool
 )
+
+// BodyRead tells collect() that the call in progress received a body from the host.
+func BodyRead() {
+	readBody = true
+}
 
 func init() {
 	debug.SetGCPercent(-1)
@@ -95,9 +105,10 @@ func init() {
 
 func collect() {
 	callsSince++
-	if callsSince < checkEvery {
+	if callsSince < checkEvery && !readBody {
 		return
 	}
+	readBody = false
 	metrics.Read(gcSamples[:1])
 	allocs := gcSamples[0].Value.Uint64()
 	perCall := max((allocs-allocsAtRead)/callsSince, 1)
