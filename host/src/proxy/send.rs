@@ -38,8 +38,8 @@ pub async fn upstream(
     // Over HTTP/2 the client sent no key: the gateway's stands in for it.
     let h2_key = ctx.upgrade.as_ref().and_then(|u| u.h2.as_ref()).map(|(key, _)| key.clone());
     let compresses = route.compression.is_some();
-    let prepare = |req: &mut Request<BoxBody>, endpoint: &http::uri::Authority| {
-        prepare(req, endpoint, scheme, id);
+    let prepare = |req: &mut Request<BoxBody>| {
+        prepare(req, scheme, id);
         if compresses {
             // The gateway compresses: plugins and it get the body plain.
             req.headers_mut().remove(http::header::ACCEPT_ENCODING);
@@ -101,27 +101,15 @@ fn switched(
     }
 }
 
-/// The upstream request for `endpoint`: its URI, Host, hop-by-hop headers dropped, and the
-/// forwarding headers.
-fn prepare(
-    req: &mut Request<BoxBody>,
-    endpoint: &http::uri::Authority,
-    scheme: &http::uri::Scheme,
-    id: &HeaderValue,
-) {
+/// The upstream request: Host, hop-by-hop headers dropped, and the forwarding headers. Its
+/// URI stays the client's: the transport makes the request line for the endpoint.
+fn prepare(req: &mut Request<BoxBody>, scheme: &http::uri::Scheme, id: &HeaderValue) {
     let client_host = req.headers().get(http::header::HOST).cloned();
     // HTTP/2 clients send `:authority` instead of Host; the upstream needs a Host header.
     let authority_host = match client_host {
         Some(_) => None,
         None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(endpoint.clone());
-    uri.path_and_query = req.uri().path_and_query().cloned();
-    if let Ok(u) = http::Uri::from_parts(uri) {
-        *req.uri_mut() = u;
-    }
     // HTTP/1.1 whatever the client spoke; an HTTP/2 upstream's pool sets its own.
     *req.version_mut() = http::Version::HTTP_11;
     let headers = req.headers_mut();

@@ -32,11 +32,12 @@ impl super::send::Transport for Connections {
     fn request(
         &self,
         req: http::Request<crate::message::BoxBody>,
+        endpoint: &http::uri::Authority,
     ) -> impl Future<Output = Result<http::Response<Self::Body>, super::send::TransportError>> + Send
     {
         match self {
-            Connections::Http1(pool) => Sending::Http1 { sent: pool.request(req) },
-            Connections::H2(pool) => Sending::H2 { sent: pool.request(req) },
+            Connections::Http1(pool) => Sending::Http1 { sent: pool.request(req, endpoint) },
+            Connections::H2(pool) => Sending::H2 { sent: pool.request(req, endpoint) },
         }
     }
 

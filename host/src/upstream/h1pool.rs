@@ -115,28 +115,29 @@ impl H1 {
         }
     }
 
-    /// Sends `req`, whose URI names the endpoint (as the upstream stage builds it).
+    /// Sends `req` to `endpoint`.
     pub(crate) async fn request(
         &self,
         mut req: Request<BoxBody>,
+        endpoint: &Authority,
     ) -> Result<Response<super::ResponseBody>, TransportError> {
-        let Some(endpoint) = req.uri().authority().cloned() else {
-            return Err(TransportError::Connect("no endpoint in the request URI".into()));
-        };
         if !req.headers().contains_key(http::header::HOST)
             && let Ok(host) = http::HeaderValue::from_str(endpoint.as_str())
         {
             req.headers_mut().insert(http::header::HOST, host);
         }
         // HTTP/1.1 sends the path and query (origin form); the endpoint is the connection.
-        let target = req.uri().path_and_query().cloned();
-        *req.uri_mut() = Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
-        let idle = self.idle_of(&endpoint);
+        // A client's origin-form request is already that, and goes as it is.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let target = req.uri().path_and_query().cloned();
+            *req.uri_mut() = Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        }
+        let idle = self.idle_of(endpoint);
         loop {
             let (mut sender, id, local, reused) = match checkout(&idle) {
                 Some(p) => (p.sender, p.id, p.local, true),
                 None => {
-                    let (sender, id, local) = self.connect(&endpoint, &idle).await?;
+                    let (sender, id, local) = self.connect(endpoint, &idle).await?;
                     (sender, id, local, false)
                 }
             };

@@ -196,18 +196,16 @@ impl H2 {
         }
     }
 
-    /// Sends `req`, whose URI names the endpoint (as the upstream stage builds it).
+    /// Sends `req` to `endpoint`.
     pub(crate) async fn request(
         &self,
         mut req: Request<BoxBody>,
+        endpoint: &Authority,
     ) -> Result<Response<super::ResponseBody>, TransportError> {
-        let Some(endpoint) = req.uri().authority().cloned() else {
-            return Err(TransportError::Connect("no endpoint in the request URI".into()));
-        };
-        self.for_h2(&mut req, &endpoint);
+        self.for_h2(&mut req, endpoint);
         let mut moves = 0;
         loop {
-            let mut stream = self.checkout(&endpoint);
+            let mut stream = self.checkout(endpoint);
             let conn = stream.conn.clone();
             let mut sender = ready(&conn).await?;
             if moves < MOVES && conn.over_limit() {

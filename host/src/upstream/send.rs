@@ -44,7 +44,8 @@ impl Targets {
     }
 
     /// Sends the request to the chosen upstream, with retries. `prepare` fills in the
-    /// upstream request for the chosen endpoint (URI, Host, forwarding headers). `watch`
+    /// upstream request (Host, forwarding headers); the endpoint goes to the transport
+    /// beside it, which writes the request line its protocol needs. `watch`
     /// follows the client's body while it streams: an attempt that failed because of it is
     /// the client's fault, reported as such, never retried and never held against the
     /// endpoint.
@@ -52,7 +53,7 @@ impl Targets {
         &self,
         trace: &mut Trace,
         request: Outgoing<'_>,
-        prepare: impl Fn(&mut Request<BoxBody>, &Authority),
+        prepare: impl Fn(&mut Request<BoxBody>),
     ) -> Result<Sent, SendError> {
         let upstream = self.choose(request.parts, request.client_ip);
         let key = match &upstream.config.strategy {
@@ -80,15 +81,6 @@ impl Targets {
             point -= u64::from(*w);
         }
         &self.split[0].0
-    }
-}
-
-/// Makes the upstream request's URI `https://`: the connector speaks TLS for it.
-fn set_https(req: &mut Request<BoxBody>) {
-    let mut parts = req.uri().clone().into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTPS);
-    if let Ok(uri) = http::Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
     }
 }
 
@@ -137,9 +129,13 @@ pub struct AttemptRecord {
 /// How an attempt's request is carried: hyper's pooled client, or a script in tests.
 pub(crate) trait Transport: Sync {
     type Body: Send;
+    /// Carries `req` to `endpoint`. The request's URI is the client's (origin form, or
+    /// absolute with the client's authority): the transport writes the request line or
+    /// pseudo-headers its protocol and scheme need.
     fn request(
         &self,
         req: Request<BoxBody>,
+        endpoint: &Authority,
     ) -> impl Future<Output = Result<Response<Self::Body>, TransportError>> + Send;
     /// Never reuses the connection that carried `response`.
     fn close_connection_of(&self, response: &Response<Self::Body>);
@@ -161,7 +157,7 @@ impl Upstream {
         trace: &mut Trace,
         request: Outgoing<'_>,
         key: Option<u64>,
-        prepare: impl Fn(&mut Request<BoxBody>, &Authority),
+        prepare: impl Fn(&mut Request<BoxBody>),
     ) -> Result<Sent<T::Body>, SendError> {
         let Outgoing { parts, body, watch, trace: traced, deadline: client_deadline, .. } = request;
         let policy = &self.config.retry;
@@ -200,10 +196,7 @@ impl Upstream {
                 return Err(UpstreamError::BodySpent { endpoint: endpoint.to_string() }.into());
             };
             let mut req = Request::from_parts(parts.clone(), attempt_body);
-            prepare(&mut req, &endpoint);
-            if self.config.tls.is_some() {
-                set_https(&mut req);
-            }
+            prepare(&mut req);
             let span_id = traced.map(|t| {
                 let span = TraceContext::new_span_id();
                 req.headers_mut().insert(TRACEPARENT.clone(), t.with_span(span).traceparent());
@@ -214,7 +207,7 @@ impl Upstream {
                 Some(d) => self.config.timeout.min(d.saturating_duration_since(started)),
                 None => self.config.timeout,
             };
-            let sent = tokio::time::timeout(timeout, transport.request(req)).await;
+            let sent = tokio::time::timeout(timeout, transport.request(req, &endpoint)).await;
             let retry_status = |status: http::StatusCode| {
                 idempotent
                     && policy.statuses.contains(&status.as_u16())

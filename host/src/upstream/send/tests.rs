@@ -32,11 +32,11 @@ impl Transport for Script {
 
     fn request(
         &self,
-        req: Request<BoxBody>,
+        _: Request<BoxBody>,
+        endpoint: &Authority,
     ) -> impl Future<Output = Result<Response<()>, TransportError>> + Send {
         let step = self.steps.lock().unwrap().pop_front().expect("a step for every attempt");
-        let endpoint = req.uri().authority().expect("prepared").to_string();
-        self.endpoints.lock().unwrap().push(endpoint);
+        self.endpoints.lock().unwrap().push(endpoint.to_string());
         async move {
             match step {
                 Step::Status(s) => Ok(Response::builder().status(s).body(()).unwrap()),
@@ -92,10 +92,7 @@ async fn send_by(
         trace: None,
         deadline,
     };
-    let prepare = |req: &mut Request<BoxBody>, endpoint: &Authority| {
-        *req.uri_mut() = format!("http://{endpoint}/x").parse().unwrap();
-    };
-    let result = up.send_with(script, up, &mut trace, out, None, prepare).await;
+    let result = up.send_with(script, up, &mut trace, out, None, |_| {}).await;
     (result, trace)
 }
 
