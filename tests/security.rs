@@ -174,6 +174,14 @@ upstream = "echo"
     let reply = raw(gw.addr, &get_raw("/x", "Other.Test."), false).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     assert_eq!(rec.seen()[0].headers["host"], "other.test");
+    // An absolute target reaches the upstream in origin form: it reads the path the router
+    // matched and the Host it checked, never an authority of the client's in the target.
+    let req =
+        b"GET http://Other.Test/x?q=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(status_of(&raw(gw.addr, req, false).await), 200);
+    let seen = &rec.seen()[1];
+    assert_eq!(seen.target, "/x?q=1");
+    assert_eq!(seen.headers["host"], "other.test");
     gw.shutdown().await;
 }
 

@@ -96,9 +96,13 @@ if (!out) out = source.replace(/\.[cm]?[jt]s$/, '') + '.wasm';
 // at this SDK's version, in a copy next to it (so its relative imports still resolve).
 const worldWit = await readFile(join(resolve(wit), 'world.wit'), 'utf8').catch(() => '');
 const WORLD = worldWit.match(/^package sluice:plugin@([0-9.]+);/m)?.[1];
+if (!WORLD) {
+  console.error(`error: no \`package sluice:plugin@X.Y.Z;\` line in ${join(resolve(wit), 'world.wit')}: the wrapper imports the world's interfaces by version`);
+  process.exit(1);
+}
 const text = await readFile(source, 'utf8');
 const older = new RegExp(`(['"]sluice:plugin/[a-z-]+@)(0\\.2\\.\\d+)(['"])`, 'g');
-const stale = WORLD ? [...new Set([...text.matchAll(older)].map((m) => m[2]).filter((v) => v !== WORLD))] : [];
+const stale = [...new Set([...text.matchAll(older)].map((m) => m[2]).filter((v) => v !== WORLD))];
 let module = './' + basename(source);
 let copy;
 if (stale.length) {
@@ -111,7 +115,7 @@ if (stale.length) {
 // The component's entry is a small wrapper around the plugin module (see ENTRY below),
 // written next to it so its relative import resolves.
 const entry = join(dirname(resolve(source)), `.sluice-entry-${process.pid}.mjs`);
-await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify(module)).replaceAll('VERSION', WORLD ?? '0.2.3'));
+await writeFile(entry, ENTRY.replace('PLUGIN', JSON.stringify(module)).replaceAll('VERSION', WORLD));
 const started = Date.now();
 try {
   const { component } = await componentize({

@@ -127,8 +127,10 @@ impl H1 {
             req.headers_mut().insert(http::header::HOST, host);
         }
         // HTTP/1.1 sends the path and query (origin form); the endpoint is the connection.
-        // A client's origin-form request is already that, and goes as it is.
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        // A client's origin-form request is already that, and goes as it is; an absolute
+        // one (an HTTP/2 client's, or absolute-form) is cut to its path, so the upstream
+        // reads the target the router matched and not an authority of the client's.
+        if req.uri().authority().is_some() {
             let target = req.uri().path_and_query().cloned();
             *req.uri_mut() = Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")));
         }
