@@ -436,6 +436,59 @@ async fn silent_connections_are_closed_and_one_address_cannot_take_every_connect
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_trickled_in_is_cut_at_the_header_timeout() {
+    let (rec, up) = Recorder::start().await;
+    // Bytes keep coming, so only the header timeout (not the idle one) can end these.
+    let text = config_text(up, "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n")
+        .replace("[server]\n", "[server]\nheader_timeout = \"1s\"\nidle_timeout = \"30s\"\n");
+    let gw = sluice::start(source(text)).await.unwrap();
+    // Slowloris: a header line every 100 ms, on a new connection and on a kept-alive one
+    // after a first request was answered (the timer starts again for every head).
+    let trickle = |first: Option<&'static [u8]>| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let mut buf = vec![0; 4096];
+        if let Some(first) = first {
+            s.write_all(first).await.unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        }
+        let started = Instant::now();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+        let mut i = 0;
+        loop {
+            tokio::select! {
+                read = s.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => panic!("answered: {}", String::from_utf8_lossy(&buf[..n])),
+                },
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    i += 1;
+                    if s.write_all(format!("x-{i}: y\r\n").as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(4), "still open after 4 s");
+        }
+        started.elapsed()
+    };
+    let (fresh, kept) =
+        tokio::join!(trickle(None), trickle(Some(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")),);
+    // Within 1.25 x the timeout (the watchdog checks every quarter of it), plus slack.
+    for took in [fresh, kept] {
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
+    }
+    // The trickled heads never became requests; the first one on the kept-alive connection did.
+    let seen: Vec<String> = rec.seen().into_iter().map(|r| r.target).collect();
+    assert!(seen.iter().all(|t| t != "/slow"), "{seen:?}");
+    assert!(seen.iter().any(|t| t == "/ok"), "{seen:?}");
+    // Meanwhile and afterwards, others are served.
+    assert_eq!(get(gw.addr, "/ok", &[]).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_together_cannot_hold_more_memory_than_the_budget() {
     let (_rec, up) = Recorder::start().await;
     let text = config_text(

@@ -167,7 +167,9 @@ async fn serve_connection<S>(
     });
     let h2 = settings.http2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
+    // The header timeout is kept by the connection's watchdog (`activity.idle` below), not
+    // by a timer of tokio's per request (`conn::HeadTimer`).
+    builder.http1().timer(activity.head_timer()).header_read_timeout(settings.header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
