@@ -488,6 +488,62 @@ async fn a_request_head_trickled_in_is_cut_at_the_header_timeout() {
     gw.shutdown().await;
 }
 
+/// The header timeout times request heads only: a response body that takes longer than it
+/// to arrive, and an HTTP/2 connection left open between requests, are not cut by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_cuts_neither_a_slow_response_nor_an_idle_http2_connection() {
+    // An upstream whose body for /slow comes in two parts, 2.5 s apart.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+                    let _ = s.write_all(head).await;
+                    if buf[..n].starts_with(b"GET /slow") {
+                        tokio::time::sleep(Duration::from_millis(2500)).await;
+                    }
+                    let _ = s.write_all(b"world").await;
+                }
+            });
+        }
+    });
+    let text = config_text(up, "[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n")
+        .replace("[server]\n", "[server]\nheader_timeout = \"1s\"\nidle_timeout = \"10s\"\n");
+    let gw = sluice::start(source(text)).await.unwrap();
+    let reply = raw(gw.addr, &get_raw("/slow", "a"), false).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(reply.ends_with("helloworld"), "{reply}");
+
+    // HTTP/2 (prior knowledge): requests 2.5 s apart on one connection, nothing between.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::get(format!("http://{}/h2", gw.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.expect("the connection is still open");
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"helloworld");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    driver.abort();
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_together_cannot_hold_more_memory_than_the_budget() {
     let (_rec, up) = Recorder::start().await;

@@ -29,7 +29,7 @@ use crate::proxy;
 use crate::throttle::{Throttle, Verdict, suppressed_note};
 pub use accept::{Acceptor, PlainTcp};
 pub use conn::Hold;
-use conn::{Activity, Resets};
+use conn::{Activity, Answer, Resets};
 pub(crate) use conn::{Limits, Slot};
 
 /// The live gateway: swapped whole on reload, read per request without locking.
@@ -161,15 +161,16 @@ async fn serve_connection<S>(
             if let Some(stream) = stream {
                 stream.answered();
             }
-            drop(busy);
-            Ok::<_, Infallible>(resp)
+            // Until its body is written, the connection is not waiting for a head.
+            let responding = busy.responding();
+            Ok::<_, Infallible>(resp.map(|body| Answer::new(body, responding)))
         }
     });
     let h2 = settings.http2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header timeout is kept by the connection's watchdog (`activity.idle` below), not
-    // by a timer of tokio's per request (`conn::HeadTimer`).
-    builder.http1().timer(activity.head_timer()).header_read_timeout(settings.header_timeout);
+    // by hyper, whose timer costs a registration in tokio's timer wheel per request.
+    builder.http1().header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -189,8 +190,8 @@ async fn serve_connection<S>(
             }
             tracing::debug!(%peer, "connection ended with an error: {e}");
         },
-        () = activity.idle(settings.header_timeout, settings.idle_timeout) => {
-            tracing::debug!(%peer, "closing a connection that went quiet");
+        quiet = activity.idle(settings.header_timeout, settings.idle_timeout) => {
+            tracing::debug!(%peer, ?quiet, "closing a connection that went quiet");
         }
         () = resets.flooded() => flood(
             peer,

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -127,19 +127,12 @@ struct Stamps {
     /// reads no time; the watchdog compares it between its checks.
     moved: AtomicU64,
     in_flight: AtomicUsize,
-    /// The HTTP/1 request head hyper is waiting for, if it is waiting (see [`HeadTimer`]).
-    head: Mutex<Option<HeadWait>>,
-    /// Numbers the head timers, so that one only ever sees its own wait.
-    heads: AtomicU64,
-}
-
-/// A request head being waited for: by when it must be complete, and the connection's
-/// task to wake once that has passed.
-struct HeadWait {
-    timer: u64,
-    deadline: Instant,
-    waker: Waker,
-    expired: bool,
+    /// Requests whose response body is still being written.
+    responding: AtomicUsize,
+    /// Requests received: the watchdog sees a new one arrive by this changing.
+    requests: AtomicU64,
+    /// The client opened with HTTP/2's preface: there are no request heads to time.
+    h2: AtomicBool,
 }
 
 /// A request in flight on the connection.
@@ -159,6 +152,61 @@ impl Drop for Busy {
     }
 }
 
+impl Busy {
+    /// The request was answered; its response body has yet to be written. Until the
+    /// returned guard is dropped (hyper drops the body once it is written, or the
+    /// connection ends), the connection is not waiting for a request head.
+    pub fn responding(self) -> Responding {
+        self.0.responding.fetch_add(1, Ordering::AcqRel);
+        Responding(self.0.clone())
+    }
+}
+
+/// A response body being written; see [`Busy::responding`].
+pub struct Responding(Arc<Stamps>);
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.0.responding.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its [`Responding`] guard while hyper writes it.
+    pub struct Answer<B> {
+        #[pin]
+        body: B,
+        responding: Responding,
+    }
+}
+
+impl<B> Answer<B> {
+    pub fn new(body: B, responding: Responding) -> Self {
+        Self { body, responding }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Stamps {
     fn touch(&self) {
         self.moved.fetch_add(1, Ordering::Relaxed);
@@ -169,17 +217,43 @@ impl Stamps {
         self.in_flight.load(Ordering::Acquire) == 0 && self.moved.load(Ordering::Relaxed) == seen
     }
 
-    fn head(&self) -> std::sync::MutexGuard<'_, Option<HeadWait>> {
-        self.head.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Wakes the connection if the head it waits for is overdue at `now`.
-    fn check_head(&self, now: Instant) {
-        if let Some(wait) = self.head().as_mut().filter(|w| !w.expired && now >= w.deadline) {
-            wait.expired = true;
-            wait.waker.wake_by_ref();
+    /// Whether the connection has waited for a request head for `limit`, counting one
+    /// more `tick` if it is waiting now: nothing in flight, no response body being
+    /// written, and no request arrived since `wait` last looked. Never for HTTP/2.
+    fn head_overdue(&self, wait: &mut HeadWait, tick: Duration, limit: Duration) -> bool {
+        if self.h2.load(Ordering::Relaxed) {
+            return false;
         }
+        let requests = self.requests.load(Ordering::Acquire);
+        let waiting = requests == wait.requests
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.responding.load(Ordering::Acquire) == 0;
+        if !waiting {
+            *wait = HeadWait { requests, waited: Duration::ZERO };
+            return false;
+        }
+        wait.waited += tick;
+        wait.waited >= limit
     }
+}
+
+/// How long the watchdog has seen the connection wait for a request head.
+#[derive(Default)]
+struct HeadWait {
+    /// [`Stamps::requests`] when the wait began.
+    requests: u64,
+    waited: Duration,
+}
+
+/// Why [`Activity::idle`] gave up on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// No byte within `header_timeout`.
+    Silent,
+    /// An HTTP/1 request head not whole within `header_timeout` (slowloris).
+    SlowHead,
+    /// No request in flight and no byte either way for `idle_timeout`.
+    Idle,
 }
 
 impl Activity {
@@ -187,7 +261,9 @@ impl Activity {
         Self { inner: Arc::default() }
     }
 
+    /// A request arrived and is being served.
     pub fn busy(&self) -> Busy {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.inner.clone())
     }
@@ -198,120 +274,48 @@ impl Activity {
 
     /// The stream, counting on this activity every time it moves bytes.
     pub fn watch<S>(&self, stream: S) -> Watched<S> {
-        Watched { stream, stamps: self.inner.clone() }
+        Watched { stream, stamps: self.inner.clone(), first: true }
     }
 
-    /// Resolves once the connection is quiet: no byte within `first`, or later no request
-    /// in flight and no byte moved for `idle`. Checked every quarter of the shorter of
-    /// the two, so it resolves within 1.25 x the timeout.
-    ///
-    /// Each check also fires an overdue [`HeadTimer`], which hyper then reports as a header
+    /// Resolves once the connection is quiet: no byte within `first`, an HTTP/1 request
+    /// head not whole within `first` of when the connection began waiting for it (however
+    /// its bytes trickle in), or no request in flight and no byte moved for `idle`.
+    /// Checked every quarter of the shorter of the two, so it resolves within 1.25 x the
     /// timeout.
-    pub async fn idle(&self, first: Duration, idle: Duration) {
+    ///
+    /// The head check is hyper's header timeout (`server.header_timeout`) kept here
+    /// instead of by hyper: hyper's timer is an entry in tokio's timer wheel, registered
+    /// and removed again for every request on a kept-alive connection, and with one set
+    /// its HTTP/1 dispatcher does more work per request (together ~1,500 instructions a
+    /// request, 2.8% of plain proxying; docs/performance.md). A connection waits for a
+    /// head from its start, and again from when each response body has been written.
+    pub async fn idle(&self, first: Duration, idle: Duration) -> Quiet {
         let s = &self.inner;
         let tick = first.min(idle) / 4;
-        let mut waited = Duration::ZERO;
+        let mut head = HeadWait::default();
         while s.quiet_since(0) {
-            if waited >= first {
-                return;
+            if head.waited >= first {
+                return Quiet::Silent;
             }
             tokio::time::sleep(tick).await;
-            s.check_head(Instant::now());
-            waited += tick;
+            head.waited += tick;
         }
         let mut seen = s.moved.load(Ordering::Relaxed);
         let mut quiet = Duration::ZERO;
         loop {
             tokio::time::sleep(tick).await;
-            s.check_head(Instant::now());
+            if s.head_overdue(&mut head, tick, first) {
+                return Quiet::SlowHead;
+            }
             if s.quiet_since(seen) {
                 quiet += tick;
                 if quiet >= idle {
-                    return;
+                    return Quiet::Idle;
                 }
             } else {
                 seen = s.moved.load(Ordering::Relaxed);
                 quiet = Duration::ZERO;
             }
-        }
-    }
-}
-
-/// hyper's HTTP/1 header timeout (`server.header_timeout`: a request head must be whole
-/// within it, however its bytes trickle in) kept by the connection's watchdog
-/// ([`Activity::idle`]) instead of a timer of tokio's per request.
-///
-/// hyper starts the header timer each time it begins reading a request head and drops it
-/// once the head is parsed. With tokio's timer that is an entry registered in the timer
-/// wheel and removed again for every request on a kept-alive connection (~1,500
-/// instructions a request, 2.8% of plain proxying, docs/performance.md). Here the timer
-/// is a deadline and a waker left with the connection, and the watchdog, which wakes
-/// every quarter of the shorter of `header_timeout` and `idle_timeout` anyway, fires it
-/// once it has passed: a head is cut within 1.25 x `header_timeout` instead of exactly
-/// at it, as the idle checks are.
-#[derive(Clone)]
-pub struct HeadTimer {
-    stamps: Arc<Stamps>,
-}
-
-impl Activity {
-    /// The header timer for hyper's HTTP/1 connection; it only fires while
-    /// [`Activity::idle`] runs.
-    pub fn head_timer(&self) -> HeadTimer {
-        HeadTimer { stamps: self.inner.clone() }
-    }
-}
-
-impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let timer = self.stamps.heads.fetch_add(1, Ordering::Relaxed);
-        Box::pin(HeadSleep { stamps: self.stamps.clone(), timer, deadline })
-    }
-}
-
-/// One wait for a request head; see [`HeadTimer`].
-struct HeadSleep {
-    stamps: Arc<Stamps>,
-    timer: u64,
-    deadline: Instant,
-}
-
-impl hyper::rt::Sleep for HeadSleep {}
-
-impl std::future::Future for HeadSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut head = self.stamps.head();
-        match head.as_mut() {
-            Some(wait) if wait.timer == self.timer => {
-                if wait.expired {
-                    return Poll::Ready(());
-                }
-                wait.waker.clone_from(cx.waker());
-            }
-            _ => {
-                *head = Some(HeadWait {
-                    timer: self.timer,
-                    deadline: self.deadline,
-                    waker: cx.waker().clone(),
-                    expired: false,
-                })
-            }
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for HeadSleep {
-    fn drop(&mut self) {
-        let mut head = self.stamps.head();
-        if head.as_ref().is_some_and(|w| w.timer == self.timer) {
-            *head = None;
         }
     }
 }
@@ -322,6 +326,8 @@ pin_project_lite::pin_project! {
         #[pin]
         stream: S,
         stamps: Arc<Stamps>,
+        // Until the first bytes are read: they tell HTTP/2's preface from an HTTP/1 head.
+        first: bool,
     }
 }
 
@@ -336,6 +342,9 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
         let polled = this.stream.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.stamps.touch();
+            if std::mem::take(this.first) && buf.filled()[before..].starts_with(b"PRI ") {
+                this.stamps.h2.store(true, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -489,45 +498,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_head_timer_fires_once_past_its_deadline_and_a_dropped_one_leaves_nothing() {
-        use hyper::rt::Timer;
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
+    /// Bytes keep coming (a header line every 100 ms) while `watch` runs.
+    async fn trickling<F: std::future::Future<Output = Quiet>>(
+        activity: &Activity,
+        watch: F,
+    ) -> Quiet {
+        tokio::pin!(watch);
+        loop {
+            tokio::select! {
+                quiet = &mut watch => return quiet,
+                () = tokio::time::sleep(Duration::from_millis(100)) => activity.inner.touch(),
             }
         }
-        let woken = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(woken.clone());
-        let mut cx = Context::from_waker(&waker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_in_is_cut_at_the_header_timeout_on_new_and_kept_connections() {
         let activity = Activity::new();
-        let timer = activity.head_timer();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut sleep = timer.sleep_until(deadline);
-        assert!(sleep.as_mut().poll(&mut cx).is_pending());
-        activity.inner.check_head(deadline - Duration::from_millis(1));
-        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "before its deadline");
-        assert!(sleep.as_mut().poll(&mut cx).is_pending());
-        activity.inner.check_head(deadline);
-        activity.inner.check_head(deadline + Duration::from_secs(1));
-        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "woken once");
-        assert!(sleep.as_mut().poll(&mut cx).is_ready());
-        // The next head's wait starts afresh; dropping the old one does not end it.
-        let mut next = timer.sleep(Duration::from_secs(5));
-        drop(sleep);
-        assert!(next.as_mut().poll(&mut cx).is_pending());
-        activity.inner.check_head(deadline);
-        assert!(next.as_mut().poll(&mut cx).is_pending(), "its own deadline is later");
-        drop(next);
-        assert!(activity.inner.head().is_none());
+        activity.inner.touch();
+        let started = Instant::now();
+        let watch = activity.idle(Duration::from_secs(2), Duration::from_secs(60));
+        assert_eq!(trickling(&activity, watch).await, Quiet::SlowHead);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(2) && took <= Duration::from_millis(2500), "{took:?}");
+
+        // A kept-alive connection: a request served, its body written, then a slow head.
+        let activity = Activity::new();
+        activity.inner.touch();
+        let watch = activity.idle(Duration::from_secs(2), Duration::from_secs(60));
+        let served = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let busy = activity.busy();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let responding = busy.responding();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(responding);
+            Instant::now()
+        };
+        let (quiet, written) = tokio::join!(trickling(&activity, watch), served);
+        assert_eq!(quiet, Quiet::SlowHead);
+        let took = written.elapsed();
+        assert!(took >= Duration::from_secs(2) && took <= Duration::from_millis(2500), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_still_being_written_is_not_a_slow_head() {
+        let activity = Activity::new();
+        activity.inner.touch();
+        let responding = activity.busy().responding();
+        let started = Instant::now();
+        // The body stalls (nothing moves): only the idle timeout ends it.
+        let quiet = activity.idle(Duration::from_secs(1), Duration::from_secs(5)).await;
+        assert_eq!(quiet, Quiet::Idle);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(5) && took <= Duration::from_millis(6500), "{took:?}");
+        drop(responding);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_has_no_heads_to_time() {
+        let activity = Activity::new();
+        let mut stream =
+            activity.watch(std::io::Cursor::new(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()));
+        let mut buf = [0; 64];
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await.unwrap();
+        // Past the header timeout with no request: an HTTP/1 connection would be cut at
+        // 1 s, this one only once idle.
+        let started = Instant::now();
+        let quiet = activity.idle(Duration::from_secs(1), Duration::from_secs(5)).await;
+        assert_eq!(quiet, Quiet::Idle);
+        assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_quiet_after_the_first_byte_timeout() {
         let activity = Activity::new();
         let started = Instant::now();
-        activity.idle(Duration::from_secs(10), Duration::from_secs(60)).await;
+        let quiet = activity.idle(Duration::from_secs(10), Duration::from_secs(60)).await;
+        assert_eq!(quiet, Quiet::Silent);
         assert_eq!(started.elapsed().as_secs(), 10);
     }
 
@@ -539,13 +587,15 @@ mod tests {
         let started = Instant::now();
         let watcher = activity.clone();
         let idle = tokio::spawn(async move {
-            watcher.idle(Duration::from_secs(1), Duration::from_secs(5)).await;
+            watcher.idle(Duration::from_secs(1), Duration::from_secs(5)).await
         });
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!idle.is_finished());
-        drop(busy);
-        idle.await.unwrap();
+        // Answered, but its body stalls: the idle timeout, not the header one, ends it.
+        let responding = busy.responding();
+        assert_eq!(idle.await.unwrap(), Quiet::Idle);
         let waited = started.elapsed().as_secs();
-        assert!((35..=40).contains(&waited), "{waited}");
+        assert!((35..=37).contains(&waited), "{waited}");
+        drop(responding);
     }
 }
