@@ -443,7 +443,9 @@ async fn a_request_head_trickled_in_is_cut_at_the_header_timeout() {
         .replace("[server]\n", "[server]\nheader_timeout = \"1s\"\nidle_timeout = \"30s\"\n");
     let gw = sluice::start(source(text)).await.unwrap();
     // Slowloris: a header line every 100 ms, on a new connection and on a kept-alive one
-    // after a first request was answered (the timer starts again for every head).
+    // after a first request was answered (the timer starts again for every head). The
+    // third opens with an HTTP/1 request whose method is `PRI`, like HTTP/2's preface: it
+    // must not pass for HTTP/2, whose connections have no heads to time.
     let trickle = |first: Option<&'static [u8]>| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -451,7 +453,8 @@ async fn a_request_head_trickled_in_is_cut_at_the_header_timeout() {
         if let Some(first) = first {
             s.write_all(first).await.unwrap();
             let n = s.read(&mut buf).await.unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         }
         let started = Instant::now();
         s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n").await.unwrap();
@@ -473,10 +476,13 @@ async fn a_request_head_trickled_in_is_cut_at_the_header_timeout() {
         }
         started.elapsed()
     };
-    let (fresh, kept) =
-        tokio::join!(trickle(None), trickle(Some(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")),);
+    let (fresh, kept, pri) = tokio::join!(
+        trickle(None),
+        trickle(Some(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")),
+        trickle(Some(b"PRI /ok HTTP/1.1\r\nHost: a\r\n\r\n")),
+    );
     // Within 1.25 x the timeout (the watchdog checks every quarter of it), plus slack.
-    for took in [fresh, kept] {
+    for took in [fresh, kept, pri] {
         assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
     }
     // The trickled heads never became requests; the first one on the kept-alive connection did.

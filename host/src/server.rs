@@ -155,7 +155,11 @@ async fn serve_connection<S>(
             req.extensions_mut().insert(in_flight.hold());
         }
         // HTTP/2 streams that the client resets before their response are counted.
-        let stream = (req.version() == http::Version::HTTP_2).then(|| counted.stream());
+        let h2 = req.version() == http::Version::HTTP_2;
+        if h2 {
+            in_flight.speaks_h2();
+        }
+        let stream = h2.then(|| counted.stream());
         async move {
             let resp = proxy::handle(gw, req, conn).await;
             if let Some(stream) = stream {

@@ -131,9 +131,16 @@ struct Stamps {
     responding: AtomicUsize,
     /// Requests received: the watchdog sees a new one arrive by this changing.
     requests: AtomicU64,
-    /// The client opened with HTTP/2's preface: there are no request heads to time.
+    /// The connection speaks HTTP/2: there are no request heads to time. Set by its whole
+    /// preface in the first bytes read, or by its first request (a preface that came in
+    /// pieces). Never by a prefix of it: an HTTP/1 request with the method `PRI` is not
+    /// HTTP/2, and must not escape the head timeout.
     h2: AtomicBool,
 }
+
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4); hyper-util serves a
+/// connection as HTTP/2 only if all of it comes.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A request in flight on the connection.
 pub struct Busy(Arc<Stamps>);
@@ -268,6 +275,11 @@ impl Activity {
         Busy(self.inner.clone())
     }
 
+    /// The connection serves HTTP/2 (hyper handed it an HTTP/2 request).
+    pub fn speaks_h2(&self) {
+        self.inner.h2.store(true, Ordering::Relaxed);
+    }
+
     pub fn hold(&self) -> Hold {
         Hold { _busy: Arc::new(self.busy()) }
     }
@@ -326,7 +338,7 @@ pin_project_lite::pin_project! {
         #[pin]
         stream: S,
         stamps: Arc<Stamps>,
-        // Until the first bytes are read: they tell HTTP/2's preface from an HTTP/1 head.
+        // Until the first bytes are read: HTTP/2's whole preface among them means HTTP/2.
         first: bool,
     }
 }
@@ -342,7 +354,7 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
         let polled = this.stream.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.stamps.touch();
-            if std::mem::take(this.first) && buf.filled()[before..].starts_with(b"PRI ") {
+            if std::mem::take(this.first) && buf.filled()[before..].starts_with(H2_PREFACE) {
                 this.stamps.h2.store(true, Ordering::Relaxed);
             }
         }
@@ -556,10 +568,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_http1_request_with_the_method_pri_is_not_http2() {
+        let activity = Activity::new();
+        let mut stream = activity.watch(std::io::Cursor::new(b"PRI / HTTP/1.1\r\n".to_vec()));
+        let mut buf = [0; 64];
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await.unwrap();
+        let watch = activity.idle(Duration::from_secs(1), Duration::from_secs(5));
+        assert_eq!(trickling(&activity, watch).await, Quiet::SlowHead);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn http2_has_no_heads_to_time() {
         let activity = Activity::new();
-        let mut stream =
-            activity.watch(std::io::Cursor::new(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()));
+        let mut stream = activity.watch(std::io::Cursor::new(H2_PREFACE.to_vec()));
         let mut buf = [0; 64];
         tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await.unwrap();
         // Past the header timeout with no request: an HTTP/1 connection would be cut at
@@ -568,6 +589,16 @@ mod tests {
         let quiet = activity.idle(Duration::from_secs(1), Duration::from_secs(5)).await;
         assert_eq!(quiet, Quiet::Idle);
         assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
+
+        // A preface read in pieces is not recognised by its bytes; the connection's first
+        // HTTP/2 request tells it instead.
+        let activity = Activity::new();
+        let mut stream = activity.watch(std::io::Cursor::new(H2_PREFACE[..4].to_vec()));
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await.unwrap();
+        assert!(!activity.inner.h2.load(Ordering::Relaxed));
+        activity.speaks_h2();
+        let quiet = activity.idle(Duration::from_secs(1), Duration::from_secs(5)).await;
+        assert_eq!(quiet, Quiet::Idle);
     }
 
     #[tokio::test(start_paused = true)]
