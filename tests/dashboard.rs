@@ -22,6 +22,8 @@ struct Browser {
     driver: Child,
     base: String,
     session: String,
+    /// The browser's profile, removed (dropped) after the browser.
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -45,17 +47,18 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let profile = std::env::temp_dir().join(format!("sluice-dashboard-{port}"));
-        let mut b = Browser { driver, base, session: String::new() };
+        let profile = tempfile::Builder::new().prefix("sluice-dashboard-").tempdir().unwrap();
+        let user_data_dir = format!("--user-data-dir={}", profile.path().display());
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1440,1000",
                          "--disable-background-networking", "--no-first-run",
-                         format!("--user-data-dir={}", profile.display())],
+                         user_data_dir],
             },
         }}});
+        let mut b = Browser { driver, base, session: String::new(), _profile: profile };
         let session = b.wd("POST", "/session", Some(caps)).await;
         b.session = session["sessionId"].as_str().expect("a session").to_owned();
         b
@@ -122,6 +125,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The session's end closes the browser before its profile goes (with `_profile`).
+        if !self.session.is_empty() {
+            let url = format!("{}/session/{}", self.base, self.session);
+            let _ = Command::new("curl").args(["-s", "-m", "5", "-X", "DELETE", &url]).output();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

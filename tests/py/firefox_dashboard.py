@@ -9,6 +9,7 @@ drained, saves a screenshot, and prints what it read as one JSON line."""
 import asyncio
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,7 @@ async def main():
     finally:
         proc.kill()
         proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 asyncio.run(main())
