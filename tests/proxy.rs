@@ -424,3 +424,71 @@ async fn upstream_connections_are_reused_and_ones_the_upstream_closes_cost_no_re
     assert!(seen.accepted.load(SeqCst) > 1, "the upstream closed some");
     gw.shutdown().await;
 }
+
+/// A pooled connection has no task of its own: the request using it drives it. One the
+/// upstream half-closes while it waits in the pool is still closed by the gateway at once
+/// (the pool's sweeper is woken by it), not left half-open until `idle_timeout`; and
+/// requests from many connections at once share the pool across worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closes_is_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // Answers one request, then half-closes after 100 ms, and reports how long the
+    // gateway took to close its end.
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                socket.write_all(ok).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                socket.shutdown().await.unwrap();
+                let since = tokio::time::Instant::now();
+                let ended = tokio::time::timeout(Duration::from_secs(10), async {
+                    while let Ok(n) = socket.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                let _ = closed_tx.send(ended.map(|()| since.elapsed()));
+            });
+        }
+    });
+    let route = "idle_timeout = \"60s\"\n[[routes]]\nprefix = \"/\"\nupstream = \"echo\"\n";
+    let gw = gateway(upstream, route).await;
+    let mut answers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let addr = gw.addr;
+        answers.spawn(async move { get(addr, "/", &[]).await });
+    }
+    while let Some(r) = answers.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut seen = 0;
+    while seen < 20 {
+        let Ok(Some(ended)) = tokio::time::timeout(Duration::from_secs(12), closed.recv()).await
+        else {
+            break;
+        };
+        let after = ended.expect("the gateway kept a half-closed connection open for 10 s");
+        assert!(after < Duration::from_secs(2), "closed {after:?} after the upstream");
+        seen += 1;
+    }
+    assert!(seen >= 1, "no connection was made");
+    // The pool still works: a new connection for the next request.
+    assert_eq!(get(gw.addr, "/", &[]).await.status, 200);
+    gw.shutdown().await;
+}
