@@ -425,10 +425,10 @@ async fn upstream_connections_are_reused_and_ones_the_upstream_closes_cost_no_re
     gw.shutdown().await;
 }
 
-/// A pooled connection has no task of its own: the request using it drives it. One the
-/// upstream half-closes while it waits in the pool is still closed by the gateway at once
-/// (the pool's sweeper is woken by it), not left half-open until `idle_timeout`; and
-/// requests from many connections at once share the pool across worker threads.
+/// A pooled connection the upstream half-closes while it waits in the pool is closed by the
+/// gateway at once, not left half-open until `idle_timeout` (a design where nothing drives
+/// parked connections fails this: docs/performance.md); requests from many connections at
+/// once share the pool across worker threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_upstream_closes_is_closed_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

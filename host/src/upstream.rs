@@ -19,7 +19,6 @@ mod send;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::Context;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -111,15 +110,10 @@ impl http_body::Body for ResponseBody {
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
         let mut this = self.project();
-        let mut body = this.body.as_mut();
-        let polled = match this.lease.as_mut() {
-            // Over HTTP/1.1 this task drives the connection as it reads the body.
-            Some(lease) => lease.poll_body(cx, |cx| body.as_mut().poll_frame(cx)),
-            None => body.poll_frame(cx),
-        };
+        let polled = this.body.as_mut().poll_frame(cx);
         if let Some(lease) = this.lease {
             // Ended: the last frame came (or none was left). The connection is then free.
             match &polled {

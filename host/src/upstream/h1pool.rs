@@ -9,23 +9,13 @@
 //! when its response body has ended and the upstream kept it open ([`Lease`]). A connection
 //! the upstream closed while it waited is dropped at checkout; one it closes just as a
 //! request is put on it hands the request back unsent, and the request goes to another
-//! connection (what hyper-util's retry of canceled requests did).
-//!
-//! A connection has no task of its own: the task using it drives it ([`Link`]), as Pingora
-//! does. The request's task writes the request and reads the response head; the response
-//! body, polled by the client's connection task, reads the rest. A request thus wakes one
-//! task, not two, and its answer comes back without a hop between tasks (five task polls a
-//! request became two: docs/performance.md). A parked connection is driven by nobody; it
-//! is looked at when taken, and one parked for `idle_timeout` is closed by its endpoint's
-//! sweeper, a task that runs only while connections are parked.
+//! connection (what hyper-util's retry of canceled requests did). A connection idle for
+//! `idle_timeout` is closed by its own task.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -47,119 +37,30 @@ pub(crate) struct H1 {
     /// (`Authority`'s own hash lowercases and feeds SipHash a byte at a time, ~500
     /// instructions a request; the keys come from the config, not from clients).
     endpoints: Mutex<HashMap<Box<str>, Arc<Idle>, foldhash::fast::RandomState>>,
+    /// Numbers the connections, so that an idle one can find itself on its stack.
+    ids: AtomicU64,
 }
 
 /// One endpoint's idle connections.
-struct Idle {
-    stack: Mutex<Stack>,
-    idle_timeout: Duration,
-}
-
 #[derive(Default)]
-struct Stack {
-    /// Oldest first: a connection is pushed when parked and popped from the top.
-    parked: Vec<Parked>,
-    /// A sweeper task is running for this stack.
-    sweeping: bool,
-    /// The sweeper's waker, once it has run: parked connections wake it.
-    sweeper: Option<Waker>,
+struct Idle {
+    conns: Mutex<Vec<Parked>>,
 }
 
 /// An idle connection, ready for its next request.
 struct Parked {
-    link: Link,
+    sender: http1::SendRequest<BoxBody>,
+    id: u64,
     local: Option<SocketAddr>,
     since: Instant,
 }
 
-/// The future that reads and writes one connection (hyper's, with upgrades). It is boxed:
-/// hyper's type for it cannot be named, and the pool moves connections by pointer.
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// One connection: the handle requests go in by, and its driver, polled by the task that
-/// uses the connection.
-struct Link {
-    sender: http1::SendRequest<BoxBody>,
-    /// `None` once the connection has ended (or, upgraded, went to a task of its own).
-    driver: Option<Driver>,
-    /// What the driver is polled with: a waker of the connection's own, passing wakes on
-    /// to the task that drove it last.
-    gate: Arc<Gate>,
-    waker: Waker,
-}
-
-/// A connection's waker. Everything hyper registers while the connection is driven (its
-/// socket, its request channel, a response body's channel) names this, not a task, so
-/// that a connection parked by one task and taken by another wakes only the one using it.
-/// While that task takes what the driving delivered, hyper would wake the connection's side
-/// to say there is room again; the task drives it anyway when it next looks, so those wakes
-/// are held back.
-#[derive(Default)]
-struct Gate {
-    task: atomic_waker::AtomicWaker,
-    quiet: AtomicBool,
-}
-
-impl Gate {
-    /// Runs `f`, which takes what the driving delivered (or hands the connection a
-    /// request), with the connection's wakes held back.
-    fn quietly<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.quiet.store(true, Ordering::Relaxed);
-        let r = f();
-        self.quiet.store(false, Ordering::Relaxed);
-        r
-    }
-}
-
-impl std::task::Wake for Gate {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.quiet.load(Ordering::Relaxed) {
-            self.task.wake();
-        }
-    }
-}
-
-impl Link {
-    fn new(sender: http1::SendRequest<BoxBody>, driver: Driver) -> Self {
-        let gate = Arc::new(Gate::default());
-        let waker = Waker::from(gate.clone());
-        Link { sender, driver: Some(driver), gate, waker }
-    }
-
-    /// Drives the connection's reads and writes for the task of `cx`; false once it has
-    /// ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(driver) = &mut self.driver else { return false };
-        self.gate.task.register(cx.waker());
-        match driver.as_mut().poll(&mut Context::from_waker(&self.waker)) {
-            Poll::Pending => true,
-            Poll::Ready(ended) => {
-                if let Err(e) = ended {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-                self.driver = None;
-                false
-            }
-        }
-    }
-
-    /// Ready for a request: the last drive left hyper asking for one.
-    fn ready(&mut self) -> bool {
-        let cx = &mut Context::from_waker(Waker::noop());
-        matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
-    }
-}
-
-/// A connection lent to one exchange: the response body drives it, and it goes back to
-/// its endpoint's stack when dropped (with that body) if the body ended and nothing
-/// closed it.
+/// A connection lent to one exchange: it goes back to its endpoint's stack when dropped
+/// (with the response body that holds it) if the body ended and nothing closed it.
 pub(crate) struct Lease {
-    link: Option<Link>,
+    sender: Option<http1::SendRequest<BoxBody>>,
     idle: Arc<Idle>,
+    id: u64,
     local: Option<SocketAddr>,
     /// The response body was read to its end.
     ended: bool,
@@ -177,85 +78,16 @@ impl Lease {
         self.reusable.store(false, Ordering::Relaxed);
         self.local
     }
-
-    /// Polls the response body over this connection: `poll` looks at the body with the
-    /// context it is given. Whatever the last drive read is taken first (a short
-    /// response came whole with its head); if nothing is there, the connection is driven
-    /// for the task of `cx`, and the body looked at again. The body is looked at without
-    /// a waker while the connection is driven here, since only the driving fills it.
-    pub(crate) fn poll_body<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let Some(link) = &mut self.link else { return poll(cx) };
-        let unwatched = &mut Context::from_waker(Waker::noop());
-        match link.gate.quietly(|| poll(unwatched)) {
-            Poll::Pending if link.drive(cx) => link.gate.quietly(|| poll(unwatched)),
-            Poll::Pending => poll(cx),
-            ready => ready,
-        }
-    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(link) = self.link.take() else { return };
-        if self.ended && self.reusable.load(Ordering::Relaxed) && link.driver.is_some() {
-            // Parked, the connection wakes nobody: this task may be gone when it stirs.
-            drop(link.gate.task.take());
-            park(&self.idle, Parked { link, local: self.local, since: Instant::now() });
+        let Some(sender) = self.sender.take() else { return };
+        if self.ended && self.reusable.load(Ordering::Relaxed) && !sender.is_closed() {
+            let (id, local, since) = (self.id, self.local, Instant::now());
+            lock(&self.idle.conns).push(Parked { sender, id, local, since });
         }
     }
-}
-
-/// Puts a connection on its endpoint's stack, and starts the stack's sweeper if none
-/// runs. Outside a runtime (at shutdown) the connection is closed instead.
-fn park(idle: &Arc<Idle>, parked: Parked) {
-    let mut stack = lock(&idle.stack);
-    if !stack.sweeping {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        stack.sweeping = true;
-        runtime.spawn(sweep(Arc::downgrade(idle)));
-    }
-    // The task that used it may be gone when the connection next stirs: the sweeper is
-    // woken instead (or nobody, before the sweeper's first run, which drives it anyway).
-    match &stack.sweeper {
-        Some(sweeper) => parked.link.gate.task.register(sweeper),
-        None => drop(parked.link.gate.task.take()),
-    }
-    stack.parked.push(parked);
-}
-
-/// Watches a stack's parked connections: one the upstream closes (or writes to out of
-/// turn) wakes this task, which drives them all and drops those that ended, as a
-/// connection's own task would have; one parked for `idle_timeout` is closed. It ends when
-/// no connection is left (or the pool is gone).
-async fn sweep(idle: Weak<Idle>) {
-    let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-    std::future::poll_fn(|cx| {
-        let Some(idle) = idle.upgrade() else { return Poll::Ready(()) };
-        let timeout = idle.idle_timeout;
-        let mut stack = lock(&idle.stack);
-        loop {
-            let now = Instant::now();
-            let stack = &mut *stack;
-            stack.parked.retain_mut(|p| p.since + timeout > now && p.link.drive(cx));
-            let Some(oldest) = stack.parked.first() else {
-                stack.sweeping = false;
-                stack.sweeper = None;
-                return Poll::Ready(());
-            };
-            timer.as_mut().reset(oldest.since + timeout);
-            if timer.as_mut().poll(cx).is_pending() {
-                if !stack.sweeper.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    stack.sweeper = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-        }
-    })
-    .await;
 }
 
 impl H1 {
@@ -271,11 +103,12 @@ impl H1 {
             connect_timeout,
             idle_timeout,
             endpoints: Mutex::default(),
+            ids: AtomicU64::new(0),
         }
     }
 
-    /// Closes the connection a response came on: its socket is shut down, so it ends at
-    /// its next drive, and it never goes back to the pool.
+    /// Closes the connection a response came on: its socket is shut down, so its task
+    /// ends at once, and it never goes back to the pool.
     pub(crate) fn close_connection_of(&self, response: &Response<super::ResponseBody>) {
         if let Some(local) = response.body().retire_lease() {
             self.connector.close_local(local);
@@ -303,57 +136,33 @@ impl H1 {
         }
         let idle = self.idle_of(endpoint);
         loop {
-            let (mut link, local, reused) = match checkout(&idle) {
-                Some(p) => (p.link, p.local, true),
+            let (mut sender, id, local, reused) = match checkout(&idle) {
+                Some(p) => (p.sender, p.id, p.local, true),
                 None => {
-                    let (link, local) = self.connect(endpoint).await?;
-                    (link, local, false)
+                    let (sender, id, local) = self.connect(endpoint, &idle).await?;
+                    (sender, id, local, false)
                 }
             };
-            // A parked connection was left asking for its next request (or is driven
-            // once to ask). One the upstream closed while parked shows that at its first
-            // drive, and hands the request back unsent.
-            if reused && !link.ready() {
-                let unwatched = &mut Context::from_waker(Waker::noop());
-                if !link.drive(unwatched) || !link.ready() {
-                    continue;
+            // A parked connection's last exchange has ended; its task may not have noticed
+            // yet. One that closed meanwhile is dropped for the next.
+            if std::future::poll_fn(|cx| sender.poll_ready(cx)).await.is_err() {
+                match reused {
+                    true => continue,
+                    false => {
+                        return Err(TransportError::Connect("the new connection closed".into()));
+                    }
                 }
             }
-            let sent = link.gate.quietly(|| link.sender.try_send_request(req));
-            let mut sent = std::pin::pin!(sent);
-            // The request goes out, and the response head comes in, as this task drives
-            // the connection. The answer is looked for without a waker: only the driving
-            // delivers it.
-            let answer = std::future::poll_fn(|cx| {
-                let open = link.drive(cx);
-                let unwatched = &mut Context::from_waker(Waker::noop());
-                match link.gate.quietly(|| sent.as_mut().poll(unwatched)) {
-                    Poll::Pending if open => Poll::Pending,
-                    Poll::Pending => Poll::Ready(None),
-                    Poll::Ready(answer) => Poll::Ready(Some(answer)),
-                }
-            })
-            .await;
-            return match answer {
-                Some(Ok(response)) => {
-                    let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                    let link = match upgraded {
-                        // The connection becomes the tunnel's: hyper hands its socket to
-                        // the upgrade when its driver ends, which a task of its own sees to.
-                        true => {
-                            tokio::spawn(std::future::poll_fn(move |cx| match link.drive(cx) {
-                                true => Poll::Pending,
-                                false => Poll::Ready(()),
-                            }));
-                            None
-                        }
-                        false => Some(link),
-                    };
-                    let reusable = AtomicBool::new(!upgraded);
-                    let lease = Lease { link, idle, local, ended: false, reusable };
+            return match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let reusable =
+                        AtomicBool::new(response.status() != http::StatusCode::SWITCHING_PROTOCOLS);
+                    let idle = idle.clone();
+                    let lease =
+                        Lease { sender: Some(sender), idle, id, local, ended: false, reusable };
                     Ok(response.map(|body| super::ResponseBody::leased(body, lease)))
                 }
-                Some(Err(mut e)) => match e.take_message() {
+                Err(mut e) => match e.take_message() {
                     // Never sent: the upstream closed the kept-alive connection just now.
                     Some(back) if reused => {
                         req = back;
@@ -362,9 +171,6 @@ impl H1 {
                     Some(_) => Err(TransportError::Connect(e.into_error().into())),
                     None => Err(TransportError::Broken(e.into_error().into())),
                 },
-                None => {
-                    Err(TransportError::Broken("the connection ended without an answer".into()))
-                }
             };
         }
     }
@@ -373,20 +179,17 @@ impl H1 {
         let mut endpoints = lock(&self.endpoints);
         match endpoints.get(endpoint.as_str()) {
             Some(idle) => idle.clone(),
-            None => {
-                let idle =
-                    Arc::new(Idle { stack: Mutex::default(), idle_timeout: self.idle_timeout });
-                endpoints.insert(endpoint.as_str().into(), idle.clone());
-                idle
-            }
+            None => endpoints.entry(endpoint.as_str().into()).or_default().clone(),
         }
     }
 
-    /// A new connection to `endpoint`.
+    /// A new connection to `endpoint`, driven by a task of its own until the upstream
+    /// closes it, it fails, or it idles out on `idle`'s stack.
     async fn connect(
         &self,
         endpoint: &Authority,
-    ) -> Result<(Link, Option<SocketAddr>), TransportError> {
+        idle: &Arc<Idle>,
+    ) -> Result<(http1::SendRequest<BoxBody>, u64, Option<SocketAddr>), TransportError> {
         let mut connector = self.connector.clone();
         let made = async {
             let uri = format!("{}://{endpoint}/", self.scheme).parse::<Uri>()?;
@@ -397,22 +200,58 @@ impl H1 {
             let (sender, connection) = http1::handshake::<_, BoxBody>(io).await?;
             Ok::<_, BoxError>((sender, connection, local))
         };
-        match tokio::time::timeout(self.connect_timeout, made).await {
-            Ok(Ok((sender, connection, local))) => {
-                Ok((Link::new(sender, Box::pin(connection.with_upgrades())), local))
+        let (sender, connection, local) =
+            match tokio::time::timeout(self.connect_timeout, made).await {
+                Ok(Ok(made)) => made,
+                Ok(Err(e)) => return Err(TransportError::Connect(e)),
+                Err(_) => {
+                    let msg = format!("no connection within {:?}", self.connect_timeout);
+                    return Err(TransportError::Connect(msg.into()));
+                }
+            };
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (idle, idle_timeout) = (idle.clone(), self.idle_timeout);
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection.with_upgrades());
+            let mut wake = Instant::now() + idle_timeout;
+            loop {
+                tokio::select! {
+                    ended = &mut connection => {
+                        if let Err(e) = ended {
+                            tracing::debug!("upstream connection ended: {e}");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep_until(wake) => {
+                        // Parked for the whole timeout: taken off the stack, so that the
+                        // connection ends once its sender is gone. Parked for less: look
+                        // again when it would be; in use: a timeout later.
+                        let mut conns = lock(&idle.conns);
+                        let now = Instant::now();
+                        wake = now + idle_timeout;
+                        if let Some(at) = conns.iter().position(|p| p.id == id) {
+                            match now.checked_duration_since(conns[at].since + idle_timeout) {
+                                Some(_) => drop(conns.remove(at)),
+                                None => wake = conns[at].since + idle_timeout,
+                            }
+                        }
+                    }
+                }
             }
-            Ok(Err(e)) => Err(TransportError::Connect(e)),
-            Err(_) => {
-                let msg = format!("no connection within {:?}", self.connect_timeout);
-                Err(TransportError::Connect(msg.into()))
-            }
-        }
+        });
+        Ok((sender, id, local))
     }
 }
 
-/// The most recently parked connection.
+/// The most recently parked connection that is still open.
 fn checkout(idle: &Idle) -> Option<Parked> {
-    lock(&idle.stack).parked.pop()
+    let mut conns = lock(&idle.conns);
+    while let Some(parked) = conns.pop() {
+        if !parked.sender.is_closed() {
+            return Some(parked);
+        }
+    }
+    None
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
