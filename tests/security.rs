@@ -590,20 +590,15 @@ async fn plugins_together_cannot_hold_more_memory_than_the_budget() {
 /// An upstream that answers every request with `response` as written, then keeps the
 /// connection open (silent) until the test ends.
 async fn raw_upstream(response: &'static [u8]) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if crate::common::read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s.write_all(response).await;
                 tokio::time::sleep(Duration::from_secs(60)).await;

@@ -181,3 +181,18 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Repl
     }
     send(&client(), req.body(Full::default()).unwrap()).await
 }
+
+/// Reads a request head from a raw upstream socket: up to and including its blank line
+/// (and whatever came with it); `None` if the peer closed or failed first.
+pub async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
