@@ -12,6 +12,8 @@
 #   TOKEN, ORIGIN                          what every request carries for that chain
 #   OBSERVE_OFF, access_log NAME, TRACE1   config tables: metrics off; a JSON access log
 #                                          to $work/NAME.log; 1% of requests traced
+#   link_order_report BIN                  how many of host/link-order.txt's functions BIN
+#                                          has (a stale list costs idle memory)
 
 need_tools() {
     local packages=$1 tool
@@ -24,6 +26,18 @@ need_tools() {
             return
         fi
     done
+}
+
+link_order_report() {
+    python3 - "$1" host/link-order.txt <<'PY'
+import subprocess, sys
+have = set(subprocess.run(["nm", "--defined-only", sys.argv[1]], capture_output=True,
+                          text=True, check=True).stdout.split())
+listed = [l.strip() for l in open(sys.argv[2]) if l.strip()]
+found = sum(1 for s in listed if s in have)
+print(f"link order: {found} of the {len(listed)} functions in {sys.argv[2]} are in {sys.argv[1]} "
+      f"({100 * found / len(listed):.0f}%; regenerate it with benches/link-order.sh when low)")
+PY
 }
 
 build_sluice() {

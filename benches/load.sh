@@ -289,3 +289,4 @@ if any(k[2] == "sluice-gzip" for k in data):
 print(f"\nidle RSS, 10 routes x 4 plugins (40 plugin instances): {idle_kb/1024:.1f} MB "
       f"({anon_kb/1024:.1f} MB private, {(idle_kb-anon_kb)/1024:.1f} MB file-backed)")
 PY
+link_order_report "$SLUICE"
